@@ -1,0 +1,175 @@
+//! The alert evaluator: a background service that computes every rule's signal from the
+//! windows each `evaluation_interval` and drives its state.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::notify::{AmAlert, Notification, Notifier};
+use super::window::quantile;
+use super::{AlertState, AlertStatus};
+use crate::balance::clock::now_ms;
+use crate::config::{Signal, Threshold};
+use crate::observe::{logger, metrics};
+use crate::state::{Runtime, Shared};
+
+/// How often a firing alert is sent again (Alertmanager resolves alerts it stops hearing
+/// about after its resolve_timeout, 5 minutes by default).
+const RESEND_EVERY: Duration = Duration::from_secs(60);
+
+pub struct AlertEvaluator {
+    pub shared: Arc<Shared>,
+    /// `instance` label: host and listen port of this gateway.
+    pub instance: String,
+}
+
+/// The value of a rule's signal now; `None` when there is nothing to judge (no traffic).
+pub fn signal_value(runtime: &Runtime, route: Option<&str>, signal: Signal, window: Duration, now_s: u64) -> Option<f64> {
+    if signal == Signal::HealthyBackends {
+        let healthy = |u: &crate::state::UpstreamRuntime| u.pool.healthy_count() as f64;
+        return match route {
+            Some(name) => {
+                let r = runtime.routes.iter().find(|r| r.route.name == name)?;
+                Some(healthy(&runtime.upstreams[r.route.upstream]))
+            }
+            None => runtime.upstreams.iter().map(healthy).reduce(f64::min),
+        };
+    }
+    let ring = match route {
+        Some(name) => runtime.routes.iter().find(|r| r.route.name == name)?.window.as_ref()?,
+        None => runtime.all_window.as_ref()?,
+    };
+    let sums = ring.sum(now_s, window.as_secs().max(1));
+    match signal {
+        Signal::ErrorRatio => (sums.total > 0).then(|| sums.errors as f64 / sums.total as f64),
+        Signal::RateLimitedRatio => (sums.total > 0).then(|| sums.rate_limited as f64 / sums.total as f64),
+        Signal::LatencyP99 => quantile(0.99, &sums.latency),
+        Signal::FirstByteP99 => quantile(0.99, &sums.first_byte),
+        Signal::HealthyBackends => None,
+    }
+}
+
+fn holds(threshold: Threshold, value: Option<f64>) -> bool {
+    value.is_some_and(|v| threshold.holds(v))
+}
+
+impl AlertEvaluator {
+    fn evaluate(&self, notifier: &Notifier) {
+        let runtime = self.shared.runtime.load_full();
+        let now_s = now_ms() / 1000;
+        let now = SystemTime::now();
+        let webhook = runtime.config.alerting.webhook_url.clone();
+        let generator = format!("http://{}/alerts", runtime.config.server.admin_listen);
+        let mut outgoing = Vec::new();
+        self.shared.alerts.with_statuses(|statuses| {
+            for s in statuses.iter_mut() {
+                let rule = &s.rule;
+                s.value = signal_value(&runtime, rule.route.as_deref(), rule.signal, rule.window, now_s);
+                let condition = holds(rule.threshold, s.value);
+                let before = s.state;
+                match (s.state, condition) {
+                    (AlertState::Inactive, true) => {
+                        s.active_at = Some(now);
+                        s.since = now;
+                        s.state = if rule.for_.is_zero() { AlertState::Firing } else { AlertState::Pending };
+                    }
+                    (AlertState::Pending, true) => {
+                        let pending_for = now.duration_since(s.since).unwrap_or_default();
+                        if pending_for >= rule.for_ {
+                            s.state = AlertState::Firing;
+                            s.since = now;
+                        }
+                    }
+                    (AlertState::Pending | AlertState::Firing, false) => {
+                        s.state = AlertState::Inactive;
+                        s.since = now;
+                    }
+                    _ => {}
+                }
+                metrics::alert_firing(&rule.name, &rule.severity, s.state == AlertState::Firing);
+                if before != s.state {
+                    self.log_transition(s, before);
+                    if s.state == AlertState::Firing || before == AlertState::Firing {
+                        outgoing.push(self.am_alert(s, before == AlertState::Firing, &generator, now));
+                        s.last_notified = Some(now);
+                    }
+                } else if s.state == AlertState::Firing
+                    && s.last_notified.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= RESEND_EVERY)
+                {
+                    outgoing.push(self.am_alert(s, false, &generator, now));
+                    s.last_notified = Some(now);
+                }
+            }
+        });
+        if let (Some(url), false) = (webhook, outgoing.is_empty()) {
+            notifier.send(Notification { url, alerts: outgoing });
+        }
+    }
+
+    fn log_transition(&self, s: &AlertStatus, before: AlertState) {
+        let value = s.value.map(|v| format!("{v}")).unwrap_or_else(|| "none".into());
+        let after = if before == AlertState::Firing && s.state == AlertState::Inactive {
+            "resolved"
+        } else {
+            s.state.as_str()
+        };
+        logger::event(
+            if s.state == AlertState::Firing { log::Level::Warn } else { log::Level::Info },
+            "alert",
+            &[
+                ("alert", &s.rule.name),
+                ("state", after),
+                ("previous", before.as_str()),
+                ("severity", &s.rule.severity),
+                ("route", s.rule.route.as_deref().unwrap_or("all")),
+                ("signal", s.rule.signal.as_str()),
+                ("value", &value),
+                ("summary", &s.rule.summary),
+            ],
+        );
+    }
+
+    fn am_alert(&self, s: &AlertStatus, resolved: bool, generator: &str, now: SystemTime) -> AmAlert {
+        AmAlert::new(
+            &s.rule.name,
+            &s.rule.severity,
+            s.rule.route.as_deref(),
+            &self.instance,
+            &s.rule.summary,
+            s.active_at.unwrap_or(now),
+            resolved.then_some(now),
+            generator,
+        )
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AlertEvaluator {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let notifier = Notifier::start();
+        loop {
+            let interval = self.shared.runtime.load().config.alerting.evaluation_interval;
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(interval) => self.evaluate(&notifier),
+            }
+        }
+    }
+}
+
+/// `host:port` naming this gateway in alert labels.
+pub fn instance_name(listen_port: u16) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    let host = if rc == 0 {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "localhost".to_string()
+    };
+    format!("{host}:{listen_port}")
+}

@@ -1,0 +1,206 @@
+//! Sliding windows of request outcomes in fixed-size per-second rings: recording is a
+//! handful of relaxed atomic adds (no allocation, no lock), memory is fixed by the
+//! longest alert window, and reading sums the slots of the last N seconds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::observe::metrics::LATENCY_BUCKETS;
+
+const BUCKETS: usize = LATENCY_BUCKETS.len() + 1; // + overflow (+Inf)
+
+struct Slot {
+    /// The second this slot holds (seconds since the clock's epoch, plus one so zero
+    /// means never used).
+    second: AtomicU64,
+    total: AtomicU64,
+    errors: AtomicU64,
+    rate_limited: AtomicU64,
+    latency: [AtomicU64; BUCKETS],
+    first_byte: [AtomicU64; BUCKETS],
+    first_byte_count: AtomicU64,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            second: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            first_byte: std::array::from_fn(|_| AtomicU64::new(0)),
+            first_byte_count: AtomicU64::new(0),
+        }
+    }
+
+    fn reset(&self) {
+        self.total.store(0, Ordering::Relaxed);
+        self.errors.store(0, Ordering::Relaxed);
+        self.rate_limited.store(0, Ordering::Relaxed);
+        self.first_byte_count.store(0, Ordering::Relaxed);
+        for b in self.latency.iter().chain(self.first_byte.iter()) {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One request as the windows see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub error: bool,
+    pub rate_limited: bool,
+    pub latency_s: f64,
+    pub first_byte_s: Option<f64>,
+}
+
+/// Sums over a window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WindowSums {
+    pub total: u64,
+    pub errors: u64,
+    pub rate_limited: u64,
+    pub latency: [u64; BUCKETS],
+    pub first_byte: [u64; BUCKETS],
+    pub first_byte_count: u64,
+}
+
+pub struct Ring {
+    slots: Box<[Slot]>,
+}
+
+fn bucket_of(seconds: f64) -> usize {
+    LATENCY_BUCKETS
+        .iter()
+        .position(|le| seconds <= *le)
+        .unwrap_or(LATENCY_BUCKETS.len())
+}
+
+impl Ring {
+    /// A ring that can answer windows up to `seconds` long.
+    pub fn new(seconds: u64) -> Ring {
+        let n = seconds.clamp(1, 3600) as usize + 1;
+        Ring {
+            slots: (0..n).map(|_| Slot::new()).collect(),
+        }
+    }
+
+    fn slot_for(&self, now_s: u64) -> &Slot {
+        let stamp = now_s + 1;
+        let slot = &self.slots[(now_s % self.slots.len() as u64) as usize];
+        let seen = slot.second.load(Ordering::Acquire);
+        if seen != stamp
+            && slot
+                .second
+                .compare_exchange(seen, stamp, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // First writer of a new second clears what the slot held a ring ago.
+            slot.reset();
+        }
+        slot
+    }
+
+    pub fn record(&self, now_s: u64, o: Outcome) {
+        let slot = self.slot_for(now_s);
+        slot.total.fetch_add(1, Ordering::Relaxed);
+        if o.error {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if o.rate_limited {
+            slot.rate_limited.fetch_add(1, Ordering::Relaxed);
+        }
+        slot.latency[bucket_of(o.latency_s)].fetch_add(1, Ordering::Relaxed);
+        if let Some(fb) = o.first_byte_s {
+            slot.first_byte[bucket_of(fb)].fetch_add(1, Ordering::Relaxed);
+            slot.first_byte_count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sums the last `seconds` seconds up to and including `now_s`.
+    pub fn sum(&self, now_s: u64, seconds: u64) -> WindowSums {
+        let mut out = WindowSums::default();
+        let span = seconds.clamp(1, self.slots.len() as u64 - 1);
+        for s in (now_s + 1).saturating_sub(span)..=now_s {
+            let slot = &self.slots[(s % self.slots.len() as u64) as usize];
+            if slot.second.load(Ordering::Acquire) != s + 1 {
+                continue;
+            }
+            out.total += slot.total.load(Ordering::Relaxed);
+            out.errors += slot.errors.load(Ordering::Relaxed);
+            out.rate_limited += slot.rate_limited.load(Ordering::Relaxed);
+            out.first_byte_count += slot.first_byte_count.load(Ordering::Relaxed);
+            for i in 0..BUCKETS {
+                out.latency[i] += slot.latency[i].load(Ordering::Relaxed);
+                out.first_byte[i] += slot.first_byte[i].load(Ordering::Relaxed);
+            }
+        }
+        out
+    }
+}
+
+/// The q-quantile of a bucketed distribution, interpolated inside the bucket as
+/// Prometheus' `histogram_quantile` does. `None` without samples.
+pub fn quantile(q: f64, buckets: &[u64; BUCKETS]) -> Option<f64> {
+    let count: u64 = buckets.iter().sum();
+    if count == 0 {
+        return None;
+    }
+    let rank = q * count as f64;
+    let mut seen = 0u64;
+    for (i, n) in buckets.iter().enumerate() {
+        let before = seen;
+        seen += n;
+        if (seen as f64) >= rank && *n > 0 {
+            if i == LATENCY_BUCKETS.len() {
+                // Beyond the last bound: like Prometheus, answer the highest finite bound.
+                return Some(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1]);
+            }
+            let upper = LATENCY_BUCKETS[i];
+            let lower = if i == 0 { 0.0 } else { LATENCY_BUCKETS[i - 1] };
+            let within = (rank - before as f64) / *n as f64;
+            return Some(lower + (upper - lower) * within);
+        }
+    }
+    Some(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(latency: f64) -> Outcome {
+        Outcome { error: false, rate_limited: false, latency_s: latency, first_byte_s: Some(latency / 2.0) }
+    }
+
+    #[test]
+    fn window_slides() {
+        let ring = Ring::new(10);
+        for s in 100..110 {
+            ring.record(s, ok(0.01));
+        }
+        ring.record(109, Outcome { error: true, ..ok(0.01) });
+        assert_eq!(ring.sum(109, 10).total, 11);
+        assert_eq!(ring.sum(109, 10).errors, 1);
+        assert_eq!(ring.sum(109, 3).total, 4);
+        // 20 s later nothing is left in the window
+        assert_eq!(ring.sum(129, 10).total, 0);
+        // a slot reused a ring later starts from zero
+        ring.record(120, ok(0.01));
+        assert_eq!(ring.sum(120, 10).total, 1);
+    }
+
+    #[test]
+    fn p99_interpolates() {
+        let ring = Ring::new(60);
+        for _ in 0..99 {
+            ring.record(5, ok(0.002));
+        }
+        ring.record(5, ok(3.0));
+        let sums = ring.sum(5, 60);
+        let p50 = quantile(0.5, &sums.latency).unwrap();
+        assert!(p50 > 0.001 && p50 <= 0.0025, "{p50}");
+        let p100 = quantile(1.0, &sums.latency).unwrap();
+        assert!(p100 > 2.5 && p100 <= 5.0, "{p100}");
+        assert_eq!(quantile(0.99, &[0; BUCKETS]), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! agentgate: an observability-first reverse proxy for AI agent services, on pingora.
+//!
+//! Layout by concern: `config` (file model, validation, runtime model), `proxy` (the
+//! pingora phases and what runs in them), `balance` (backend choice and health),
+//! `ratelimit`, `pagination`, `auth`, `observe` (metrics, logs, traces), `alerts`,
+//! `admin` (the admin listener), `demo` (demo agents), `server` (bootstrap and shutdown),
+//! `reload` (hot reload), `state` (what the pieces share).
+
+pub mod admin;
+pub mod alerts;
+pub mod balance;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod observe;
+pub mod proxy;
+pub mod reload;
+pub mod server;
+pub mod state;

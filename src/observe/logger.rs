@@ -1,0 +1,113 @@
+//! The process's own log: the `log` crate (which pingora also uses) written as JSON lines
+//! (or pretty lines) to stderr through the non-blocking line writer.
+
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+
+use super::json;
+use super::line_writer::{LineWriter, Sink};
+use crate::config::LogFormat;
+
+struct ProcessLogger {
+    writer: ArcSwapOption<LineWriter>,
+    format: std::sync::atomic::AtomicBool, // true = json
+}
+
+static LOGGER: OnceLock<ProcessLogger> = OnceLock::new();
+
+fn dropped() {
+    metrics::counter!("agentgate_process_log_dropped_total").increment(1);
+}
+
+/// Installs the process logger once; later calls only change level and format.
+pub fn init(format: LogFormat, level: log::LevelFilter) {
+    let logger = LOGGER.get_or_init(|| {
+        let writer = LineWriter::start(Sink::Stderr, 8192, dropped).ok().map(std::sync::Arc::new);
+        ProcessLogger {
+            writer: ArcSwapOption::new(writer),
+            format: std::sync::atomic::AtomicBool::new(true),
+        }
+    });
+    logger
+        .format
+        .store(format == LogFormat::Json, std::sync::atomic::Ordering::Relaxed);
+    let _ = log::set_logger(logger);
+    log::set_max_level(level);
+}
+
+/// Writes out what is queued (before the process exits).
+pub fn flush() {
+    if let Some(l) = LOGGER.get() {
+        if let Some(w) = l.writer.load_full() {
+            w.flush();
+        }
+    }
+}
+
+impl log::Log for ProcessLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let Some(writer) = self.writer.load_full() else { return };
+        let level = match record.level() {
+            log::Level::Error => "error",
+            log::Level::Warn => "warn",
+            log::Level::Info => "info",
+            log::Level::Debug => "debug",
+            log::Level::Trace => "trace",
+        };
+        let message = record.args().to_string();
+        let mut line = String::with_capacity(96 + message.len());
+        if self.format.load(std::sync::atomic::Ordering::Relaxed) {
+            line.push('{');
+            json::push_key(&mut line, "ts");
+            line.push('"');
+            json::push_timestamp(&mut line, SystemTime::now());
+            line.push('"');
+            json::field_str(&mut line, "level", level);
+            json::field_str(&mut line, "msg", &message);
+            json::field_str(&mut line, "target", record.target());
+            line.push('}');
+        } else {
+            json::push_timestamp(&mut line, SystemTime::now());
+            line.push(' ');
+            line.push_str(&level.to_ascii_uppercase());
+            line.push(' ');
+            line.push_str(&message);
+        }
+        writer.write(line);
+    }
+
+    fn flush(&self) {
+        flush();
+    }
+}
+
+/// Writes one structured event (alerts, reloads) as a JSON line with extra fields.
+pub fn event(level: log::Level, msg: &str, fields: &[(&str, &str)]) {
+    if level > log::max_level() {
+        return;
+    }
+    let Some(l) = LOGGER.get() else { return };
+    let Some(writer) = l.writer.load_full() else { return };
+    let mut line = String::with_capacity(128);
+    line.push('{');
+    json::push_key(&mut line, "ts");
+    line.push('"');
+    json::push_timestamp(&mut line, SystemTime::now());
+    line.push('"');
+    json::field_str(&mut line, "level", &level.as_str().to_ascii_lowercase());
+    json::field_str(&mut line, "msg", msg);
+    for (k, v) in fields {
+        json::field_str(&mut line, k, v);
+    }
+    line.push('}');
+    writer.write(line);
+}

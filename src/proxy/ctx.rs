@@ -1,0 +1,79 @@
+//! Per-request state carried through the proxy phases.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+
+use super::errors::GatewayError;
+use super::watchdog::Watchdog;
+use crate::balance::InFlightGuard;
+use crate::observe::metrics::{PaginationAction, TryOutcome};
+use crate::observe::trace_context::TraceContext;
+use crate::state::Runtime;
+
+#[derive(Default)]
+pub struct RequestCtx {
+    pub start: Option<Instant>,
+    /// The runtime this request started on; it finishes on it even across a reload.
+    pub runtime: Option<Arc<Runtime>>,
+    /// Index into `runtime.routes`.
+    pub route: Option<usize>,
+    pub request_id: Option<HeaderValue>,
+    pub trace: Option<TraceContext>,
+    /// Span id of the client span for the upstream call (the upstream's parent).
+    pub upstream_span_id: [u8; 8],
+    pub client_ip: Option<std::net::IpAddr>,
+    pub key_id: Option<Arc<str>>,
+
+    /// Backend index chosen for the current try.
+    pub backend: Option<usize>,
+    /// Bit set of backends tried so far.
+    pub tried: u64,
+    pub tries: u32,
+    pub in_flight: Option<InFlightGuard>,
+    pub last_outcome: Option<TryOutcome>,
+
+    pub upstream_sent_at: Option<Instant>,
+    pub first_byte_at: Option<Instant>,
+    pub response_done_at: Option<Instant>,
+    pub watchdog: Option<Watchdog>,
+    pub connect_fd: Option<std::os::fd::RawFd>,
+
+    pub status: u16,
+    pub error: Option<GatewayError>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub streaming: bool,
+    pub stream_counted: bool,
+    pub cancelled: bool,
+
+    pub rate_limited: bool,
+    /// `ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset` for the response.
+    pub rate_limit_headers: Option<(u32, u32, u64)>,
+    pub pagination: Option<PaginationAction>,
+    /// `x-pagination-clamped: <asked>-><max>`
+    pub pagination_clamped: Option<(u64, u64)>,
+    pub response_cap: Option<u64>,
+}
+
+impl RequestCtx {
+    pub fn request_id_str(&self) -> &str {
+        self.request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// Time the agent spent on this request (sent -> last byte), zero when never sent.
+    pub fn upstream_elapsed(&self) -> std::time::Duration {
+        match self.upstream_sent_at {
+            Some(sent) => self
+                .response_done_at
+                .or(self.first_byte_at)
+                .map(|end| end.saturating_duration_since(sent))
+                .unwrap_or_default(),
+            None => Default::default(),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Header hygiene on the way to the agent and back: hop-by-hop headers, forwarding
+//! headers, request ids.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderValue, CONNECTION};
+use ipnet::IpNet;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway. Transfer-Encoding
+/// is not listed: pingora re-frames bodies itself and needs to see it.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "upgrade",
+];
+
+/// The header maps pingora lets us edit (request and response headers keep their
+/// own case map, so edits go through their methods).
+pub trait EditHeaders {
+    fn header_map(&self) -> &HeaderMap;
+    fn remove(&mut self, name: &str);
+}
+
+impl EditHeaders for pingora::http::RequestHeader {
+    fn header_map(&self) -> &HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+}
+
+impl EditHeaders for pingora::http::ResponseHeader {
+    fn header_map(&self) -> &HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+}
+
+impl EditHeaders for HeaderMap {
+    fn header_map(&self) -> &HeaderMap {
+        self
+    }
+    fn remove(&mut self, name: &str) {
+        HeaderMap::remove(self, name);
+    }
+}
+
+/// Removes hop-by-hop headers and every header the `Connection` header nominates.
+pub fn strip_hop_by_hop<H: EditHeaders>(headers: &mut H) {
+    if let Some(nominated) = connection_nominated(headers.header_map()) {
+        for name in nominated {
+            if name != "transfer-encoding" && name != "content-length" {
+                headers.remove(&name);
+            }
+        }
+    }
+    for name in HOP_BY_HOP.iter().chain(std::iter::once(&"trailer")) {
+        if headers.header_map().contains_key(*name) {
+            headers.remove(name);
+        }
+    }
+}
+
+fn connection_nominated(headers: &HeaderMap) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        let text = value.to_str().ok()?;
+        for token in text.split(',') {
+            let token = token.trim().to_ascii_lowercase();
+            if !token.is_empty() && token != "close" && token != "keep-alive" {
+                out.push(token);
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Is a client's `x-request-id` safe to reuse (length and characters)?
+pub fn sane_request_id(value: &[u8]) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b))
+}
+
+/// Is this peer a trusted proxy whose `x-forwarded-for` may be believed?
+pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(&peer))
+}
+
+/// The client address: the peer itself, or, behind trusted proxies, the right-most
+/// address in `x-forwarded-for` that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, xff: Option<&HeaderValue>, trusted: &[IpNet]) -> IpAddr {
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let Some(text) = xff.and_then(|v| v.to_str().ok()) else {
+        return peer;
+    };
+    for part in text.rsplit(',') {
+        match part.trim().parse::<IpAddr>() {
+            Ok(ip) if !is_trusted(ip, trusted) => return ip,
+            Ok(_) => continue,
+            Err(_) => return peer,
+        }
+    }
+    peer
+}
+
+/// The `x-forwarded-for` the upstream receives: appended to a trusted proxy's list,
+/// replaced when the peer is not trusted (a client cannot forge its address).
+pub fn forwarded_for(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> String {
+    let peer_text = peer.to_string();
+    if !is_trusted(peer, trusted) {
+        return peer_text;
+    }
+    let previous: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if previous.is_empty() {
+        peer_text
+    } else {
+        format!("{}, {peer_text}", previous.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn strips_nominated_and_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_trust() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        assert_eq!(forwarded_for(&h, "127.0.0.1".parse().unwrap(), &trusted), "127.0.0.1");
+        assert_eq!(forwarded_for(&h, "10.1.1.1".parse().unwrap(), &trusted), "1.2.3.4, 10.1.1.1");
+    }
+
+    #[test]
+    fn client_ip_behind_proxies() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let xff = HeaderValue::from_static("9.9.9.9, 1.2.3.4, 10.0.0.2");
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(peer, Some(&xff), &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        let outsider: IpAddr = "8.8.8.8".parse().unwrap();
+        assert_eq!(client_ip(outsider, Some(&xff), &trusted), outsider);
+    }
+
+    #[test]
+    fn request_id_sanity() {
+        assert!(sane_request_id(b"abc-123_x.y"));
+        assert!(!sane_request_id(b""));
+        assert!(!sane_request_id(b"a b"));
+        assert!(!sane_request_id(&[b'a'; 129]));
+        assert!(!sane_request_id("é".as_bytes()));
+    }
+}

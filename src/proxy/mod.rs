@@ -1,0 +1,452 @@
+//! The proxy: pingora's `ProxyHttp` phases for agentgate. Each phase stays short and
+//! hands the real work to the module that owns the concern (routing, balancing,
+//! admission, observation).
+
+pub mod admission;
+pub mod ctx;
+pub mod errors;
+pub mod headers;
+pub mod respond;
+pub mod routing;
+pub mod watchdog;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderValue;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::balance::clock::now_ms;
+use crate::observe::metrics::{self, TryOutcome};
+use crate::observe::trace_context::{parse_traceparent, TraceContext};
+use crate::observe::Observer;
+use crate::state::Shared;
+pub use ctx::RequestCtx;
+use errors::{ErrorKind, GatewayError};
+use watchdog::{Phase, Watchdog};
+
+/// The agentgate proxy service.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    observer: Arc<Observer>,
+}
+
+impl Gateway {
+    pub fn new(shared: Arc<Shared>, observer: Arc<Observer>) -> Self {
+        Self { shared, observer }
+    }
+
+    /// Request id and trace context, set before anything can answer the request.
+    fn identify(&self, session: &Session, ctx: &mut RequestCtx) {
+        let Some(runtime) = &ctx.runtime else { return };
+        let incoming = session
+            .req_header()
+            .headers
+            .get("traceparent")
+            .and_then(|v| parse_traceparent(v.as_bytes()));
+        let trace = TraceContext::from_incoming(incoming, runtime.config.trace.sample_ratio);
+        ctx.upstream_span_id = crate::observe::trace_context::random_span_id();
+        ctx.request_id = match session.req_header().headers.get("x-request-id") {
+            Some(v) if headers::sane_request_id(v.as_bytes()) => Some(v.clone()),
+            _ => HeaderValue::from_bytes(&trace.trace_id_hex()).ok(),
+        };
+        ctx.trace = Some(trace);
+    }
+
+    /// Notes the result of one try against the chosen backend (metrics, passive health).
+    fn record_try(&self, ctx: &mut RequestCtx, outcome: TryOutcome) {
+        ctx.last_outcome = Some(outcome);
+        let (Some(runtime), Some(route), Some(b)) = (&ctx.runtime, ctx.route, ctx.backend) else {
+            return;
+        };
+        let upstream = &runtime.upstreams[runtime.routes[route].route.upstream];
+        if let Some(m) = upstream.backend_metrics.get(b) {
+            m.record(outcome);
+        }
+        let Some(backend) = upstream.pool.backends.get(b) else { return };
+        let cfg = &upstream.pool.config;
+        match outcome {
+            TryOutcome::Success => backend.record_passive_success(),
+            TryOutcome::ServerError | TryOutcome::ConnectError | TryOutcome::Timeout => {
+                if backend.record_passive_failure(cfg.health.eject_after) {
+                    let now = now_ms();
+                    let others = upstream
+                        .pool
+                        .backends
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, o)| *i != b && o.is_available(now))
+                        .count();
+                    if others == 0 {
+                        log::warn!(
+                            "backend {} of upstream {} failed {} requests in a row but is the last healthy backend: kept in service rather than answering every request 503",
+                            backend.label, cfg.name, cfg.health.eject_after
+                        );
+                    } else {
+                        backend.eject_for(cfg.health.eject_for.as_millis() as u64);
+                        metrics::ejection(&cfg.name, &backend.label);
+                        log::warn!(
+                            "backend {} of upstream {} ejected for {:?} after {} consecutive failures ({})",
+                            backend.label, cfg.name, cfg.health.eject_for, cfg.health.eject_after, outcome.as_str()
+                        );
+                    }
+                }
+            }
+            TryOutcome::Error => {}
+        }
+    }
+
+    /// Classifies a pingora error into the error the client sees.
+    fn classify(&self, e: &Error, ctx: &RequestCtx) -> Option<GatewayError> {
+        if let Some(err) = &ctx.error {
+            return Some(err.clone());
+        }
+        if ctx.watchdog.as_ref().is_some_and(|w| w.fired()) {
+            return Some(timeout_error(ctx));
+        }
+        let kind = match e.etype() {
+            ErrorType::ConnectTimedout => {
+                return Some(GatewayError::new(
+                    ErrorKind::UpstreamTimeout,
+                    "the agent did not accept the connection within connect_timeout",
+                ))
+            }
+            ErrorType::ReadTimedout => return Some(timeout_error(ctx)),
+            ErrorType::HTTPStatus(413) => ErrorKind::PayloadTooLarge,
+            _ => match e.esource() {
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
+                        return None
+                    }
+                    _ => ErrorKind::BadRequest,
+                },
+                _ => ErrorKind::UpstreamUnavailable,
+            },
+        };
+        let message = match kind {
+            ErrorKind::PayloadTooLarge => "the request body is larger than max_request_body_bytes",
+            ErrorKind::BadRequest => "the request could not be read as valid HTTP",
+            _ => "the agent could not be reached or broke the connection; every try failed",
+        };
+        Some(GatewayError::new(kind, message))
+    }
+
+    /// Arms the tighter of first-byte / idle timeouts when pingora's read timeout is the
+    /// looser one (see `watchdog`).
+    fn upstream_limits(ctx: &RequestCtx) -> Option<(Duration, Duration)> {
+        let runtime = ctx.runtime.as_ref()?;
+        let route = &runtime.routes[ctx.route?].route;
+        let u = &runtime.config.upstreams[route.upstream];
+        Some((u.first_byte_timeout, u.idle_timeout))
+    }
+}
+
+fn timeout_error(ctx: &RequestCtx) -> GatewayError {
+    let streaming = ctx.first_byte_at.is_some();
+    GatewayError::new(
+        ErrorKind::UpstreamTimeout,
+        if streaming {
+            "the agent's response went silent for longer than idle_timeout"
+        } else {
+            "the agent sent no response within first_byte_timeout"
+        },
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.start = Some(Instant::now());
+        let runtime = self.shared.runtime.load_full();
+        ctx.runtime = Some(runtime);
+        self.identify(session, ctx);
+        match admission::admit(&self.shared, session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(err) => {
+                respond::send_error(session, ctx, err).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.bytes_in += b.len() as u64;
+            let limit = ctx
+                .runtime
+                .as_ref()
+                .map(|r| r.config.server.max_request_body_bytes)
+                .unwrap_or(u64::MAX);
+            if ctx.bytes_in > limit {
+                ctx.error = Some(GatewayError::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!("the request body is larger than the limit of {limit} bytes"),
+                ));
+                return Err(Error::explain(ErrorType::HTTPStatus(413), "request body too large"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let (Some(runtime), Some(route)) = (ctx.runtime.clone(), ctx.route) else {
+            return Err(Error::explain(ErrorType::InternalError, "no route chosen"));
+        };
+        let upstream = &runtime.upstreams[runtime.routes[route].route.upstream];
+        let cfg = &upstream.pool.config;
+        if ctx.tries > 0 {
+            metrics::retry(&cfg.name);
+        }
+        ctx.in_flight = None;
+        let index = match upstream.pool.select(ctx.tried) {
+            Ok(i) => i,
+            Err(_) => {
+                ctx.error = Some(GatewayError::new(
+                    ErrorKind::NoHealthyBackend,
+                    format!("upstream {:?} has no healthy backend", cfg.name),
+                ));
+                return Err(Error::explain(ErrorType::HTTPStatus(503), "no healthy backend"));
+            }
+        };
+        let backend = &upstream.pool.backends[index];
+        ctx.backend = Some(index);
+        ctx.tried |= 1 << index;
+        ctx.tries += 1;
+        ctx.in_flight = Some(backend.begin_request());
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        peer.options.connection_timeout = Some(cfg.connect_timeout);
+        peer.options.read_timeout = Some(cfg.first_byte_timeout.max(cfg.idle_timeout));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.connect_fd = Some(fd);
+        if let Some((first_byte, idle)) = Self::upstream_limits(ctx) {
+            if first_byte < idle {
+                ctx.watchdog = Watchdog::arm(fd, Phase::FirstByte, first_byte);
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let outcome = if matches!(e.etype(), ErrorType::ConnectTimedout) {
+            TryOutcome::Timeout
+        } else {
+            TryOutcome::ConnectError
+        };
+        self.record_try(ctx, outcome);
+        ctx.in_flight = None;
+        let retries = Self::retries(ctx);
+        // A connect failure never reached the agent: always safe to try another backend.
+        e.set_retry(ctx.tries <= retries);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("backend {peer}"));
+        if matches!(e.esource(), ErrorSource::Upstream) {
+            let timed_out = matches!(e.etype(), ErrorType::ReadTimedout)
+                || ctx.watchdog.as_ref().is_some_and(|w| w.fired());
+            self.record_try(ctx, if timed_out { TryOutcome::Timeout } else { TryOutcome::Error });
+        }
+        let retries = Self::retries(ctx);
+        let idempotent = session.req_header().method.is_idempotent();
+        let safe = idempotent
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+            && ctx.first_byte_at.is_none();
+        // A stale pooled connection gets one extra try: the agent never saw the request.
+        let allowed = ctx.tries <= retries || (client_reused && ctx.tries <= retries + 1);
+        e.set_retry(safe && allowed);
+        if e.retry() {
+            ctx.watchdog = None;
+            ctx.in_flight = None;
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        admission::prepare_upstream_request(session, upstream_request, ctx)?;
+        ctx.upstream_sent_at = Some(Instant::now());
+        ctx.first_byte_at = None;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.first_byte_at = Some(Instant::now());
+        if let Some(w) = &ctx.watchdog {
+            if w.phase == Phase::FirstByte {
+                ctx.watchdog = None;
+            }
+        }
+        let status = upstream_response.status.as_u16();
+        self.record_try(ctx, if status >= 500 { TryOutcome::ServerError } else { TryOutcome::Success });
+        if let (Some(runtime), Some(route), Some(sent)) = (&ctx.runtime, ctx.route, ctx.upstream_sent_at) {
+            if let Some(h) = &runtime.routes[route].metrics.first_byte {
+                h.record(sent.elapsed().as_secs_f64());
+            }
+        }
+        admission::check_upstream_response(upstream_response, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        headers::strip_hop_by_hop(upstream_response);
+        respond::decorate_response(upstream_response, ctx)?;
+        ctx.status = upstream_response.status.as_u16();
+        if respond::is_streaming(upstream_response) {
+            ctx.streaming = true;
+            if let (Some(runtime), Some(route)) = (&ctx.runtime, ctx.route) {
+                runtime.routes[route].metrics.streams_active.increment(1.0);
+                ctx.stream_counted = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            ctx.watchdog = None;
+            ctx.response_done_at = Some(Instant::now());
+        } else if let Some(w) = &ctx.watchdog {
+            w.touch();
+        } else if let (Some(fd), Some((first_byte, idle))) = (ctx.connect_fd, Self::upstream_limits(ctx)) {
+            if idle < first_byte {
+                ctx.watchdog = Watchdog::arm(fd, Phase::Idle, idle);
+            }
+        }
+        admission::check_upstream_body(body, end_of_stream, ctx)?;
+        Ok(None)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(b) = body {
+            ctx.bytes_out += b.len() as u64;
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let err = self.classify(e, ctx);
+        ctx.watchdog = None;
+        ctx.in_flight = None;
+        let Some(err) = err else {
+            // The client went away: nothing to answer.
+            ctx.cancelled = true;
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        };
+        if session.response_written().is_some() {
+            // Too late for an error response: the stream is cut; the log says why.
+            ctx.error = Some(err);
+            return FailToProxy { error_code: ctx.status, can_reuse_downstream: false };
+        }
+        let status = err.kind.status();
+        if respond::send_error(session, ctx, err).await.is_err() {
+            ctx.cancelled = true;
+        }
+        FailToProxy { error_code: status, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.watchdog = None;
+        ctx.in_flight = None;
+        if ctx.response_done_at.is_none() {
+            ctx.response_done_at = Some(Instant::now());
+        }
+        if let Some(h) = session.response_written() {
+            ctx.status = h.status.as_u16();
+        }
+        if let Some(e) = e {
+            if matches!(e.esource(), ErrorSource::Downstream)
+                && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed)
+            {
+                ctx.cancelled = true;
+            }
+            if ctx.error.is_none() && ctx.first_byte_at.is_some() && !ctx.cancelled {
+                ctx.error = self.classify(e, ctx);
+            }
+        }
+        self.observer.finish_request(&self.shared, session, e, ctx);
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        // Every request gets one access log line with its error code; pingora's own
+        // error line would repeat it without the request id.
+        ctx.start.is_some()
+    }
+}
+
+impl Gateway {
+    fn retries(ctx: &RequestCtx) -> u32 {
+        match (&ctx.runtime, ctx.route) {
+            (Some(rt), Some(route)) => rt.config.upstreams[rt.routes[route].route.upstream].retries,
+            _ => 0,
+        }
+    }
+}

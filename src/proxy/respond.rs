@@ -1,0 +1,81 @@
+//! Responses the gateway writes or decorates: JSON errors and the headers every
+//! response carries (`x-request-id`, `server-timing`, rate-limit and pagination notes).
+
+use std::io::Write;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::ctx::RequestCtx;
+use super::errors::{json_body, ErrorKind, GatewayError};
+
+/// Writes a JSON error response and records it in the context.
+pub async fn send_error(session: &mut Session, ctx: &mut RequestCtx, err: GatewayError) -> Result<()> {
+    let status = err.kind.status();
+    let body = json_body(&err, ctx.request_id_str());
+    let mut header = ResponseHeader::build(status, Some(8))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    if err.kind == ErrorKind::RateLimited {
+        if let Some((_, _, reset)) = ctx.rate_limit_headers {
+            header.insert_header("retry-after", reset.max(1).to_string())?;
+        }
+    }
+    decorate_response(&mut header, ctx)?;
+    ctx.status = status;
+    ctx.error = Some(err);
+    // Whatever the client still sends is not read: close rather than resync the stream.
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await?;
+    Ok(())
+}
+
+/// Adds the headers every response carries.
+pub fn decorate_response(header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    if let Some(id) = &ctx.request_id {
+        header.insert_header("x-request-id", id.clone())?;
+    }
+    header.insert_header("server-timing", server_timing(ctx))?;
+    if let Some((limit, remaining, reset)) = ctx.rate_limit_headers {
+        header.insert_header("ratelimit-limit", limit.to_string())?;
+        header.insert_header("ratelimit-remaining", remaining.to_string())?;
+        header.insert_header("ratelimit-reset", reset.to_string())?;
+    }
+    if let Some((asked, max)) = ctx.pagination_clamped {
+        header.insert_header("x-pagination-clamped", format!("{asked}->{max}"))?;
+    }
+    Ok(())
+}
+
+/// `gateway;dur=<ms>, upstream;dur=<ms>`: upstream is the wait for the response header,
+/// gateway is the rest of the time so far.
+fn server_timing(ctx: &RequestCtx) -> Vec<u8> {
+    let total = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
+    let upstream = match (ctx.upstream_sent_at, ctx.first_byte_at) {
+        (Some(sent), Some(first)) => first.saturating_duration_since(sent),
+        _ => Default::default(),
+    };
+    let gateway = total.saturating_sub(upstream);
+    let mut out = Vec::with_capacity(48);
+    let _ = write!(
+        out,
+        "gateway;dur={:.3}, upstream;dur={:.3}",
+        gateway.as_secs_f64() * 1000.0,
+        upstream.as_secs_f64() * 1000.0
+    );
+    out
+}
+
+/// Is this a response that streams (SSE, or chunked without a length)?
+pub fn is_streaming(header: &ResponseHeader) -> bool {
+    let sse = header
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    sse || !header.headers.contains_key("content-length")
+}

@@ -1,0 +1,90 @@
+//! Hot reload: re-read the config file, and swap the runtime atomically when it is valid.
+//! Requests already running keep the runtime they started with (they hold an `Arc`).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{self, ConfigErrors};
+use crate::observe::{logger, metrics, Observer};
+use crate::state::Shared;
+
+/// What a reload did.
+#[derive(Debug)]
+pub struct ReloadReport {
+    pub summary: String,
+    /// Settings that only a restart applies (listener addresses, threads).
+    pub needs_restart: Vec<String>,
+}
+
+/// Loads the config file again and swaps it in when valid; keeps the old one otherwise.
+pub fn reload(shared: &Shared, observer: &Observer) -> Result<ReloadReport, ConfigErrors> {
+    let old = shared.runtime.load_full();
+    let path = old.config.path.clone();
+    let new = match config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            metrics::config_reload(false);
+            for e in &errors.0 {
+                log::error!("config reload rejected, still serving the previous config: {e}");
+            }
+            return Err(errors);
+        }
+    };
+    let mut needs_restart = Vec::new();
+    let (o, n) = (&old.config.server, &new.server);
+    if o.listen != n.listen {
+        needs_restart.push(format!("server.listen ({} -> {}) applies after a restart", o.listen, n.listen));
+    }
+    if o.admin_listen != n.admin_listen {
+        needs_restart.push(format!("server.admin_listen ({} -> {}) applies after a restart", o.admin_listen, n.admin_listen));
+    }
+    if o.threads != n.threads {
+        needs_restart.push(format!("server.threads ({} -> {}) applies after a restart", o.threads, n.threads));
+    }
+    if old.config.trace.otlp_endpoint != new.trace.otlp_endpoint || old.config.trace.service_name != new.trace.service_name {
+        needs_restart.push("trace.otlp_endpoint and trace.service_name apply after a restart".into());
+    }
+    for msg in &needs_restart {
+        log::warn!("config reload: {msg}");
+    }
+    if let Err(e) = observer.apply(&new) {
+        log::error!("config reload: cannot open the new access log target ({e}); keeping the previous one");
+    }
+    logger::init(new.log.format, new.log.level);
+    let summary = config::summary(&new);
+    shared.install(new);
+    metrics::config_reload(true);
+    log::info!("config reloaded from {}: {summary}", path.display());
+    Ok(ReloadReport { summary, needs_restart })
+}
+
+/// Reloads on SIGHUP.
+pub struct ReloadOnHangup {
+    pub shared: Arc<Shared>,
+    pub observer: Arc<Observer>,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadOnHangup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload only through POST /reload: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = hangup.recv() => {
+                    let _ = reload(&self.shared, &self.observer);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Builds the pingora server from a validated config and runs it until a signal stops it.
+//!
+//! Shutdown: SIGTERM drains (readiness turns 503 at once, traffic is still served for
+//! `grace_period`, then the process exits 0); SIGINT stops at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use pingora::services::ServiceWithDependents;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::admin::AdminApp;
+use crate::balance::health::HealthService;
+use crate::config::Config;
+use crate::observe::{logger, metrics, Observer};
+use crate::proxy::Gateway;
+use crate::reload::ReloadOnHangup;
+use crate::state::Shared;
+
+/// Runs the gateway (plus any `extra` services, e.g. the demo agents). Returns the exit code.
+pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
+    logger::init(config.log.format, config.log.level);
+    metrics::install();
+    metrics::touch_process_series();
+    let observer = match Observer::new(&config) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{}: cannot open the access log: {e}", config.path.display());
+            return 2;
+        }
+    };
+    let threads = config.server.threads;
+    let listen = config.server.listen;
+    let admin_listen = config.server.admin_listen;
+    let grace = config.server.grace_period;
+    let shared = Shared::new(config);
+
+    let conf = ServerConf {
+        threads,
+        // Our shutdown watch waits out the grace period itself while still serving;
+        // pingora's own grace sleep would stop accepting first.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        // Tries per request are bounded by each upstream's `retries`; this is only a cap.
+        max_retries: 16,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(Arc::clone(&shared), Arc::clone(&observer)),
+        "agentgate proxy",
+    );
+    proxy.add_tcp(&listen.to_string());
+    server.add_service(proxy);
+
+    let mut admin = Service::new(
+        "agentgate admin".to_string(),
+        AdminApp {
+            shared: Arc::clone(&shared),
+            observer: Arc::clone(&observer),
+        },
+    );
+    admin.add_tcp(&admin_listen.to_string());
+    admin.threads = Some(1);
+    server.add_service(admin);
+
+    server.add_service(background_service("health checks", HealthService::new(Arc::clone(&shared))));
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        ReloadOnHangup {
+            shared: Arc::clone(&shared),
+            observer: Arc::clone(&observer),
+        },
+    ));
+    server.add_service(background_service("metrics upkeep", MetricsUpkeep));
+    for service in extra {
+        server.add_boxed_service(service);
+    }
+
+    log::info!("agentgate {} serving on {listen}, admin on {admin_listen}", env!("CARGO_PKG_VERSION"));
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainThenStop {
+            shared: Arc::clone(&shared),
+            grace,
+        }),
+    });
+    log::info!("agentgate stopped");
+    observer.flush();
+    logger::flush();
+    0
+}
+
+/// SIGTERM: drain for the grace period, then stop. SIGINT: stop now.
+struct DrainThenStop {
+    shared: Arc<Shared>,
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainThenStop {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            log::error!("cannot listen for SIGTERM/SIGINT; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = int.recv() => {
+                log::info!("SIGINT: stopping now");
+                ShutdownSignal::FastShutdown
+            }
+            _ = term.recv() => {
+                self.shared.start_drain();
+                log::info!("SIGTERM: draining for {:?} (readyz now answers 503; requests are still served)", self.grace);
+                tokio::select! {
+                    _ = tokio::time::sleep(self.grace) => {}
+                    _ = int.recv() => log::info!("SIGINT during drain: stopping now"),
+                }
+                log::info!("drain over: stopping");
+                ShutdownSignal::GracefulTerminate
+            }
+        }
+    }
+}
+
+/// Drains histogram samples into buckets every few seconds so memory stays flat between
+/// scrapes.
+struct MetricsUpkeep;
+
+#[async_trait]
+impl BackgroundService for MetricsUpkeep {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tick.tick() => metrics::upkeep(),
+            }
+        }
+    }
+}
