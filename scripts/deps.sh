@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the system packages a make target needs, when they are missing.
+# Usage: scripts/deps.sh build|test|bench
+# As root it installs with apt-get; otherwise it prints the exact command to run.
+set -euo pipefail
+
+want=(cmake)
+case "${1:-build}" in
+  build) ;;
+  test)  want+=(redis-server prometheus prometheus-alertmanager) ;;
+  bench) want+=(nginx-light wrk redis-server) ;;
+  *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
+esac
+
+# A package counts as present when the command it provides is on PATH.
+declare -A cmd_of=(
+  [cmake]=cmake [redis-server]=redis-server [prometheus]=promtool
+  [prometheus-alertmanager]=prometheus-alertmanager [nginx-light]=nginx [wrk]=wrk
+)
+missing=()
+for pkg in "${want[@]}"; do
+  command -v "${cmd_of[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts some of these as services; the tests start their own on free ports.
+  for svc in redis-server prometheus prometheus-alertmanager nginx; do
+    if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
+    service "$svc" stop >/dev/null 2>&1 || true
+  done
+else
+  echo "missing system packages: ${missing[*]}" >&2
+  echo "install them with:  sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi

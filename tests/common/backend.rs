@@ -1,0 +1,331 @@
+//! A programmable HTTP/1.1 backend running in the test process on a loopback port: real
+//! sockets, behaviour chosen by the request path, so tests can inject every fault.
+//!
+//! Paths:
+//! - `/echo...`                       200 JSON: method, target (path and query as received), headers
+//! - `/status/{code}`                 that status, small JSON body
+//! - `/sleep/{ms}`                    waits, then 200
+//! - `/hang`                          never answers (holds the connection)
+//! - `/bytes/{n}`                     n bytes with Content-Length
+//! - `/chunked/{n}/{chunks}/{ms}`     n bytes, chunked, in `chunks` pieces `ms` apart
+//! - `/sse/{count}/{ms}`              text/event-stream, `count` events `ms` apart
+//! - `/think/{ms}`                    header after `ms`, then a small body
+//! - `/silent/{ms}`                   header and one chunk, then silence for `ms`, then the end
+//! - `/list...`                       like echo (a list endpoint that reports its query)
+//! - anything else                    200 JSON naming the backend
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+#[derive(Default)]
+pub struct BackendStats {
+    pub requests: AtomicU64,
+    pub connections_closed: AtomicU64,
+    pub open_connections: AtomicU64,
+    /// Request targets received, in order.
+    pub targets: Mutex<Vec<String>>,
+    /// Headers of the last request (lower-case names).
+    pub last_headers: Mutex<HashMap<String, String>>,
+    /// Added before every response (a slow backend).
+    pub delay_ms: AtomicU64,
+    /// Requests being answered right now.
+    pub in_flight: AtomicU64,
+}
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub stats: Arc<BackendStats>,
+    stop: Option<watch::Sender<bool>>,
+}
+
+impl Backend {
+    /// Starts on a free port (must be called inside a tokio runtime).
+    pub async fn start(name: &str) -> Backend {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), name, Arc::new(BackendStats::default())).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, name: &str, stats: Arc<BackendStats>) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = watch::channel(false);
+        let name_owned = name.to_string();
+        let st = Arc::clone(&stats);
+        tokio::spawn(async move {
+            let mut rx_accept = rx.clone();
+            loop {
+                tokio::select! {
+                    _ = rx_accept.changed() => break,
+                    accepted = listener.accept() => {
+                        let Ok((sock, _)) = accepted else { continue };
+                        let st = Arc::clone(&st);
+                        let name = name_owned.clone();
+                        let mut stop = rx.clone();
+                        tokio::spawn(async move {
+                            st.open_connections.fetch_add(1, Ordering::SeqCst);
+                            tokio::select! {
+                                _ = serve(sock, &name, &st) => {}
+                                _ = stop.changed() => {}
+                            }
+                            st.open_connections.fetch_sub(1, Ordering::SeqCst);
+                            st.connections_closed.fetch_add(1, Ordering::SeqCst);
+                        });
+                    }
+                }
+            }
+        });
+        Backend {
+            addr,
+            name: name.to_string(),
+            stats,
+            stop: Some(tx),
+        }
+    }
+
+    /// Stops listening and drops every open connection.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// Starts again on the same port with the same counters.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let addr = self.addr;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    drop(l);
+                    break;
+                }
+                Err(_) if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => panic!("cannot rebind {addr}: {e}"),
+            }
+        }
+        let fresh = Backend::start_on(addr, &self.name, Arc::clone(&self.stats)).await;
+        self.stop = fresh.stop_handle();
+    }
+
+    fn stop_handle(mut self) -> Option<watch::Sender<bool>> {
+        self.stop.take()
+    }
+
+    pub fn set_delay(&self, d: Duration) {
+        self.stats.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn targets(&self) -> Vec<String> {
+        self.stats.targets.lock().unwrap().clone()
+    }
+
+    pub fn last_headers(&self) -> HashMap<String, String> {
+        self.stats.last_headers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Request {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+}
+
+async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let first = lines.next()?;
+            let mut parts = first.split(' ');
+            let method = parts.next()?.to_string();
+            let target = parts.next()?.to_string();
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
+            let mut rest = buf.split_off(end + 4);
+            // Read (and discard) a body: Content-Length or chunked.
+            let len = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok());
+            let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+            if let Some(len) = len {
+                while rest.len() < len {
+                    let mut tmp = [0u8; 8192];
+                    let n = sock.read(&mut tmp).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    rest.extend_from_slice(&tmp[..n]);
+                }
+                rest.drain(..len);
+            } else if chunked {
+                loop {
+                    if find(&rest, b"0\r\n\r\n").is_some() {
+                        let end = find(&rest, b"0\r\n\r\n")? + 5;
+                        rest.drain(..end);
+                        break;
+                    }
+                    let mut tmp = [0u8; 8192];
+                    let n = sock.read(&mut tmp).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    rest.extend_from_slice(&tmp[..n]);
+                }
+            }
+            *buf = rest;
+            return Some(Request { method, target, headers });
+        }
+        let mut tmp = [0u8; 8192];
+        let n = sock.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn serve(mut sock: TcpStream, name: &str, stats: &BackendStats) {
+    let mut buf = Vec::new();
+    while let Some(req) = read_request(&mut sock, &mut buf).await {
+        stats.requests.fetch_add(1, Ordering::SeqCst);
+        stats.targets.lock().unwrap().push(req.target.clone());
+        *stats.last_headers.lock().unwrap() = req.headers.iter().cloned().collect();
+        stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        let delay = stats.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let keep = respond(&mut sock, name, &req).await;
+        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if !keep {
+            return;
+        }
+    }
+}
+
+async fn write_fixed(sock: &mut TcpStream, status: u16, content_type: &str, body: &[u8], name: &str) -> bool {
+    let head = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-backend: {name}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.is_ok() && sock.write_all(body).await.is_ok()
+}
+
+async fn write_chunk(sock: &mut TcpStream, data: &[u8]) -> bool {
+    let frame = format!("{:x}\r\n", data.len());
+    sock.write_all(frame.as_bytes()).await.is_ok()
+        && sock.write_all(data).await.is_ok()
+        && sock.write_all(b"\r\n").await.is_ok()
+        && sock.flush().await.is_ok()
+}
+
+fn num(s: Option<&&str>) -> u64 {
+    s.and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Returns false when the connection must close.
+async fn respond(sock: &mut TcpStream, name: &str, req: &Request) -> bool {
+    let path = req.target.split('?').next().unwrap_or("").to_string();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.first().copied().unwrap_or("") {
+        "echo" | "list" => {
+            let headers: serde_json::Map<String, serde_json::Value> =
+                req.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+            let body = serde_json::json!({"backend": name, "method": req.method, "target": req.target, "headers": headers});
+            write_fixed(sock, 200, "application/json", body.to_string().as_bytes(), name).await
+        }
+        "status" => {
+            let code = num(parts.get(1)) as u16;
+            write_fixed(sock, code, "application/json", format!("{{\"status\":{code}}}").as_bytes(), name).await
+        }
+        "sleep" => {
+            tokio::time::sleep(Duration::from_millis(num(parts.get(1)))).await;
+            write_fixed(sock, 200, "application/json", b"{\"slept\":true}", name).await
+        }
+        "hang" => {
+            std::future::pending::<()>().await;
+            false
+        }
+        "bytes" => {
+            let body = vec![b'x'; num(parts.get(1)) as usize];
+            write_fixed(sock, 200, "application/json", &body, name).await
+        }
+        "chunked" => {
+            let total = num(parts.get(1)) as usize;
+            let chunks = num(parts.get(2)).max(1) as usize;
+            let delay = Duration::from_millis(num(parts.get(3)));
+            let head = format!("HTTP/1.1 200 X\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nx-backend: {name}\r\n\r\n");
+            if sock.write_all(head.as_bytes()).await.is_err() {
+                return false;
+            }
+            let per = total.div_ceil(chunks).max(1);
+            let mut sent = 0;
+            for i in 0..chunks {
+                if i > 0 {
+                    tokio::time::sleep(delay).await;
+                }
+                let n = per.min(total - sent);
+                if n == 0 {
+                    break;
+                }
+                if !write_chunk(sock, &vec![b'y'; n]).await {
+                    return false;
+                }
+                sent += n;
+            }
+            sock.write_all(b"0\r\n\r\n").await.is_ok()
+        }
+        "sse" => {
+            let count = num(parts.get(1));
+            let delay = Duration::from_millis(num(parts.get(2)));
+            let head = format!("HTTP/1.1 200 X\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\nx-backend: {name}\r\n\r\n");
+            if sock.write_all(head.as_bytes()).await.is_err() {
+                return false;
+            }
+            for i in 0..count {
+                if i > 0 {
+                    tokio::time::sleep(delay).await;
+                }
+                if !write_chunk(sock, format!("data: {{\"i\":{i}}}\n\n").as_bytes()).await {
+                    return false;
+                }
+            }
+            sock.write_all(b"0\r\n\r\n").await.is_ok()
+        }
+        "think" => {
+            tokio::time::sleep(Duration::from_millis(num(parts.get(1)))).await;
+            write_fixed(sock, 200, "application/json", b"{\"thought\":true}", name).await
+        }
+        "silent" => {
+            let head = format!("HTTP/1.1 200 X\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nx-backend: {name}\r\n\r\n");
+            if sock.write_all(head.as_bytes()).await.is_err() || !write_chunk(sock, b"data: first\n\n").await {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(num(parts.get(1)))).await;
+            write_chunk(sock, b"data: late\n\n").await && sock.write_all(b"0\r\n\r\n").await.is_ok()
+        }
+        _ => write_fixed(sock, 200, "application/json", format!("{{\"backend\":\"{name}\"}}").as_bytes(), name).await,
+    }
+}

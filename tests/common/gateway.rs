@@ -1,0 +1,241 @@
+//! Starting and stopping the real binary: the gateway and demo agents.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_addr, wait_until};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_agentgate");
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Ok(n) if n >= 12 && &buf[9..10] == b"2")
+}
+
+/// A running gateway process with its own config, logs and ports.
+pub struct Gateway {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+}
+
+impl Gateway {
+    /// Writes `[server]` with free ports plus `body` (everything but `[server]` keys, which
+    /// go in `server_extra`) and starts the gateway; waits until the admin port answers.
+    pub fn start(server_extra: &str, body: &str) -> Gateway {
+        Self::start_with_files(server_extra, body, &[])
+    }
+
+    pub fn start_with_files(server_extra: &str, body: &str, files: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in files {
+            fs::write(dir.path().join(name), content).expect("write file");
+        }
+        let listen = free_addr();
+        let admin = free_addr();
+        let access = format!("access_log = \"{}\"", dir.path().join("access.log").display());
+        let body = if body.contains("[log]\n") {
+            body.replacen("[log]\n", &format!("[log]\n{access}\n"), 1)
+        } else {
+            format!("[log]\n{access}\n{body}")
+        };
+        let config = format!(
+            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nthreads = 1\ngrace_period = \"1s\"\n{server_extra}\n\n{body}\n"
+        );
+        let config_path = dir.path().join("agentgate.toml");
+        fs::write(&config_path, config).expect("write config");
+        let mut gw = Gateway {
+            child: None,
+            dir,
+            listen,
+            admin,
+            config_path,
+        };
+        gw.spawn();
+        gw
+    }
+
+    fn spawn(&mut self) {
+        let stderr = fs::File::create(self.dir.path().join("stderr.log")).expect("stderr file");
+        let stdout = fs::File::create(self.dir.path().join("stdout.log")).expect("stdout file");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start agentgate");
+        self.child = Some(child);
+        let admin = self.admin;
+        let listen = self.listen;
+        let log = self.dir.path().join("stderr.log");
+        let child = self.child.as_mut().expect("child");
+        wait_until(Duration::from_secs(20), "the gateway to listen", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("gateway exited early with {status}: {}", fs::read_to_string(&log).unwrap_or_default());
+            }
+            (http_get_ok(admin, "/healthz") && std::net::TcpStream::connect(listen).is_ok()).then_some(())
+        });
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Rewrites the config file (same server section) for a reload.
+    pub fn rewrite_config(&self, text: &str) {
+        fs::write(&self.config_path, text).expect("rewrite config");
+    }
+
+    pub fn config_text(&self) -> String {
+        fs::read_to_string(&self.config_path).unwrap_or_default()
+    }
+
+    /// Access log lines parsed as JSON.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        read_json_lines(&self.path("access.log"))
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn send_signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            signal(c, sig);
+        }
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let status = wait_until(timeout, "the gateway to exit", || child.try_wait().ok().flatten());
+        self.child = None;
+        status.code()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, libc::SIGINT);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until the access log has at least `n` lines and returns them.
+    pub fn wait_access_log(&self, n: usize) -> Vec<serde_json::Value> {
+        wait_until(Duration::from_secs(10), "access log lines", || {
+            let lines = self.access_log();
+            (lines.len() >= n).then_some(lines)
+        })
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// A demo agent process (`agentgate demo-agent`).
+pub struct DemoAgent {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub name: String,
+    token_delay: String,
+}
+
+impl DemoAgent {
+    pub fn start(name: &str, token_delay: &str) -> DemoAgent {
+        Self::start_on(free_addr(), name, token_delay)
+    }
+
+    pub fn start_on(addr: SocketAddr, name: &str, token_delay: &str) -> DemoAgent {
+        let mut a = DemoAgent {
+            child: None,
+            addr,
+            name: name.to_string(),
+            token_delay: token_delay.to_string(),
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .args(["demo-agent", "--listen", &self.addr.to_string(), "--name", &self.name, "--token-delay", &self.token_delay])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start demo agent");
+        self.child = Some(child);
+        let addr = self.addr;
+        wait_until(Duration::from_secs(10), "the demo agent to listen", || http_get_ok(addr, "/healthz").then_some(()));
+    }
+
+    /// Kills the agent at once (a crash, not a drain).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for DemoAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

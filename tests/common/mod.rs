@@ -1,0 +1,98 @@
+//! The shared integration-test harness: starts the real `agentgate` binary on free
+//! loopback ports with a generated config, real backends (demo agents as processes, and
+//! a programmable HTTP/1.1 backend in the test process), and helpers that wait on
+//! conditions with deadlines instead of sleeping.
+
+#![allow(dead_code, unused_imports)]
+
+pub mod backend;
+pub mod gateway;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+pub use backend::{Backend, BackendStats};
+pub use gateway::{DemoAgent, Gateway};
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Blocking flavour of `wait_for` for synchronous tests.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A reqwest client that never pools connections across tests and never follows redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Parses Prometheus text exposition into (series, value) pairs.
+pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of one exact series (`name{labels}` as rendered), or 0 when absent.
+pub fn metric_value(metrics: &[(String, f64)], name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .iter()
+        .filter(|(series, _)| series_matches(series, name, labels))
+        .map(|(_, v)| *v)
+        .sum()
+}
+
+pub fn series_matches(series: &str, name: &str, labels: &[(&str, &str)]) -> bool {
+    let (n, rest) = match series.split_once('{') {
+        Some((n, rest)) => (n, rest.trim_end_matches('}')),
+        None => (series, ""),
+    };
+    n == name
+        && labels
+            .iter()
+            .all(|(k, v)| rest.split(',').any(|pair| pair == format!("{k}=\"{v}\"")))
+}
