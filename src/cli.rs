@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use crate::config;
 
 #[derive(Parser)]
-#[command(name = "agentgate", version, about = "An observability-first reverse proxy for AI agent services")]
+#[command(
+    name = "agentgate",
+    version,
+    about = "An observability-first reverse proxy for AI agent services"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

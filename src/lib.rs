@@ -8,12 +8,15 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod auth;
 pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod observe;
+pub mod pagination;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod server;
 pub mod state;

@@ -37,29 +37,46 @@ pub fn reload(shared: &Shared, observer: &Observer) -> Result<ReloadReport, Conf
     let mut needs_restart = Vec::new();
     let (o, n) = (&old.config.server, &new.server);
     if o.listen != n.listen {
-        needs_restart.push(format!("server.listen ({} -> {}) applies after a restart", o.listen, n.listen));
+        needs_restart.push(format!(
+            "server.listen ({} -> {}) applies after a restart",
+            o.listen, n.listen
+        ));
     }
     if o.admin_listen != n.admin_listen {
-        needs_restart.push(format!("server.admin_listen ({} -> {}) applies after a restart", o.admin_listen, n.admin_listen));
+        needs_restart.push(format!(
+            "server.admin_listen ({} -> {}) applies after a restart",
+            o.admin_listen, n.admin_listen
+        ));
     }
     if o.threads != n.threads {
-        needs_restart.push(format!("server.threads ({} -> {}) applies after a restart", o.threads, n.threads));
+        needs_restart.push(format!(
+            "server.threads ({} -> {}) applies after a restart",
+            o.threads, n.threads
+        ));
     }
-    if old.config.trace.otlp_endpoint != new.trace.otlp_endpoint || old.config.trace.service_name != new.trace.service_name {
-        needs_restart.push("trace.otlp_endpoint and trace.service_name apply after a restart".into());
+    if old.config.trace.otlp_endpoint != new.trace.otlp_endpoint
+        || old.config.trace.service_name != new.trace.service_name
+    {
+        needs_restart
+            .push("trace.otlp_endpoint and trace.service_name apply after a restart".into());
     }
     for msg in &needs_restart {
         log::warn!("config reload: {msg}");
     }
     if let Err(e) = observer.apply(&new) {
-        log::error!("config reload: cannot open the new access log target ({e}); keeping the previous one");
+        log::error!(
+            "config reload: cannot open the new access log target ({e}); keeping the previous one"
+        );
     }
     logger::init(new.log.format, new.log.level);
     let summary = config::summary(&new);
     shared.install(new);
     metrics::config_reload(true);
     log::info!("config reloaded from {}: {summary}", path.display());
-    Ok(ReloadReport { summary, needs_restart })
+    Ok(ReloadReport {
+        summary,
+        needs_restart,
+    })
 }
 
 /// Reloads on SIGHUP.

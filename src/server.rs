@@ -15,10 +15,12 @@ use pingora::services::ServiceWithDependents;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::AdminApp;
+use crate::alerts::evaluator::{instance_name, AlertEvaluator};
 use crate::balance::health::HealthService;
 use crate::config::Config;
 use crate::observe::{logger, metrics, Observer};
 use crate::proxy::Gateway;
+use crate::ratelimit::store::StoreProbe;
 use crate::reload::ReloadOnHangup;
 use crate::state::Shared;
 
@@ -72,7 +74,10 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
     admin.threads = Some(1);
     server.add_service(admin);
 
-    server.add_service(background_service("health checks", HealthService::new(Arc::clone(&shared))));
+    server.add_service(background_service(
+        "health checks",
+        HealthService::new(Arc::clone(&shared)),
+    ));
     server.add_service(background_service(
         "reload on SIGHUP",
         ReloadOnHangup {
@@ -81,11 +86,27 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
         },
     ));
     server.add_service(background_service("metrics upkeep", MetricsUpkeep));
+    server.add_service(background_service(
+        "rate limit store probe",
+        StoreProbe {
+            shared: Arc::clone(&shared),
+        },
+    ));
+    server.add_service(background_service(
+        "alert evaluator",
+        AlertEvaluator {
+            shared: Arc::clone(&shared),
+            instance: instance_name(listen.port()),
+        },
+    ));
     for service in extra {
         server.add_boxed_service(service);
     }
 
-    log::info!("agentgate {} serving on {listen}, admin on {admin_listen}", env!("CARGO_PKG_VERSION"));
+    log::info!(
+        "agentgate {} serving on {listen}, admin on {admin_listen}",
+        env!("CARGO_PKG_VERSION")
+    );
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainThenStop {
             shared: Arc::clone(&shared),
@@ -107,7 +128,10 @@ struct DrainThenStop {
 #[async_trait]
 impl ShutdownSignalWatch for DrainThenStop {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             log::error!("cannot listen for SIGTERM/SIGINT; stopping");
             return ShutdownSignal::FastShutdown;
         };

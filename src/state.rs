@@ -4,18 +4,24 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
-use crate::balance::{BackendRegistry, UpstreamPool};
+use arc_swap::{ArcSwap, ArcSwapOption};
+
 use crate::alerts::window::Ring;
 use crate::alerts::AlertBoard;
-use crate::config::{Config, Route, Signal};
+use crate::balance::{BackendRegistry, UpstreamPool};
+use crate::config::{Config, OnUnavailable, RateLimitScope, Route, Signal};
 use crate::observe::metrics::{BackendMetrics, RouteMetrics};
+use crate::ratelimit::store::RedisStore;
+use crate::ratelimit::RouteLimiter;
 
 /// A route with the handles the hot path needs.
 pub struct RouteRuntime {
     pub route: Arc<Route>,
     pub metrics: RouteMetrics,
+    pub limiter: Option<Arc<RouteLimiter>>,
     /// Outcome window for alerts naming this route (none when no alert does).
     pub window: Option<Ring>,
 }
@@ -48,13 +54,66 @@ fn window_seconds(config: &Config, route: Option<&str>) -> Option<u64> {
         .max()
 }
 
+/// State that outlives one runtime: backend health and load, rate-limit budgets, the
+/// Redis connection. A reload hands the same pieces to the new runtime when the config
+/// that shapes them did not change.
+#[derive(Default)]
+pub struct Carryover {
+    pub backends: BackendRegistry,
+    limiters: Mutex<HashMap<String, Arc<RouteLimiter>>>,
+    store: ArcSwapOption<RedisStore>,
+}
+
+impl Carryover {
+    fn store_for(&self, config: &Config) -> Option<(Arc<RedisStore>, OnUnavailable)> {
+        let Some(settings) = &config.rate_limit_store else {
+            self.store.store(None);
+            return None;
+        };
+        let current = self.store.load_full();
+        let store = match current {
+            Some(s) if s.url() == settings.redis_url => s,
+            _ => {
+                let s = RedisStore::new(&settings.redis_url, settings.timeout);
+                self.store.store(Some(Arc::clone(&s)));
+                s
+            }
+        };
+        Some((store, settings.on_unavailable))
+    }
+
+    fn limiter_for(
+        &self,
+        route: &Route,
+        store: &Option<(Arc<RedisStore>, OnUnavailable)>,
+    ) -> Option<Arc<RouteLimiter>> {
+        let rule = route.rate_limit.as_ref()?;
+        let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = limiters.get(&route.name) {
+            if &existing.rule == rule && (rule.scope == RateLimitScope::Local) {
+                return Some(Arc::clone(existing));
+            }
+        }
+        let fresh = Arc::new(RouteLimiter::new(&route.name, rule, store.clone()));
+        limiters.insert(route.name.clone(), Arc::clone(&fresh));
+        Some(fresh)
+    }
+
+    pub fn rate_limit_store(&self) -> Option<Arc<RedisStore>> {
+        self.store.load_full()
+    }
+}
+
 impl Runtime {
-    pub fn build(config: Config, registry: &BackendRegistry) -> Runtime {
+    pub fn build(config: Config, carry: &Carryover) -> Runtime {
         let config = Arc::new(config);
+        let store = carry.store_for(&config);
+        let registry = &carry.backends;
         let routes = config
             .routes
             .iter()
             .map(|r| RouteRuntime {
+                limiter: carry.limiter_for(r, &store),
                 route: Arc::clone(r),
                 metrics: RouteMetrics::new(&r.name, Some(&config.upstreams[r.upstream].name)),
                 window: window_seconds(&config, Some(&r.name)).map(Ring::new),
@@ -91,7 +150,7 @@ impl Runtime {
 /// State shared by the proxy, the admin listener and the background services.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
-    pub registry: BackendRegistry,
+    pub carry: Carryover,
     /// Unmatched requests count here (route="unmatched").
     pub unmatched_metrics: RouteMetrics,
     pub alerts: AlertBoard,
@@ -100,14 +159,14 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config) -> Arc<Shared> {
-        let registry = BackendRegistry::default();
+        let carry = Carryover::default();
         let alerts = AlertBoard::default();
         alerts.sync_rules(&config.alerts);
-        let runtime = Runtime::build(config, &registry);
+        let runtime = Runtime::build(config, &carry);
         Arc::new(Shared {
             alerts,
             runtime: ArcSwap::from_pointee(runtime),
-            registry,
+            carry,
             unmatched_metrics: RouteMetrics::new("unmatched", None),
             draining: AtomicBool::new(false),
         })
@@ -120,7 +179,12 @@ impl Shared {
     /// Swaps in a new runtime built from `config` (requests already running keep theirs).
     pub fn install(&self, config: Config) {
         self.alerts.sync_rules(&config.alerts);
-        self.runtime.store(Arc::new(Runtime::build(config, &self.registry)));
+        self.runtime
+            .store(Arc::new(Runtime::build(config, &self.carry)));
+    }
+
+    pub fn rate_limit_store(&self) -> Option<Arc<RedisStore>> {
+        self.carry.rate_limit_store()
     }
 
     pub fn alerts_json(&self) -> serde_json::Value {

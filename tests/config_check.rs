@@ -23,9 +23,17 @@ fn check(text: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "PATH");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
 }
 
 fn assert_error(text: &str, location: &str, needle: &str) {
@@ -43,54 +51,94 @@ fn a_good_config_prints_ok_and_a_summary() {
     let (code, stdout, stderr) = check(GOOD);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("ok\n"));
-    assert!(stdout.contains("1 routes, 1 upstreams (1 backends)"), "{stdout}");
+    assert!(
+        stdout.contains("1 routes, 1 upstreams (1 backends)"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn the_shipped_configs_are_valid() {
     for path in ["config/agentgate.toml", "config/examples/minimal.toml"] {
-        let out = Command::new(BIN).args(["check", "--config", path]).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
-        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(BIN)
+            .args(["check", "--config", path])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 #[test]
 fn unknown_key() {
-    assert_error(&GOOD.replace("listen =", "lisen ="), "2:1", "unknown field `lisen`");
+    assert_error(
+        &GOOD.replace("listen =", "lisen ="),
+        "2:1",
+        "unknown field `lisen`",
+    );
 }
 
 #[test]
 fn bad_duration() {
-    let text = GOOD.replace("backends = [\"127.0.0.1:9001\"]", "backends = [\"127.0.0.1:9001\"]\nconnect_timeout = \"10 sec\"");
+    let text = GOOD.replace(
+        "backends = [\"127.0.0.1:9001\"]",
+        "backends = [\"127.0.0.1:9001\"]\nconnect_timeout = \"10 sec\"",
+    );
     assert_error(&text, "6:19", "invalid duration");
 }
 
 #[test]
 fn route_naming_a_missing_upstream() {
-    assert_error(&GOOD.replace("upstream = \"agents\"", "upstream = \"agnets\""), "10:12", "not defined");
+    assert_error(
+        &GOOD.replace("upstream = \"agents\"", "upstream = \"agnets\""),
+        "10:12",
+        "not defined",
+    );
 }
 
 #[test]
 fn empty_backends() {
-    assert_error(&GOOD.replace("[\"127.0.0.1:9001\"]", "[]"), "5:12", "no backends");
+    assert_error(
+        &GOOD.replace("[\"127.0.0.1:9001\"]", "[]"),
+        "5:12",
+        "no backends",
+    );
 }
 
 #[test]
 fn max_limit_below_default_limit() {
     let text = format!("{GOOD}\n[routes.pagination]\ndefault_limit = 50\nmax_limit = 10\n");
-    assert_error(&text, "14:13", "max_limit (10) must be at least default_limit (50)");
+    assert_error(
+        &text,
+        "14:13",
+        "max_limit (10) must be at least default_limit (50)",
+    );
 }
 
 #[test]
 fn duplicate_route_names() {
-    let text = format!("{GOOD}\n[[routes]]\nname = \"all\"\npath_prefix = \"/x\"\nupstream = \"agents\"\n");
+    let text = format!(
+        "{GOOD}\n[[routes]]\nname = \"all\"\npath_prefix = \"/x\"\nupstream = \"agents\"\n"
+    );
     assert_error(&text, "13:8", "duplicate route name");
 }
 
 #[test]
 fn unparsable_addresses() {
-    assert_error(&GOOD.replace("127.0.0.1:9001", "localhost:9001"), "5:13", "invalid address");
-    assert_error(&GOOD.replace("127.0.0.1:18080", "127.0.0.1:99999"), "2:10", "invalid address");
+    assert_error(
+        &GOOD.replace("127.0.0.1:9001", "localhost:9001"),
+        "5:13",
+        "invalid address",
+    );
+    assert_error(
+        &GOOD.replace("127.0.0.1:18080", "127.0.0.1:99999"),
+        "2:10",
+        "invalid address",
+    );
 }
 
 #[test]
@@ -101,7 +149,11 @@ fn every_error_is_reported_at_once() {
         .replace("path_prefix = \"/\"", "path_prefix = \"no-slash\"");
     let (code, _, stderr) = check(&text);
     assert_eq!(code, 2);
-    assert_eq!(stderr.lines().filter(|l| l.starts_with("PATH:")).count(), 3, "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("PATH:")).count(),
+        3,
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -116,14 +168,22 @@ fn run_refuses_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, GOOD.replace("listen =", "lisen =")).unwrap();
-    let out = Command::new(BIN).args(["run", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(":2:1: unknown field"));
 }
 
 #[test]
 fn a_missing_file_is_named() {
-    let out = Command::new(BIN).args(["check", "--config", "/nonexistent/agentgate.toml"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/agentgate.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("/nonexistent/agentgate.toml:1:1: cannot read config file"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .starts_with("/nonexistent/agentgate.toml:1:1: cannot read config file"));
 }

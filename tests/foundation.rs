@@ -9,12 +9,18 @@ use common::*;
 use futures_util::StreamExt;
 
 fn upstream(name: &str, backends: &[String], extra: &str) -> String {
-    let list = backends.iter().map(|b| format!("\"{b}\"")).collect::<Vec<_>>().join(", ");
+    let list = backends
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!("[upstreams.{name}]\nbackends = [{list}]\n{extra}\n")
 }
 
 fn route(name: &str, prefix: &str, upstream: &str) -> String {
-    format!("[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\n")
+    format!(
+        "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +45,12 @@ async fn routes_by_longest_prefix_and_answers_404_as_json() {
     let r = c.get(gw.url("/v1/conversationsX")).send().await.unwrap();
     assert_eq!(r.headers()["x-backend"], "a");
     // the Host header never picks an upstream
-    let r = c.get(gw.url("/v1/conversations")).header("host", "ua").send().await.unwrap();
+    let r = c
+        .get(gw.url("/v1/conversations"))
+        .header("host", "ua")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-backend"], "b");
 
     let r = c.get(gw.url("/nothing/here")).send().await.unwrap();
@@ -50,13 +61,20 @@ async fn routes_by_longest_prefix_and_answers_404_as_json() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "route_not_found");
     assert_eq!(v["error"]["request_id"], id);
-    assert!(v["error"]["message"].as_str().unwrap().contains("/nothing/here"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/nothing/here"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_headers_and_strips_hop_by_hop() {
     let a = Backend::start("a").await;
-    let body = format!("{}{}", upstream("u", &[a.addr.to_string()], ""), route("r", "/", "u"));
+    let body = format!(
+        "{}{}",
+        upstream("u", &[a.addr.to_string()], ""),
+        route("r", "/", "u")
+    );
     let gw = Gateway::start("", &body);
     let r = client()
         .get(gw.url("/echo?q=1"))
@@ -76,7 +94,10 @@ async fn forwards_headers_and_strips_hop_by_hop() {
     // not a trusted proxy: its x-forwarded-for is replaced, never believed
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
-    assert!(h.get("x-private-hop").is_none(), "connection-nominated header leaked: {h}");
+    assert!(
+        h.get("x-private-hop").is_none(),
+        "connection-nominated header leaked: {h}"
+    );
     assert!(h.get("keep-alive").is_none());
     assert!(h.get("te").is_none());
     let tp = h["traceparent"].as_str().unwrap();
@@ -90,25 +111,51 @@ async fn spread(gw: &Gateway, n: usize) -> std::collections::HashMap<String, usi
     for _ in 0..n {
         let r = c.get(gw.url("/x")).send().await.unwrap();
         assert_eq!(r.status(), 200);
-        *counts.entry(r.headers()["x-backend"].to_str().unwrap().to_string()).or_insert(0) += 1;
+        *counts
+            .entry(r.headers()["x-backend"].to_str().unwrap().to_string())
+            .or_insert(0) += 1;
     }
     counts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_and_random_spread_over_three_backends() {
-    let bs = [Backend::start("a").await, Backend::start("b").await, Backend::start("c").await];
+    let bs = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ];
     let addrs: Vec<String> = bs.iter().map(|b| b.addr.to_string()).collect();
-    let gw = Gateway::start("", &format!("{}{}", upstream("u", &addrs, "balance = \"round_robin\""), route("r", "/", "u")));
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{}{}",
+            upstream("u", &addrs, "balance = \"round_robin\""),
+            route("r", "/", "u")
+        ),
+    );
     let counts = spread(&gw, 30).await;
     assert_eq!(counts.len(), 3, "{counts:?}");
-    assert!(counts.values().all(|n| *n == 10), "round robin is exact: {counts:?}");
+    assert!(
+        counts.values().all(|n| *n == 10),
+        "round robin is exact: {counts:?}"
+    );
     drop(gw);
 
-    let gw = Gateway::start("", &format!("{}{}", upstream("u", &addrs, "balance = \"random\""), route("r", "/", "u")));
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{}{}",
+            upstream("u", &addrs, "balance = \"random\""),
+            route("r", "/", "u")
+        ),
+    );
     let counts = spread(&gw, 90).await;
     assert_eq!(counts.len(), 3, "{counts:?}");
-    assert!(counts.values().all(|n| *n >= 10), "random reaches every backend: {counts:?}");
+    assert!(
+        counts.values().all(|n| *n >= 10),
+        "random reaches every backend: {counts:?}"
+    );
 }
 
 /// One slow backend: least_in_flight steers new requests away from it, where round
@@ -119,8 +166,19 @@ async fn least_in_flight_avoids_a_backend_holding_slow_requests() {
     slow.set_delay(Duration::from_millis(400));
     let fast1 = Backend::start("fast1").await;
     let fast2 = Backend::start("fast2").await;
-    let addrs = vec![slow.addr.to_string(), fast1.addr.to_string(), fast2.addr.to_string()];
-    let gw = Gateway::start("", &format!("{}{}", upstream("u", &addrs, "balance = \"least_in_flight\""), route("r", "/", "u")));
+    let addrs = vec![
+        slow.addr.to_string(),
+        fast1.addr.to_string(),
+        fast2.addr.to_string(),
+    ];
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{}{}",
+            upstream("u", &addrs, "balance = \"least_in_flight\""),
+            route("r", "/", "u")
+        ),
+    );
     let c = client();
     let total = 120;
     let started = Instant::now();
@@ -135,7 +193,10 @@ async fn least_in_flight_avoids_a_backend_holding_slow_requests() {
         .await;
     assert!(results.iter().all(|r| matches!(r, Ok(200))), "{results:?}");
     let to_slow = slow.targets().iter().filter(|t| *t == "/x").count();
-    assert!(to_slow * 100 / total < 20, "slow backend got {to_slow} of {total} (round robin would give a third)");
+    assert!(
+        to_slow * 100 / total < 20,
+        "slow backend got {to_slow} of {total} (round robin would give a third)"
+    );
     assert!(started.elapsed() < Duration::from_secs(20));
 }
 
@@ -148,7 +209,14 @@ async fn health_checks_remove_a_dead_backend_and_bring_it_back() {
     ];
     let addrs: Vec<String> = agents.iter().map(|a| a.addr.to_string()).collect();
     let health = "balance = \"round_robin\"\n[upstreams.agents.health]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nunhealthy_after = 2\nhealthy_after = 1\neject_after = 0\n";
-    let gw = Gateway::start("", &format!("{}{}", upstream("agents", &addrs, health), route("r", "/", "agents")));
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{}{}",
+            upstream("agents", &addrs, health),
+            route("r", "/", "agents")
+        ),
+    );
     let c = client();
     let healthy = |c: reqwest::Client, url: String| async move {
         let v: serde_json::Value = c.get(url).send().await.ok()?.json().await.ok()?;
@@ -158,15 +226,27 @@ async fn health_checks_remove_a_dead_backend_and_bring_it_back() {
 
     agents[1].kill();
     let killed_at = Instant::now();
-    wait_for(Duration::from_secs(5), "the dead agent to be marked unhealthy", || {
-        let (c, url) = (c.clone(), gw.admin_url("/readyz"));
-        async move { (healthy(c, url).await == Some(2)).then_some(()) }
-    })
+    wait_for(
+        Duration::from_secs(5),
+        "the dead agent to be marked unhealthy",
+        || {
+            let (c, url) = (c.clone(), gw.admin_url("/readyz"));
+            async move { (healthy(c, url).await == Some(2)).then_some(()) }
+        },
+    )
     .await;
     // interval x unhealthy_after = 400ms, plus one interval of phase and check time
-    assert!(killed_at.elapsed() < Duration::from_millis(400 + 1100), "took {:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() < Duration::from_millis(400 + 1100),
+        "took {:?}",
+        killed_at.elapsed()
+    );
     for _ in 0..20 {
-        let r = c.get(gw.url("/v1/conversations?limit=1")).send().await.unwrap();
+        let r = c
+            .get(gw.url("/v1/conversations?limit=1"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_ne!(r.headers()["x-agent-instance"], "agent-2");
     }
@@ -179,7 +259,11 @@ async fn health_checks_remove_a_dead_backend_and_bring_it_back() {
     .await;
     let mut seen = false;
     for _ in 0..12 {
-        let r = c.get(gw.url("/v1/conversations?limit=1")).send().await.unwrap();
+        let r = c
+            .get(gw.url("/v1/conversations?limit=1"))
+            .send()
+            .await
+            .unwrap();
         seen |= r.headers()["x-agent-instance"] == "agent-2";
     }
     assert!(seen, "the recovered agent gets traffic again");
@@ -190,16 +274,42 @@ async fn connect_failure_is_retried_on_another_backend() {
     let live = Backend::start("live").await;
     let dead = free_addr();
     let extra = "balance = \"round_robin\"\nretries = 1\n[upstreams.u.health]\ninterval = \"60s\"\neject_after = 0\n";
-    let gw = Gateway::start("", &format!("{}{}", upstream("u", &[dead.to_string(), live.addr.to_string()], extra), route("r", "/", "u")));
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{}{}",
+            upstream("u", &[dead.to_string(), live.addr.to_string()], extra),
+            route("r", "/", "u")
+        ),
+    );
     let c = client();
     for _ in 0..10 {
-        let r = c.post(gw.url("/x")).body("not idempotent, still safe: never reached the agent").send().await.unwrap();
+        let r = c
+            .post(gw.url("/x"))
+            .body("not idempotent, still safe: never reached the agent")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     assert_eq!(live.targets().iter().filter(|t| *t == "/x").count(), 10);
-    let m = parse_metrics(&c.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap());
+    let m = parse_metrics(
+        &c.get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
     assert!(metric_value(&m, "agentgate_upstream_retries_total", &[("upstream", "u")]) >= 5.0);
-    assert!(metric_value(&m, "agentgate_upstream_requests_total", &[("outcome", "connect_error")]) >= 5.0);
+    assert!(
+        metric_value(
+            &m,
+            "agentgate_upstream_requests_total",
+            &[("outcome", "connect_error")]
+        ) >= 5.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,20 +317,39 @@ async fn every_try_failing_is_502_and_no_healthy_backend_is_503() {
     let dead = [free_addr().to_string(), free_addr().to_string()];
     // health checks too slow to notice: the tries themselves fail
     let slow_checks = "retries = 1\n[upstreams.u.health]\ninterval = \"60s\"\neject_after = 0\n";
-    let gw = Gateway::start("", &format!("{}{}", upstream("u", &dead, slow_checks), route("r", "/", "u")));
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{}{}",
+            upstream("u", &dead, slow_checks),
+            route("r", "/", "u")
+        ),
+    );
     let r = client().get(gw.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "upstream_unavailable");
     drop(gw);
 
-    let fast_checks = "[upstreams.u.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_after = 1\n";
-    let gw = Gateway::start("", &format!("{}{}", upstream("u", &dead, fast_checks), route("r", "/", "u")));
+    let fast_checks =
+        "[upstreams.u.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_after = 1\n";
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{}{}",
+            upstream("u", &dead, fast_checks),
+            route("r", "/", "u")
+        ),
+    );
     let c = client();
-    wait_for(Duration::from_secs(5), "readyz to report no healthy backend", || {
-        let (c, url) = (c.clone(), gw.admin_url("/readyz"));
-        async move { (c.get(url).send().await.ok()?.status() == 503).then_some(()) }
-    })
+    wait_for(
+        Duration::from_secs(5),
+        "readyz to report no healthy backend",
+        || {
+            let (c, url) = (c.clone(), gw.admin_url("/readyz"));
+            async move { (c.get(url).send().await.ok()?.status() == 503).then_some(()) }
+        },
+    )
     .await;
     let r = c.get(gw.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 503);
@@ -233,21 +362,42 @@ async fn every_try_failing_is_502_and_no_healthy_backend_is_503() {
 async fn a_backend_that_never_answers_is_504() {
     let b = Backend::start("b").await;
     let extra = "first_byte_timeout = \"500ms\"\nidle_timeout = \"500ms\"\nretries = 0\n";
-    let gw = Gateway::start("", &format!("{}{}", upstream("u", &[b.addr.to_string()], extra), route("r", "/", "u")));
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{}{}",
+            upstream("u", &[b.addr.to_string()], extra),
+            route("r", "/", "u")
+        ),
+    );
     let started = Instant::now();
     let r = client().get(gw.url("/hang")).send().await.unwrap();
     let took = started.elapsed();
     assert_eq!(r.status(), 504);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "upstream_timeout");
-    assert!(took >= Duration::from_millis(480) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(480) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_response_streams_chunk_by_chunk() {
     let b = Backend::start("b").await;
-    let gw = Gateway::start("", &format!("{}{}", upstream("u", &[b.addr.to_string()], ""), route("r", "/", "u")));
-    let r = client().get(gw.url("/chunked/50/5/200")).send().await.unwrap();
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{}{}",
+            upstream("u", &[b.addr.to_string()], ""),
+            route("r", "/", "u")
+        ),
+    );
+    let r = client()
+        .get(gw.url("/chunked/50/5/200"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let mut stream = r.bytes_stream();
     let mut arrivals = Vec::new();
@@ -257,7 +407,14 @@ async fn chunked_response_streams_chunk_by_chunk() {
         arrivals.push(Instant::now());
     }
     assert_eq!(total, 50);
-    assert!(arrivals.len() >= 5, "chunks were merged: {} arrivals", arrivals.len());
+    assert!(
+        arrivals.len() >= 5,
+        "chunks were merged: {} arrivals",
+        arrivals.len()
+    );
     let spread = *arrivals.last().unwrap() - arrivals[0];
-    assert!(spread >= Duration::from_millis(700), "first to last chunk {spread:?}: buffered");
+    assert!(
+        spread >= Duration::from_millis(700),
+        "first to last chunk {spread:?}: buffered"
+    );
 }

@@ -31,17 +31,26 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> 
 }
 
 fn json_response(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
-    respond(status, "application/json", serde_json::to_vec(&value).unwrap_or_default())
+    respond(
+        status,
+        "application/json",
+        serde_json::to_vec(&value).unwrap_or_default(),
+    )
 }
 
 fn admin_error(status: u16, code: &str, message: &str) -> Response<Vec<u8>> {
-    json_response(status, json!({"error": {"code": code, "message": message, "request_id": ""}}))
+    json_response(
+        status,
+        json!({"error": {"code": code, "message": message, "request_id": ""}}),
+    )
 }
 
 impl AdminApp {
     fn authorized(&self, session: &ServerSession) -> bool {
         let runtime = self.shared.runtime.load();
-        let Some(token) = &runtime.config.server.admin_token else { return true };
+        let Some(token) = &runtime.config.server.admin_token else {
+            return true;
+        };
         let presented = session
             .req_header()
             .headers
@@ -62,9 +71,13 @@ impl AdminApp {
         let mut upstreams = serde_json::Map::new();
         for u in &runtime.upstreams {
             let healthy = u.pool.healthy_count();
-            upstreams.insert(u.pool.config.name.clone(), json!({"healthy_backends": healthy, "backends": u.pool.backends.len()}));
+            upstreams.insert(
+                u.pool.config.name.clone(),
+                json!({"healthy_backends": healthy, "backends": u.pool.backends.len()}),
+            );
             if healthy == 0 {
-                problems.push(json!({"reason": "no_healthy_backend", "upstream": u.pool.config.name}));
+                problems
+                    .push(json!({"reason": "no_healthy_backend", "upstream": u.pool.config.name}));
             }
         }
         let ready = problems.is_empty();
@@ -84,28 +97,45 @@ impl ServeHttp for AdminApp {
             return json_response(200, json!({"status": "ok"}));
         }
         if !self.authorized(session) {
-            return admin_error(401, "unauthorized", "this admin endpoint needs `Authorization: Bearer <admin_token>`");
+            return admin_error(
+                401,
+                "unauthorized",
+                "this admin endpoint needs `Authorization: Bearer <admin_token>`",
+            );
         }
         match (method.as_str(), path.as_str()) {
             ("GET", "/readyz") => self.readiness(),
-            ("GET", "/metrics") => respond(200, "text/plain; version=0.0.4; charset=utf-8", metrics::render().into_bytes()),
+            ("GET", "/metrics") => respond(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::render().into_bytes(),
+            ),
             ("GET", "/config") => {
                 let runtime = self.shared.runtime.load_full();
                 json_response(200, redacted_config(&runtime.config))
             }
             ("GET", "/alerts") => json_response(200, self.shared.alerts_json()),
             ("POST", "/reload") => match reload::reload(&self.shared, &self.observer) {
-                Ok(report) => json_response(200, json!({"result": "success", "summary": report.summary, "needs_restart": report.needs_restart})),
+                Ok(report) => json_response(
+                    200,
+                    json!({"result": "success", "summary": report.summary, "needs_restart": report.needs_restart}),
+                ),
                 Err(errors) => json_response(
                     422,
                     json!({"result": "failure", "message": "the new config is invalid; the previous config is still serving",
                            "errors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()}),
                 ),
             },
-            (_, "/readyz" | "/metrics" | "/config" | "/alerts" | "/reload") => {
-                admin_error(405, "method_not_allowed", "wrong method for this admin endpoint")
-            }
-            _ => admin_error(404, "not_found", "admin endpoints: /healthz /readyz /metrics /alerts /config /reload"),
+            (_, "/readyz" | "/metrics" | "/config" | "/alerts" | "/reload") => admin_error(
+                405,
+                "method_not_allowed",
+                "wrong method for this admin endpoint",
+            ),
+            _ => admin_error(
+                404,
+                "not_found",
+                "admin endpoints: /healthz /readyz /metrics /alerts /config /reload",
+            ),
         }
     }
 }

@@ -27,7 +27,13 @@ pub struct AlertEvaluator {
 }
 
 /// The value of a rule's signal now; `None` when there is nothing to judge (no traffic).
-pub fn signal_value(runtime: &Runtime, route: Option<&str>, signal: Signal, window: Duration, now_s: u64) -> Option<f64> {
+pub fn signal_value(
+    runtime: &Runtime,
+    route: Option<&str>,
+    signal: Signal,
+    window: Duration,
+    now_s: u64,
+) -> Option<f64> {
     if signal == Signal::HealthyBackends {
         let healthy = |u: &crate::state::UpstreamRuntime| u.pool.healthy_count() as f64;
         return match route {
@@ -39,13 +45,20 @@ pub fn signal_value(runtime: &Runtime, route: Option<&str>, signal: Signal, wind
         };
     }
     let ring = match route {
-        Some(name) => runtime.routes.iter().find(|r| r.route.name == name)?.window.as_ref()?,
+        Some(name) => runtime
+            .routes
+            .iter()
+            .find(|r| r.route.name == name)?
+            .window
+            .as_ref()?,
         None => runtime.all_window.as_ref()?,
     };
     let sums = ring.sum(now_s, window.as_secs().max(1));
     match signal {
         Signal::ErrorRatio => (sums.total > 0).then(|| sums.errors as f64 / sums.total as f64),
-        Signal::RateLimitedRatio => (sums.total > 0).then(|| sums.rate_limited as f64 / sums.total as f64),
+        Signal::RateLimitedRatio => {
+            (sums.total > 0).then(|| sums.rate_limited as f64 / sums.total as f64)
+        }
         Signal::LatencyP99 => quantile(0.99, &sums.latency),
         Signal::FirstByteP99 => quantile(0.99, &sums.first_byte),
         Signal::HealthyBackends => None,
@@ -67,14 +80,24 @@ impl AlertEvaluator {
         self.shared.alerts.with_statuses(|statuses| {
             for s in statuses.iter_mut() {
                 let rule = &s.rule;
-                s.value = signal_value(&runtime, rule.route.as_deref(), rule.signal, rule.window, now_s);
+                s.value = signal_value(
+                    &runtime,
+                    rule.route.as_deref(),
+                    rule.signal,
+                    rule.window,
+                    now_s,
+                );
                 let condition = holds(rule.threshold, s.value);
                 let before = s.state;
                 match (s.state, condition) {
                     (AlertState::Inactive, true) => {
                         s.active_at = Some(now);
                         s.since = now;
-                        s.state = if rule.for_.is_zero() { AlertState::Firing } else { AlertState::Pending };
+                        s.state = if rule.for_.is_zero() {
+                            AlertState::Firing
+                        } else {
+                            AlertState::Pending
+                        };
                     }
                     (AlertState::Pending, true) => {
                         let pending_for = now.duration_since(s.since).unwrap_or_default();
@@ -93,11 +116,17 @@ impl AlertEvaluator {
                 if before != s.state {
                     self.log_transition(s, before);
                     if s.state == AlertState::Firing || before == AlertState::Firing {
-                        outgoing.push(self.am_alert(s, before == AlertState::Firing, &generator, now));
+                        outgoing.push(self.am_alert(
+                            s,
+                            before == AlertState::Firing,
+                            &generator,
+                            now,
+                        ));
                         s.last_notified = Some(now);
                     }
                 } else if s.state == AlertState::Firing
-                    && s.last_notified.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= RESEND_EVERY)
+                    && s.last_notified
+                        .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= RESEND_EVERY)
                 {
                     outgoing.push(self.am_alert(s, false, &generator, now));
                     s.last_notified = Some(now);
@@ -105,19 +134,29 @@ impl AlertEvaluator {
             }
         });
         if let (Some(url), false) = (webhook, outgoing.is_empty()) {
-            notifier.send(Notification { url, alerts: outgoing });
+            notifier.send(Notification {
+                url,
+                alerts: outgoing,
+            });
         }
     }
 
     fn log_transition(&self, s: &AlertStatus, before: AlertState) {
-        let value = s.value.map(|v| format!("{v}")).unwrap_or_else(|| "none".into());
+        let value = s
+            .value
+            .map(|v| format!("{v}"))
+            .unwrap_or_else(|| "none".into());
         let after = if before == AlertState::Firing && s.state == AlertState::Inactive {
             "resolved"
         } else {
             s.state.as_str()
         };
         logger::event(
-            if s.state == AlertState::Firing { log::Level::Warn } else { log::Level::Info },
+            if s.state == AlertState::Firing {
+                log::Level::Warn
+            } else {
+                log::Level::Info
+            },
             "alert",
             &[
                 ("alert", &s.rule.name),
@@ -132,7 +171,13 @@ impl AlertEvaluator {
         );
     }
 
-    fn am_alert(&self, s: &AlertStatus, resolved: bool, generator: &str, now: SystemTime) -> AmAlert {
+    fn am_alert(
+        &self,
+        s: &AlertStatus,
+        resolved: bool,
+        generator: &str,
+        now: SystemTime,
+    ) -> AmAlert {
         AmAlert::new(
             &s.rule.name,
             &s.rule.severity,
@@ -151,7 +196,13 @@ impl BackgroundService for AlertEvaluator {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let notifier = Notifier::start();
         loop {
-            let interval = self.shared.runtime.load().config.alerting.evaluation_interval;
+            let interval = self
+                .shared
+                .runtime
+                .load()
+                .config
+                .alerting
+                .evaluation_interval;
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = tokio::time::sleep(interval) => self.evaluate(&notifier),

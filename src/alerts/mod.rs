@@ -72,7 +72,10 @@ impl AlertBoard {
                     && s.rule.threshold == rule.threshold
             });
             statuses.push(match kept {
-                Some(s) => AlertStatus { rule: rule.clone(), ..s.clone() },
+                Some(s) => AlertStatus {
+                    rule: rule.clone(),
+                    ..s.clone()
+                },
                 None => AlertStatus {
                     rule: rule.clone(),
                     state: AlertState::Inactive,
@@ -83,7 +86,10 @@ impl AlertBoard {
                 },
             });
         }
-        for gone in old.iter().filter(|s| !rules.iter().any(|r| r.name == s.rule.name)) {
+        for gone in old
+            .iter()
+            .filter(|s| !rules.iter().any(|r| r.name == s.rule.name))
+        {
             crate::observe::metrics::alert_firing(&gone.rule.name, &gone.rule.severity, false);
         }
     }

@@ -70,7 +70,10 @@ impl Notifier {
     pub fn start() -> Notifier {
         let (tx, mut rx) = mpsc::channel::<Notification>(256);
         tokio::spawn(async move {
-            let client = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+            let client = match reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+            {
                 Ok(c) => c,
                 Err(e) => {
                     log::error!("alert notifications disabled: cannot build the HTTP client: {e}");

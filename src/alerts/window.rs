@@ -169,7 +169,12 @@ mod tests {
     use super::*;
 
     fn ok(latency: f64) -> Outcome {
-        Outcome { error: false, rate_limited: false, latency_s: latency, first_byte_s: Some(latency / 2.0) }
+        Outcome {
+            error: false,
+            rate_limited: false,
+            latency_s: latency,
+            first_byte_s: Some(latency / 2.0),
+        }
     }
 
     #[test]
@@ -178,7 +183,13 @@ mod tests {
         for s in 100..110 {
             ring.record(s, ok(0.01));
         }
-        ring.record(109, Outcome { error: true, ..ok(0.01) });
+        ring.record(
+            109,
+            Outcome {
+                error: true,
+                ..ok(0.01)
+            },
+        );
         assert_eq!(ring.sum(109, 10).total, 11);
         assert_eq!(ring.sum(109, 10).errors, 1);
         assert_eq!(ring.sum(109, 3).total, 4);

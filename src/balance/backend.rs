@@ -102,7 +102,8 @@ impl BackendState {
 
     pub fn eject_for(&self, ms: u64) {
         self.passive_failures.store(0, Ordering::Relaxed);
-        self.ejected_until_ms.store(now_ms() + ms, Ordering::Relaxed);
+        self.ejected_until_ms
+            .store(now_ms() + ms, Ordering::Relaxed);
     }
 }
 

@@ -37,14 +37,20 @@ impl HealthService {
             let pool = &upstream_rt.pool;
             let upstream = Arc::clone(&pool.config);
             for backend in &pool.backends {
-                metrics::set_backend_healthy(&upstream.name, &backend.label, backend.is_available(now));
+                metrics::set_backend_healthy(
+                    &upstream.name,
+                    &backend.label,
+                    backend.is_available(now),
+                );
                 if backend.next_check_ms.load(Ordering::Relaxed) > now
                     || backend.check_running.swap(true, Ordering::AcqRel)
                 {
                     continue;
                 }
                 let interval = upstream.health.interval.as_millis() as u64;
-                backend.next_check_ms.store(now + interval, Ordering::Relaxed);
+                backend
+                    .next_check_ms
+                    .store(now + interval, Ordering::Relaxed);
                 let backend = Arc::clone(backend);
                 let upstream = Arc::clone(&upstream);
                 tokio::spawn(async move {
@@ -111,7 +117,10 @@ pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
         }
         parse_status(&buf[..len])
     };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(200..=299)))
+    matches!(
+        tokio::time::timeout(timeout, attempt).await,
+        Ok(Some(200..=299))
+    )
 }
 
 fn parse_status(head: &[u8]) -> Option<u16> {

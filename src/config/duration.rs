@@ -54,7 +54,15 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "s", "10", "1.5s", "10 sec", "-1s", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "s",
+            "10",
+            "1.5s",
+            "10 sec",
+            "-1s",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should fail");
         }
     }

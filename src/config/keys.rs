@@ -25,7 +25,11 @@ pub fn load_keys_file(path: &Path) -> Result<Vec<ApiKeyEntry>, ConfigErrors> {
     let mut ids = std::collections::HashSet::new();
     for entry in &parsed.keys {
         let id = entry.id.get_ref();
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
             loc.push(entry.id.span(), format!("key id {id:?} must be non-empty and use only letters, digits, '_', '-' and '.'"));
         }
         if !ids.insert(id.clone()) {
@@ -34,7 +38,7 @@ pub fn load_keys_file(path: &Path) -> Result<Vec<ApiKeyEntry>, ConfigErrors> {
         let mut digest = [0u8; 32];
         match hex::decode_to_slice(entry.sha256.get_ref(), &mut digest) {
             Ok(()) => keys.push(ApiKeyEntry {
-                id: id.clone(),
+                id: id.as_str().into(),
                 sha256: digest,
             }),
             Err(_) => loc.push(

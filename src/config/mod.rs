@@ -47,7 +47,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
 fn explain_parse_error(message: &str) -> String {
     let message = message.trim_end();
     if message.starts_with("unknown field") {
-        format!("{message} (check the spelling; unknown keys are errors so typos never pass silently)")
+        format!(
+            "{message} (check the spelling; unknown keys are errors so typos never pass silently)"
+        )
     } else {
         message.to_string()
     }

@@ -185,7 +185,7 @@ pub struct RateLimitStore {
 
 #[derive(Debug, Clone)]
 pub struct ApiKeyEntry {
-    pub id: String,
+    pub id: Arc<str>,
     pub sha256: [u8; 32],
 }
 

@@ -88,7 +88,7 @@ pub fn redacted_config(c: &Config) -> Value {
         })),
         "auth": c.auth.as_ref().map(|a| json!({
             "keys_file": a.keys_file.display().to_string(),
-            "key_ids": a.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+            "key_ids": a.keys.iter().map(|k| k.id.as_ref()).collect::<Vec<_>>(),
         })),
         "alerting": {
             "evaluation_interval": d(c.alerting.evaluation_interval),

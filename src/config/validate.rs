@@ -124,7 +124,9 @@ fn int_in(
 }
 
 fn socket_addr(loc: &mut Locator, v: &Option<Spanned<String>>, default: &str) -> SocketAddr {
-    let fallback: SocketAddr = default.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let fallback: SocketAddr = default
+        .parse()
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     match v {
         None => fallback,
         Some(s) => parse_socket_addr(s.get_ref()).unwrap_or_else(|e| {
@@ -252,7 +254,10 @@ fn log_settings(loc: &mut Locator, s: &LogSection, config_path: &Path) -> LogSet
             "stdout" => AccessLogTarget::Stdout,
             "off" => AccessLogTarget::Off,
             "" => {
-                loc.push(span(v), "access_log is empty: use stdout, off or a file path");
+                loc.push(
+                    span(v),
+                    "access_log is empty: use stdout, off or a file path",
+                );
                 AccessLogTarget::Off
             }
             path => AccessLogTarget::File(relative_to(config_path, path)),
@@ -265,7 +270,10 @@ fn log_settings(loc: &mut Locator, s: &LogSection, config_path: &Path) -> LogSet
             .filter_map(|h| match HeaderName::from_str(h.get_ref()) {
                 Ok(name) => Some(name.as_str().to_string()),
                 Err(_) => {
-                    loc.push(span(h), format!("{:?} is not a valid header name", h.get_ref()));
+                    loc.push(
+                        span(h),
+                        format!("{:?} is not a valid header name", h.get_ref()),
+                    );
                     None
                 }
             })
@@ -291,10 +299,7 @@ fn relative_to(config_path: &Path, path: &str) -> PathBuf {
     if p.is_absolute() {
         p
     } else {
-        config_path
-            .parent()
-            .map(|dir| dir.join(&p))
-            .unwrap_or(p)
+        config_path.parent().map(|dir| dir.join(&p)).unwrap_or(p)
     }
 }
 
@@ -324,7 +329,10 @@ fn trace_settings(loc: &mut Locator, s: &TraceSection) -> TraceSettings {
         Some(r) => {
             let v = *r.get_ref();
             if !(0.0..=1.0).contains(&v) {
-                loc.push(span(r), format!("sample_ratio must be between 0.0 and 1.0, got {v}"));
+                loc.push(
+                    span(r),
+                    format!("sample_ratio must be between 0.0 and 1.0, got {v}"),
+                );
                 1.0
             } else {
                 v
@@ -428,7 +436,10 @@ fn health_settings(loc: &mut Locator, h: &HealthSection) -> HealthSettings {
     let timeout = positive_duration_or(loc, &h.timeout, Duration::from_secs(1), "timeout");
     if let Some(t) = &h.timeout {
         if timeout > interval {
-            loc.push(span(t), "health timeout must not be longer than the interval");
+            loc.push(
+                span(t),
+                "health timeout must not be longer than the interval",
+            );
         }
     }
     HealthSettings {
@@ -452,7 +463,9 @@ fn methods(loc: &mut Locator, list: &[Spanned<String>]) -> Vec<Method> {
         if !KNOWN.contains(&text.as_str()) {
             loc.push(
                 span(m),
-                format!("unknown method {text:?}: use upper-case names such as \"GET\" or \"POST\""),
+                format!(
+                    "unknown method {text:?}: use upper-case names such as \"GET\" or \"POST\""
+                ),
             );
             continue;
         }
@@ -480,21 +493,34 @@ fn routes(
     for (index, section) in sections.iter().enumerate() {
         let r = section.get_ref();
         let name = r.name.get_ref().clone();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
             loc.push(
                 span(&r.name),
                 format!("route name {name:?} must be non-empty and use only letters, digits, '_' and '-' (it becomes a metric label)"),
             );
         }
         if name == "unmatched" {
-            loc.push(span(&r.name), "route name \"unmatched\" is reserved for requests that match no route");
+            loc.push(
+                span(&r.name),
+                "route name \"unmatched\" is reserved for requests that match no route",
+            );
         }
         if !names.insert(name.clone()) {
-            loc.push(span(&r.name), format!("duplicate route name {name:?}: route names must be unique"));
+            loc.push(
+                span(&r.name),
+                format!("duplicate route name {name:?}: route names must be unique"),
+            );
         }
         let prefix = r.path_prefix.get_ref().clone();
         if !prefix.starts_with('/') {
-            loc.push(span(&r.path_prefix), format!("path_prefix {prefix:?} must start with '/'"));
+            loc.push(
+                span(&r.path_prefix),
+                format!("path_prefix {prefix:?} must start with '/'"),
+            );
         }
         let route_methods = methods(loc, &r.methods);
         let method_key: Vec<String> = {
@@ -527,14 +553,20 @@ fn routes(
         let auth = r.auth.as_ref().map(|a| *a.get_ref()).unwrap_or(false);
         if auth && !have_auth {
             if let Some(a) = &r.auth {
-                loc.push(span(a), "auth = true needs an [auth] section with a keys_file");
+                loc.push(
+                    span(a),
+                    "auth = true needs an [auth] section with a keys_file",
+                );
             }
         }
         let rate_limit = r
             .rate_limit
             .as_ref()
             .map(|rl| rate_limit_rule(loc, rl, have_store));
-        let pagination = r.pagination.as_ref().map(|p| pagination_rule(loc, p.get_ref()));
+        let pagination = r
+            .pagination
+            .as_ref()
+            .map(|p| pagination_rule(loc, p.get_ref()));
         out.push(Arc::new(Route {
             name,
             index,
@@ -558,7 +590,11 @@ fn routes(
     out
 }
 
-fn rate_limit_rule(loc: &mut Locator, rl: &Spanned<RateLimitSection>, have_store: bool) -> RateLimitRule {
+fn rate_limit_rule(
+    loc: &mut Locator,
+    rl: &Spanned<RateLimitSection>,
+    have_store: bool,
+) -> RateLimitRule {
     let s = rl.get_ref();
     let key = match &s.key {
         None => RateLimitKey::ClientIp,
@@ -597,7 +633,10 @@ fn rate_limit_rule(loc: &mut Locator, rl: &Spanned<RateLimitSection>, have_store
         loc,
         &s.scope,
         RateLimitScope::Local,
-        &[("local", RateLimitScope::Local), ("global", RateLimitScope::Global)],
+        &[
+            ("local", RateLimitScope::Local),
+            ("global", RateLimitScope::Global),
+        ],
         "rate limit scope",
     );
     if scope == RateLimitScope::Global && !have_store {
@@ -608,10 +647,15 @@ fn rate_limit_rule(loc: &mut Locator, rl: &Spanned<RateLimitSection>, have_store
             );
         }
     }
-    let expected_replicas = int_in(loc, &s.expected_replicas, 1, 1, 10_000, "expected_replicas") as u32;
+    let expected_replicas =
+        int_in(loc, &s.expected_replicas, 1, 1, 10_000, "expected_replicas") as u32;
     RateLimitRule {
         key,
-        requests_per_second: if rps > 0.0 && rps.is_finite() { rps } else { 1.0 },
+        requests_per_second: if rps > 0.0 && rps.is_finite() {
+            rps
+        } else {
+            1.0
+        },
         burst,
         scope,
         expected_replicas,
@@ -627,14 +671,25 @@ fn pagination_rule(loc: &mut Locator, p: &PaginationSection) -> PaginationRule {
         None => "limit".to_string(),
         Some(l) => {
             let v = l.get_ref();
-            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+            if v.is_empty()
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            {
                 loc.push(span(l), format!("limit_param {v:?} must be a plain query parameter name (letters, digits, '_', '-', '.')"));
             }
             v.clone()
         }
     };
     let default_limit = int_in(loc, &p.default_limit, 20, 1, 1_000_000_000, "default_limit") as u64;
-    let max_limit = int_in(loc, &p.max_limit, 100.max(default_limit as i64), 1, 1_000_000_000, "max_limit") as u64;
+    let max_limit = int_in(
+        loc,
+        &p.max_limit,
+        100.max(default_limit as i64),
+        1,
+        1_000_000_000,
+        "max_limit",
+    ) as u64;
     if max_limit < default_limit {
         let at = p
             .max_limit
@@ -675,7 +730,13 @@ fn pagination_rule(loc: &mut Locator, p: &PaginationSection) -> PaginationRule {
 fn rate_limit_store(loc: &mut Locator, s: &RateLimitStoreSection) -> RateLimitStore {
     let url = s.redis_url.get_ref();
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        loc.push(span(&s.redis_url), format!("redis_url must start with redis:// (got {:?})", redact_url(url)));
+        loc.push(
+            span(&s.redis_url),
+            format!(
+                "redis_url must start with redis:// (got {:?})",
+                redact_url(url)
+            ),
+        );
     }
     let on_unavailable = one_of(
         loc,
@@ -707,7 +768,11 @@ pub fn redact_url(url: &str) -> String {
     url.to_string()
 }
 
-fn auth_settings(loc: &mut Locator, a: &Spanned<AuthSection>, config_path: &Path) -> Option<AuthSettings> {
+fn auth_settings(
+    loc: &mut Locator,
+    a: &Spanned<AuthSection>,
+    config_path: &Path,
+) -> Option<AuthSettings> {
     let s = a.get_ref();
     let path = relative_to(config_path, s.keys_file.get_ref());
     match super::keys::load_keys_file(&path) {
@@ -718,7 +783,10 @@ fn auth_settings(loc: &mut Locator, a: &Spanned<AuthSection>, config_path: &Path
         Err(errors) => {
             loc.push(
                 span(&s.keys_file),
-                format!("keys_file {:?} is not usable (see the errors that follow)", s.keys_file.get_ref()),
+                format!(
+                    "keys_file {:?} is not usable (see the errors that follow)",
+                    s.keys_file.get_ref()
+                ),
             );
             loc.errors.extend(errors.0);
             None
@@ -752,21 +820,31 @@ fn alerting_settings(loc: &mut Locator, s: Option<&Spanned<AlertingSection>>) ->
     }
 }
 
-fn alerts(loc: &mut Locator, sections: &[Spanned<AlertSection>], routes: &[Arc<Route>]) -> Vec<AlertRule> {
+fn alerts(
+    loc: &mut Locator,
+    sections: &[Spanned<AlertSection>],
+    routes: &[Arc<Route>],
+) -> Vec<AlertRule> {
     let mut out = Vec::new();
     let mut names = HashSet::new();
     for section in sections {
         let a = section.get_ref();
         let name = a.name.get_ref().clone();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            loc.push(span(&a.name), format!("alert name {name:?} must use only letters, digits and '_'"));
+            loc.push(
+                span(&a.name),
+                format!("alert name {name:?} must use only letters, digits and '_'"),
+            );
         }
         if !names.insert(name.clone()) {
             loc.push(span(&a.name), format!("duplicate alert name {name:?}"));
         }
         let route = a.route.as_ref().map(|r| {
             if !routes.iter().any(|x| &x.name == r.get_ref()) {
-                loc.push(span(r), format!("alert names route {:?}, which is not defined", r.get_ref()));
+                loc.push(
+                    span(r),
+                    format!("alert names route {:?}, which is not defined", r.get_ref()),
+                );
             }
             r.get_ref().clone()
         });
@@ -791,14 +869,20 @@ fn alerts(loc: &mut Locator, sections: &[Spanned<AlertSection>], routes: &[Arc<R
                 Threshold::Above(0.0)
             }
             (None, None) => {
-                loc.push(span(&a.name), format!("alert {name:?} needs a threshold: `above = N` or `below = N`"));
+                loc.push(
+                    span(&a.name),
+                    format!("alert {name:?} needs a threshold: `above = N` or `below = N`"),
+                );
                 Threshold::Above(0.0)
             }
         };
         let window = positive_duration_or(loc, &a.window, Duration::from_secs(60), "window");
         if window > Duration::from_secs(3600) {
             if let Some(w) = &a.window {
-                loc.push(span(w), "window must be at most 1h (the in-process rings keep one hour)");
+                loc.push(
+                    span(w),
+                    "window must be at most 1h (the in-process rings keep one hour)",
+                );
             }
         }
         let for_ = duration_or(loc, &a.for_, Duration::ZERO);

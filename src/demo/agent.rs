@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::apps::{HttpServerApp, HttpPersistentSettings, ReusedHttpStream};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
@@ -77,7 +77,10 @@ impl DemoAgent {
             .map(|i| json!({"id": format!("conv-{i:04}"), "title": format!("Conversation {i}"), "messages": i % 17}))
             .collect();
         let next = (end < CONVERSATIONS).then(|| end.to_string());
-        json_reply(200, json!({"items": items, "next_cursor": next, "instance": self.name}))
+        json_reply(
+            200,
+            json!({"items": items, "next_cursor": next, "instance": self.name}),
+        )
     }
 
     async fn handle(&self, session: &mut ServerSession) -> Option<Reply> {
@@ -87,7 +90,10 @@ impl DemoAgent {
         let query = req.uri.query().map(str::to_string);
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method.as_str(), parts.as_slice()) {
-            ("GET", ["healthz"]) => Some(json_reply(200, json!({"status": "ok", "instance": self.name}))),
+            ("GET", ["healthz"]) => Some(json_reply(
+                200,
+                json!({"status": "ok", "instance": self.name}),
+            )),
             ("GET", ["v1", "conversations"]) => Some(self.list(query.as_deref())),
             ("POST", ["v1", "conversations", id, "messages"]) => {
                 let id = id.to_string();
@@ -112,19 +118,32 @@ impl DemoAgent {
             .unwrap_or(20)
             .min(100_000);
         while let Ok(Some(_)) = session.read_request_body().await {}
-        let Ok(mut header) = ResponseHeader::build(200, Some(4)) else { return false };
+        let Ok(mut header) = ResponseHeader::build(200, Some(4)) else {
+            return false;
+        };
         let _ = header.insert_header("content-type", "text/event-stream");
         let _ = header.insert_header("cache-control", "no-cache");
         let _ = header.insert_header("transfer-encoding", "chunked");
         let _ = header.insert_header("x-agent-instance", self.name.as_str());
-        if session.write_response_header(Box::new(header)).await.is_err() {
+        if session
+            .write_response_header(Box::new(header))
+            .await
+            .is_err()
+        {
             return false;
         }
         for i in 0..tokens {
             tokio::time::sleep(self.token_delay).await;
             let word = WORDS[i % WORDS.len()];
-            let event = format!("data: {{\"index\":{i},\"token\":\"{word}\",\"instance\":\"{}\"}}\n\n", self.name);
-            if session.write_response_body(Bytes::from(event), false).await.is_err() {
+            let event = format!(
+                "data: {{\"index\":{i},\"token\":\"{word}\",\"instance\":\"{}\"}}\n\n",
+                self.name
+            );
+            if session
+                .write_response_body(Bytes::from(event), false)
+                .await
+                .is_err()
+            {
                 // The client (the gateway) went away: stop generating.
                 return false;
             }
@@ -150,11 +169,23 @@ impl HttpServerApp for DemoAgent {
         let ok = match self.handle(&mut session).await {
             Some(reply) => {
                 let mut header = ResponseHeader::build(reply.status, Some(4)).ok()?;
-                header.insert_header("content-type", reply.content_type).ok()?;
-                header.insert_header("content-length", reply.body.len().to_string()).ok()?;
-                header.insert_header("x-agent-instance", self.name.as_str()).ok()?;
-                session.write_response_header(Box::new(header)).await.is_ok()
-                    && session.write_response_body(Bytes::from(reply.body), true).await.is_ok()
+                header
+                    .insert_header("content-type", reply.content_type)
+                    .ok()?;
+                header
+                    .insert_header("content-length", reply.body.len().to_string())
+                    .ok()?;
+                header
+                    .insert_header("x-agent-instance", self.name.as_str())
+                    .ok()?;
+                session
+                    .write_response_header(Box::new(header))
+                    .await
+                    .is_ok()
+                    && session
+                        .write_response_body(Bytes::from(reply.body), true)
+                        .await
+                        .is_ok()
             }
             None => self.stream(&mut session).await,
         };

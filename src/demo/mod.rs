@@ -79,13 +79,18 @@ pub fn run_demo() -> i32 {
     println!();
     println!("Try:");
     println!("  curl -s '{gateway}/v1/conversations?limit=5'");
-    println!("  curl -s -X POST {gateway}/v1/conversations/42/messages -d '{{\"text\":\"hello\"}}'");
+    println!(
+        "  curl -s -X POST {gateway}/v1/conversations/42/messages -d '{{\"text\":\"hello\"}}'"
+    );
     println!("  curl -N -X POST '{gateway}/v1/conversations/42/stream?tokens=10'");
     println!();
     println!("Ctrl-C stops everything.");
     let agents: Vec<Box<dyn ServiceWithDependents>> = DEMO_AGENTS
         .iter()
-        .map(|(name, addr)| Box::new(agent_service(name, addr, Duration::from_millis(100))) as Box<dyn ServiceWithDependents>)
+        .map(|(name, addr)| {
+            Box::new(agent_service(name, addr, Duration::from_millis(100)))
+                as Box<dyn ServiceWithDependents>
+        })
         .collect();
     let code = crate::server::run(config, agents);
     let _ = std::fs::remove_dir_all(&dir);

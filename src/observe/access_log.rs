@@ -47,7 +47,10 @@ pub fn format(record: &AccessRecord<'_>, settings: &LogSettings) -> String {
             record.backend.unwrap_or("-"),
             record.request_id,
             record.trace_id,
-            record.error.map(|e| format!(" error={e}")).unwrap_or_default()
+            record
+                .error
+                .map(|e| format!(" error={e}"))
+                .unwrap_or_default()
         );
         return out;
     }
@@ -148,7 +151,10 @@ mod tests {
     #[test]
     fn redacts_only_named_params() {
         let r = vec!["token".to_string(), "api_key".to_string()];
-        assert_eq!(redact_query("/a?x=1&token=s3cret&y=2", &r), "/a?x=1&token=REDACTED&y=2");
+        assert_eq!(
+            redact_query("/a?x=1&token=s3cret&y=2", &r),
+            "/a?x=1&token=REDACTED&y=2"
+        );
         assert_eq!(redact_query("/a?%74oken=s3cret", &r), "/a?%74oken=REDACTED");
         assert_eq!(redact_query("/a?TOKEN=s3cret", &r), "/a?TOKEN=REDACTED");
         assert_eq!(redact_query("/a?x=1", &r), "/a?x=1");

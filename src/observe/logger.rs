@@ -24,15 +24,18 @@ fn dropped() {
 /// Installs the process logger once; later calls only change level and format.
 pub fn init(format: LogFormat, level: log::LevelFilter) {
     let logger = LOGGER.get_or_init(|| {
-        let writer = LineWriter::start(Sink::Stderr, 8192, dropped).ok().map(std::sync::Arc::new);
+        let writer = LineWriter::start(Sink::Stderr, 8192, dropped)
+            .ok()
+            .map(std::sync::Arc::new);
         ProcessLogger {
             writer: ArcSwapOption::new(writer),
             format: std::sync::atomic::AtomicBool::new(true),
         }
     });
-    logger
-        .format
-        .store(format == LogFormat::Json, std::sync::atomic::Ordering::Relaxed);
+    logger.format.store(
+        format == LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let _ = log::set_logger(logger);
     log::set_max_level(level);
 }
@@ -55,7 +58,9 @@ impl log::Log for ProcessLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let Some(writer) = self.writer.load_full() else { return };
+        let Some(writer) = self.writer.load_full() else {
+            return;
+        };
         let level = match record.level() {
             log::Level::Error => "error",
             log::Level::Warn => "warn",
@@ -96,7 +101,9 @@ pub fn event(level: log::Level, msg: &str, fields: &[(&str, &str)]) {
         return;
     }
     let Some(l) = LOGGER.get() else { return };
-    let Some(writer) = l.writer.load_full() else { return };
+    let Some(writer) = l.writer.load_full() else {
+        return;
+    };
     let mut line = String::with_capacity(128);
     line.push('{');
     json::push_key(&mut line, "ts");

@@ -47,25 +47,76 @@ pub fn install() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("agentgate_http_requests_total", "Requests answered, by route, method and status");
-    describe_histogram!("agentgate_http_request_duration_seconds", Unit::Seconds, "Time from request received to response finished");
-    describe_gauge!("agentgate_http_requests_in_flight", "Requests being served now");
-    describe_histogram!("agentgate_gateway_overhead_seconds", Unit::Seconds, "Time spent in the gateway itself, excluding the wait for the agent");
-    describe_histogram!("agentgate_upstream_first_byte_seconds", Unit::Seconds, "Time from sending the request upstream to the response header");
-    describe_counter!("agentgate_upstream_requests_total", "Tries sent to backends, by outcome");
-    describe_counter!("agentgate_upstream_retries_total", "Tries after the first for one request");
-    describe_gauge!("agentgate_upstream_backend_healthy", "1 when the backend receives traffic (active and passive health)");
+    describe_counter!(
+        "agentgate_http_requests_total",
+        "Requests answered, by route, method and status"
+    );
+    describe_histogram!(
+        "agentgate_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time from request received to response finished"
+    );
+    describe_gauge!(
+        "agentgate_http_requests_in_flight",
+        "Requests being served now"
+    );
+    describe_histogram!(
+        "agentgate_gateway_overhead_seconds",
+        Unit::Seconds,
+        "Time spent in the gateway itself, excluding the wait for the agent"
+    );
+    describe_histogram!(
+        "agentgate_upstream_first_byte_seconds",
+        Unit::Seconds,
+        "Time from sending the request upstream to the response header"
+    );
+    describe_counter!(
+        "agentgate_upstream_requests_total",
+        "Tries sent to backends, by outcome"
+    );
+    describe_counter!(
+        "agentgate_upstream_retries_total",
+        "Tries after the first for one request"
+    );
+    describe_gauge!(
+        "agentgate_upstream_backend_healthy",
+        "1 when the backend receives traffic (active and passive health)"
+    );
     describe_gauge!("agentgate_streams_active", "Streaming responses open now");
-    describe_counter!("agentgate_streams_cancelled_total", "Streams ended because the client went away");
+    describe_counter!(
+        "agentgate_streams_cancelled_total",
+        "Streams ended because the client went away"
+    );
     describe_counter!("agentgate_rate_limited_total", "Requests answered 429");
-    describe_counter!("agentgate_pagination_enforced_total", "Pagination decisions, by action");
-    describe_gauge!("agentgate_alert_firing", "1 while the in-process alert fires");
-    describe_counter!("agentgate_config_reloads_total", "Config reloads, by result");
+    describe_counter!(
+        "agentgate_pagination_enforced_total",
+        "Pagination decisions, by action"
+    );
+    describe_gauge!(
+        "agentgate_alert_firing",
+        "1 while the in-process alert fires"
+    );
+    describe_counter!(
+        "agentgate_config_reloads_total",
+        "Config reloads, by result"
+    );
     describe_gauge!("agentgate_build_info", "Build version");
-    describe_counter!("agentgate_upstream_ejections_total", "Backends ejected by passive health");
-    describe_counter!("agentgate_access_log_dropped_total", "Access log lines dropped because the writer fell behind");
-    describe_counter!("agentgate_spans_dropped_total", "Spans dropped because the exporter fell behind");
-    describe_gauge!("agentgate_rate_limit_store_up", "1 while the global rate limit store answers");
+    describe_counter!(
+        "agentgate_upstream_ejections_total",
+        "Backends ejected by passive health"
+    );
+    describe_counter!(
+        "agentgate_access_log_dropped_total",
+        "Access log lines dropped because the writer fell behind"
+    );
+    describe_counter!(
+        "agentgate_spans_dropped_total",
+        "Spans dropped because the exporter fell behind"
+    );
+    describe_gauge!(
+        "agentgate_rate_limit_store_up",
+        "1 while the global rate limit store answers"
+    );
 }
 
 /// Renders the text exposition for GET /metrics.

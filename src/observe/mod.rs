@@ -49,8 +49,14 @@ impl Observer {
         }
         let writer = match &config.log.access_log {
             AccessLogTarget::Off => None,
-            AccessLogTarget::Stdout => Some(LineWriter::start(Sink::Stdout, 65_536, access_log_dropped)?),
-            AccessLogTarget::File(p) => Some(LineWriter::start(Sink::File(p.clone()), 65_536, access_log_dropped)?),
+            AccessLogTarget::Stdout => {
+                Some(LineWriter::start(Sink::Stdout, 65_536, access_log_dropped)?)
+            }
+            AccessLogTarget::File(p) => Some(LineWriter::start(
+                Sink::File(p.clone()),
+                65_536,
+                access_log_dropped,
+            )?),
         };
         self.access_log.store(writer.map(Arc::new));
         *current = Some(config.log.access_log.clone());
@@ -65,16 +71,30 @@ impl Observer {
     }
 
     /// Records one finished request. Runs in pingora's logging phase, for every request.
-    pub fn finish_request(&self, shared: &Shared, session: &Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let Some(runtime) = ctx.runtime.clone() else { return };
+    pub fn finish_request(
+        &self,
+        shared: &Shared,
+        session: &Session,
+        _e: Option<&Error>,
+        ctx: &mut RequestCtx,
+    ) {
+        let Some(runtime) = ctx.runtime.clone() else {
+            return;
+        };
         let Some(start) = ctx.start else { return };
         let elapsed = start.elapsed();
         let req = session.req_header();
         let route_rt = ctx.route.map(|r| &runtime.routes[r]);
-        let route_metrics = route_rt.map(|r| &r.metrics).unwrap_or(&shared.unmatched_metrics);
+        let route_metrics = route_rt
+            .map(|r| &r.metrics)
+            .unwrap_or(&shared.unmatched_metrics);
 
         route_metrics.in_flight.decrement(1.0);
-        route_metrics.record_request(&req.method, ctx.status.max(if ctx.cancelled { 499 } else { 0 }), elapsed.as_secs_f64());
+        route_metrics.record_request(
+            &req.method,
+            ctx.status.max(if ctx.cancelled { 499 } else { 0 }),
+            elapsed.as_secs_f64(),
+        );
         let upstream_wait = ctx.upstream_elapsed();
         route_metrics
             .overhead
@@ -94,14 +114,23 @@ impl Observer {
         if let Some(p) = ctx.pagination {
             route_metrics.record_pagination(p);
         }
+        if ctx.rate_limited {
+            route_metrics.rate_limited.increment(1);
+        }
 
-        let Some(writer) = self.access_log.load_full() else { return };
+        let Some(writer) = self.access_log.load_full() else {
+            return;
+        };
         let trace = ctx.trace;
         let trace_id = trace.map(|t| hex_string(&t.trace_id)).unwrap_or_default();
         let span_id = trace.map(|t| hex_string(&t.span_id)).unwrap_or_default();
         let upstream = route_rt.map(|r| runtime.config.upstreams[r.route.upstream].name.as_str());
         let backend = match (route_rt, ctx.backend) {
-            (Some(r), Some(b)) => runtime.upstreams[r.route.upstream].pool.backends.get(b).map(|b| b.label.as_str()),
+            (Some(r), Some(b)) => runtime.upstreams[r.route.upstream]
+                .pool
+                .backends
+                .get(b)
+                .map(|b| b.label.as_str()),
             _ => None,
         };
         let first_byte_ms = match (ctx.upstream_sent_at, ctx.first_byte_at) {
@@ -123,7 +152,9 @@ impl Observer {
             request_id: ctx.request_id_str(),
             trace_id: &trace_id,
             span_id: &span_id,
-            route: route_rt.map(|r| r.route.name.as_str()).unwrap_or("unmatched"),
+            route: route_rt
+                .map(|r| r.route.name.as_str())
+                .unwrap_or("unmatched"),
             method: req.method.as_str(),
             path_and_query: path,
             status: ctx.status,

@@ -201,7 +201,10 @@ mod tests {
             "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ];
         for b in bad {
-            assert!(parse_traceparent(b.as_bytes()).is_none(), "{b:?} should be invalid");
+            assert!(
+                parse_traceparent(b.as_bytes()).is_none(),
+                "{b:?} should be invalid"
+            );
         }
     }
 
@@ -221,7 +224,9 @@ mod tests {
     fn sampling_ratio_extremes() {
         assert!(!TraceContext::from_incoming(None, 0.0).sampled);
         assert!(TraceContext::from_incoming(None, 1.0).sampled);
-        let n = (0..2000).filter(|_| TraceContext::from_incoming(None, 0.25).sampled).count();
+        let n = (0..2000)
+            .filter(|_| TraceContext::from_incoming(None, 0.25).sampled)
+            .count();
         assert!((300..700).contains(&n), "{n}");
     }
 }

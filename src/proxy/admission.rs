@@ -12,10 +12,18 @@ use super::ctx::RequestCtx;
 use super::errors::{ErrorKind, GatewayError};
 use super::headers;
 use super::routing::find_route;
+use crate::config::{Config, PaginationRule, Route};
+use crate::observe::metrics::PaginationAction;
+use crate::pagination::ResponseCap;
+use crate::ratelimit::{key_material, RouteLimiter, Verdict};
 use crate::state::Shared;
 
 /// Runs every admission check in order; the first failure is the answer.
-pub async fn admit(_shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+pub async fn admit(
+    _shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
     let Some(runtime) = ctx.runtime.clone() else {
         return Err(GatewayError::new(ErrorKind::BadRequest, "no config loaded"));
     };
@@ -37,7 +45,11 @@ pub async fn admit(_shared: &Shared, session: &mut Session, ctx: &mut RequestCtx
         _shared.unmatched_metrics.in_flight.increment(1.0);
         return Err(GatewayError::new(
             ErrorKind::RouteNotFound,
-            format!("no route matches {} {}", req.method, truncate(req.uri.path(), 200)),
+            format!(
+                "no route matches {} {}",
+                req.method,
+                truncate(req.uri.path(), 200)
+            ),
         ));
     };
     ctx.route = Some(route_index);
@@ -45,6 +57,117 @@ pub async fn admit(_shared: &Shared, session: &mut Session, ctx: &mut RequestCtx
 
     check_framing(req)?;
     check_declared_length(req, config.server.max_request_body_bytes)?;
+
+    let route_rt = &runtime.routes[route_index];
+    let route = &route_rt.route;
+    authenticate(config, route, session.req_header(), ctx)?;
+    if let Some(limiter) = &route_rt.limiter {
+        rate_limit(limiter, session.req_header(), ctx).await?;
+    }
+    if let Some(rule) = &route.pagination {
+        if rule.methods.contains(&session.req_header().method) {
+            paginate(rule, session, ctx)?;
+        }
+    }
+    Ok(())
+}
+
+/// Finds the tenant of a presented key; on auth routes a missing or unknown key is 401.
+fn authenticate(
+    config: &Config,
+    route: &Route,
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
+    let Some(auth) = &config.auth else {
+        return Ok(());
+    };
+    let presented = crate::auth::presented_key(&req.headers);
+    ctx.key_id = presented.and_then(|k| crate::auth::tenant_for(&auth.keys, k));
+    if route.auth && ctx.key_id.is_none() {
+        let message = if presented.is_some() {
+            "the API key is not recognised"
+        } else {
+            "this route needs an API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`"
+        };
+        return Err(GatewayError::new(ErrorKind::Unauthorized, message));
+    }
+    Ok(())
+}
+
+async fn rate_limit(
+    limiter: &RouteLimiter,
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
+    let mut ip_buf = [0u8; 16];
+    let client_ip = ctx
+        .client_ip
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let material = key_material(
+        &limiter.rule,
+        client_ip,
+        ctx.key_id.as_deref(),
+        &req.headers,
+        &mut ip_buf,
+    );
+    match limiter.check(material).await {
+        Verdict::Allow {
+            limit,
+            remaining,
+            reset_s,
+        } => {
+            ctx.rate_limit_headers = Some((limit, remaining, reset_s));
+            Ok(())
+        }
+        Verdict::Deny {
+            limit,
+            retry_after_s,
+            reset_s,
+        } => {
+            ctx.rate_limit_headers = Some((limit, 0, reset_s.max(retry_after_s)));
+            ctx.retry_after_s = retry_after_s;
+            ctx.rate_limited = true;
+            Err(GatewayError::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "rate limit of {} requests per second (burst {}) exceeded; retry after {retry_after_s} s",
+                    limiter.rule.requests_per_second, limiter.rule.burst
+                ),
+            ))
+        }
+    }
+}
+
+fn paginate(
+    rule: &PaginationRule,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
+    let uri = &session.req_header().uri;
+    let enforced = match crate::pagination::enforce(rule, uri.query()) {
+        Ok(e) => e,
+        Err(e) => {
+            ctx.pagination = Some(PaginationAction::Rejected);
+            return Err(e);
+        }
+    };
+    ctx.response_cap = Some(ResponseCap::new(rule.max_response_bytes));
+    ctx.pagination = enforced.action;
+    ctx.pagination_clamped = enforced.clamped;
+    if let Some(query) = enforced.query {
+        let target = format!("{}?{query}", uri.path());
+        let new_uri = http::Uri::builder()
+            .path_and_query(target)
+            .build()
+            .map_err(|_| {
+                GatewayError::new(
+                    ErrorKind::BadRequest,
+                    "the request target could not be rewritten",
+                )
+            })?;
+        session.req_header_mut().set_uri(new_uri);
+    }
     Ok(())
 }
 
@@ -61,7 +184,12 @@ fn truncate(s: &str, max: usize) -> &str {
 
 /// Rejects request framing that two parsers could read differently (smuggling).
 fn check_framing(req: &RequestHeader) -> Result<(), GatewayError> {
-    let lengths: Vec<&[u8]> = req.headers.get_all(CONTENT_LENGTH).iter().map(|v| v.as_bytes()).collect();
+    let lengths: Vec<&[u8]> = req
+        .headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     let has_te = req.headers.contains_key(TRANSFER_ENCODING);
     if has_te && !lengths.is_empty() {
         return Err(GatewayError::new(
@@ -70,22 +198,32 @@ fn check_framing(req: &RequestHeader) -> Result<(), GatewayError> {
         ));
     }
     if lengths.windows(2).any(|w| w[0] != w[1]) {
-        return Err(GatewayError::new(ErrorKind::BadRequest, "the request has differing Content-Length headers"));
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            "the request has differing Content-Length headers",
+        ));
     }
     if let Some(te) = req.headers.get(TRANSFER_ENCODING) {
         if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Err(GatewayError::new(ErrorKind::BadRequest, "only Transfer-Encoding: chunked is accepted"));
+            return Err(GatewayError::new(
+                ErrorKind::BadRequest,
+                "only Transfer-Encoding: chunked is accepted",
+            ));
         }
     }
     Ok(())
 }
 
 fn check_declared_length(req: &RequestHeader, limit: u64) -> Result<(), GatewayError> {
-    let Some(v) = req.headers.get(CONTENT_LENGTH) else { return Ok(()) };
+    let Some(v) = req.headers.get(CONTENT_LENGTH) else {
+        return Ok(());
+    };
     let declared = std::str::from_utf8(v.as_bytes())
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .ok_or_else(|| GatewayError::new(ErrorKind::BadRequest, "Content-Length is not a number"))?;
+        .ok_or_else(|| {
+            GatewayError::new(ErrorKind::BadRequest, "Content-Length is not a number")
+        })?;
     if declared > limit {
         return Err(GatewayError::new(
             ErrorKind::PayloadTooLarge,
@@ -97,9 +235,15 @@ fn check_declared_length(req: &RequestHeader, limit: u64) -> Result<(), GatewayE
 
 /// Edits the request the agent receives: forwarding and trace headers, hop-by-hop
 /// headers removed.
-pub fn prepare_upstream_request(session: &Session, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+pub fn prepare_upstream_request(
+    session: &Session,
+    req: &mut RequestHeader,
+    ctx: &RequestCtx,
+) -> Result<()> {
     headers::strip_hop_by_hop(req);
-    let Some(runtime) = &ctx.runtime else { return Ok(()) };
+    let Some(runtime) = &ctx.runtime else {
+        return Ok(());
+    };
     let trusted = &runtime.config.server.trusted_proxies;
     let peer = session
         .client_addr()
@@ -119,17 +263,81 @@ pub fn prepare_upstream_request(session: &Session, req: &mut RequestHeader, ctx:
             // A new trace: an incoming tracestate belonged to a context we did not accept.
             req.remove_header("tracestate");
         }
-        req.insert_header("traceparent", trace.traceparent_for(&ctx.upstream_span_id).to_vec())?;
+        req.insert_header(
+            "traceparent",
+            trace.traceparent_for(&ctx.upstream_span_id).to_vec(),
+        )?;
     }
     Ok(())
 }
 
-/// Checks the agent's response header before it reaches the client.
-pub fn check_upstream_response(_resp: &mut ResponseHeader, _ctx: &mut RequestCtx) -> Result<()> {
+/// Checks the agent's response header before it reaches the client: a list response
+/// that declares more than the cap is refused whole (502) and its connection dropped.
+pub fn check_upstream_response(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    let Some(cap) = ctx.response_cap else {
+        return Ok(());
+    };
+    let declared = resp
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(len) = declared {
+        if len > cap.limit {
+            ctx.pagination = Some(PaginationAction::Oversize);
+            ctx.error = Some(GatewayError::new(
+                ErrorKind::UpstreamResponseTooLarge,
+                format!("the agent's list response ({len} bytes) is over the limit of {} bytes; ask for fewer items", cap.limit),
+            ));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "list response over max_response_bytes",
+            ));
+        }
+    }
     Ok(())
 }
 
-/// Checks each chunk of the agent's response body as it streams.
-pub fn check_upstream_body(_body: &mut Option<Bytes>, _end: bool, _ctx: &mut RequestCtx) -> Result<()> {
+/// Counts each chunk of a capped response as it streams; past the cap the stream is cut
+/// (the client sees an incomplete response, never a silently truncated complete one).
+pub fn check_upstream_body(
+    body: &mut Option<Bytes>,
+    end: bool,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
+    let Some(cap) = ctx.response_cap.as_mut() else {
+        return Ok(());
+    };
+    if cap.exhausted {
+        *body = None;
+        return Err(Error::explain(
+            ErrorType::HTTPStatus(502),
+            "list response cut at max_response_bytes",
+        ));
+    }
+    let len = body.as_ref().map(|b| b.len()).unwrap_or(0);
+    if let Some(allowed) = cap.admit(len) {
+        let limit = cap.limit;
+        if let Some(b) = body.as_mut() {
+            *b = b.slice(..allowed);
+        }
+        ctx.pagination = Some(PaginationAction::Oversize);
+        ctx.error = Some(GatewayError::new(
+            ErrorKind::UpstreamResponseTooLarge,
+            format!(
+                "the agent's streamed list response passed the limit of {limit} bytes and was cut"
+            ),
+        ));
+        log::warn!(
+            "list response cut at {limit} bytes (max_response_bytes) on request {}",
+            ctx.request_id_str()
+        );
+        if end {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "list response cut at max_response_bytes",
+            ));
+        }
+    }
     Ok(())
 }

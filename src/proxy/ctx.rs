@@ -54,7 +54,8 @@ pub struct RequestCtx {
     pub pagination: Option<PaginationAction>,
     /// `x-pagination-clamped: <asked>-><max>`
     pub pagination_clamped: Option<(u64, u64)>,
-    pub response_cap: Option<u64>,
+    pub response_cap: Option<crate::pagination::ResponseCap>,
+    pub retry_after_s: u64,
 }
 
 impl RequestCtx {

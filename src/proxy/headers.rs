@@ -144,7 +144,10 @@ mod tests {
     #[test]
     fn strips_nominated_and_hop_by_hop() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("upgrade", HeaderValue::from_static("h2c"));
@@ -159,8 +162,14 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        assert_eq!(forwarded_for(&h, "127.0.0.1".parse().unwrap(), &trusted), "127.0.0.1");
-        assert_eq!(forwarded_for(&h, "10.1.1.1".parse().unwrap(), &trusted), "1.2.3.4, 10.1.1.1");
+        assert_eq!(
+            forwarded_for(&h, "127.0.0.1".parse().unwrap(), &trusted),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            forwarded_for(&h, "10.1.1.1".parse().unwrap(), &trusted),
+            "1.2.3.4, 10.1.1.1"
+        );
     }
 
     #[test]
@@ -168,7 +177,10 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         let xff = HeaderValue::from_static("9.9.9.9, 1.2.3.4, 10.0.0.2");
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(peer, Some(&xff), &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer, Some(&xff), &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         let outsider: IpAddr = "8.8.8.8".parse().unwrap();
         assert_eq!(client_ip(outsider, Some(&xff), &trusted), outsider);
     }

@@ -68,7 +68,9 @@ impl Gateway {
         if let Some(m) = upstream.backend_metrics.get(b) {
             m.record(outcome);
         }
-        let Some(backend) = upstream.pool.backends.get(b) else { return };
+        let Some(backend) = upstream.pool.backends.get(b) else {
+            return;
+        };
         let cfg = &upstream.pool.config;
         match outcome {
             TryOutcome::Success => backend.record_passive_success(),
@@ -199,13 +201,20 @@ impl ProxyHttp for Gateway {
                     ErrorKind::PayloadTooLarge,
                     format!("the request body is larger than the limit of {limit} bytes"),
                 ));
-                return Err(Error::explain(ErrorType::HTTPStatus(413), "request body too large"));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body too large",
+                ));
             }
         }
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let (Some(runtime), Some(route)) = (ctx.runtime.clone(), ctx.route) else {
             return Err(Error::explain(ErrorType::InternalError, "no route chosen"));
         };
@@ -222,7 +231,10 @@ impl ProxyHttp for Gateway {
                     ErrorKind::NoHealthyBackend,
                     format!("upstream {:?} has no healthy backend", cfg.name),
                 ));
-                return Err(Error::explain(ErrorType::HTTPStatus(503), "no healthy backend"));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "no healthy backend",
+                ));
             }
         };
         let backend = &upstream.pool.backends[index];
@@ -287,7 +299,14 @@ impl ProxyHttp for Gateway {
         if matches!(e.esource(), ErrorSource::Upstream) {
             let timed_out = matches!(e.etype(), ErrorType::ReadTimedout)
                 || ctx.watchdog.as_ref().is_some_and(|w| w.fired());
-            self.record_try(ctx, if timed_out { TryOutcome::Timeout } else { TryOutcome::Error });
+            self.record_try(
+                ctx,
+                if timed_out {
+                    TryOutcome::Timeout
+                } else {
+                    TryOutcome::Error
+                },
+            );
         }
         let retries = Self::retries(ctx);
         let idempotent = session.req_header().method.is_idempotent();
@@ -330,8 +349,17 @@ impl ProxyHttp for Gateway {
             }
         }
         let status = upstream_response.status.as_u16();
-        self.record_try(ctx, if status >= 500 { TryOutcome::ServerError } else { TryOutcome::Success });
-        if let (Some(runtime), Some(route), Some(sent)) = (&ctx.runtime, ctx.route, ctx.upstream_sent_at) {
+        self.record_try(
+            ctx,
+            if status >= 500 {
+                TryOutcome::ServerError
+            } else {
+                TryOutcome::Success
+            },
+        );
+        if let (Some(runtime), Some(route), Some(sent)) =
+            (&ctx.runtime, ctx.route, ctx.upstream_sent_at)
+        {
             if let Some(h) = &runtime.routes[route].metrics.first_byte {
                 h.record(sent.elapsed().as_secs_f64());
             }
@@ -370,7 +398,9 @@ impl ProxyHttp for Gateway {
             ctx.response_done_at = Some(Instant::now());
         } else if let Some(w) = &ctx.watchdog {
             w.touch();
-        } else if let (Some(fd), Some((first_byte, idle))) = (ctx.connect_fd, Self::upstream_limits(ctx)) {
+        } else if let (Some(fd), Some((first_byte, idle))) =
+            (ctx.connect_fd, Self::upstream_limits(ctx))
+        {
             if idle < first_byte {
                 ctx.watchdog = Watchdog::arm(fd, Phase::Idle, idle);
             }
@@ -392,25 +422,39 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let err = self.classify(e, ctx);
         ctx.watchdog = None;
         ctx.in_flight = None;
         let Some(err) = err else {
             // The client went away: nothing to answer.
             ctx.cancelled = true;
-            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         };
         if session.response_written().is_some() {
             // Too late for an error response: the stream is cut; the log says why.
             ctx.error = Some(err);
-            return FailToProxy { error_code: ctx.status, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: ctx.status,
+                can_reuse_downstream: false,
+            };
         }
         let status = err.kind.status();
         if respond::send_error(session, ctx, err).await.is_err() {
             ctx.cancelled = true;
         }
-        FailToProxy { error_code: status, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -424,7 +468,10 @@ impl ProxyHttp for Gateway {
         }
         if let Some(e) = e {
             if matches!(e.esource(), ErrorSource::Downstream)
-                && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed)
+                && matches!(
+                    e.etype(),
+                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+                )
             {
                 ctx.cancelled = true;
             }

@@ -12,7 +12,11 @@ use super::ctx::RequestCtx;
 use super::errors::{json_body, ErrorKind, GatewayError};
 
 /// Writes a JSON error response and records it in the context.
-pub async fn send_error(session: &mut Session, ctx: &mut RequestCtx, err: GatewayError) -> Result<()> {
+pub async fn send_error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    err: GatewayError,
+) -> Result<()> {
     let status = err.kind.status();
     let body = json_body(&err, ctx.request_id_str());
     let mut header = ResponseHeader::build(status, Some(8))?;
@@ -20,17 +24,19 @@ pub async fn send_error(session: &mut Session, ctx: &mut RequestCtx, err: Gatewa
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("cache-control", "no-store")?;
     if err.kind == ErrorKind::RateLimited {
-        if let Some((_, _, reset)) = ctx.rate_limit_headers {
-            header.insert_header("retry-after", reset.max(1).to_string())?;
-        }
+        header.insert_header("retry-after", ctx.retry_after_s.max(1).to_string())?;
     }
     decorate_response(&mut header, ctx)?;
     ctx.status = status;
     ctx.error = Some(err);
     // Whatever the client still sends is not read: close rather than resync the stream.
     session.set_keepalive(None);
-    session.write_response_header(Box::new(header), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
     Ok(())
 }
 

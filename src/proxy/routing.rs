@@ -17,7 +17,11 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// The route for a request: the longest matching prefix whose methods allow `method`.
 /// `routes` is sorted longest prefix first (see config validation).
-pub fn find_route<'a>(routes: &'a [Arc<Route>], path: &str, method: &Method) -> Option<(usize, &'a Arc<Route>)> {
+pub fn find_route<'a>(
+    routes: &'a [Arc<Route>],
+    path: &str,
+    method: &Method,
+) -> Option<(usize, &'a Arc<Route>)> {
     routes.iter().enumerate().find(|(_, r)| {
         prefix_matches(&r.path_prefix, path) && (r.methods.is_empty() || r.methods.contains(method))
     })
@@ -30,7 +34,10 @@ mod tests {
     #[test]
     fn segment_boundaries() {
         assert!(prefix_matches("/v1/conversations", "/v1/conversations"));
-        assert!(prefix_matches("/v1/conversations", "/v1/conversations/1/messages"));
+        assert!(prefix_matches(
+            "/v1/conversations",
+            "/v1/conversations/1/messages"
+        ));
         assert!(!prefix_matches("/v1/conversations", "/v1/conversationsX"));
         assert!(prefix_matches("/", "/anything"));
         assert!(prefix_matches("/v1/", "/v1/x"));

@@ -90,12 +90,20 @@ impl Watchdog {
                 return;
             }
         });
-        Some(Watchdog { inner, phase, limit })
+        Some(Watchdog {
+            inner,
+            phase,
+            limit,
+        })
     }
 
     /// Pushes the deadline out by a full limit (a chunk arrived).
     pub fn touch(&self) {
-        *self.inner.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now() + self.limit;
+        *self
+            .inner
+            .deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Instant::now() + self.limit;
     }
 
     pub fn fired(&self) -> bool {

@@ -11,7 +11,7 @@
 //! - `/sse/{count}/{ms}`              text/event-stream, `count` events `ms` apart
 //! - `/think/{ms}`                    header after `ms`, then a small body
 //! - `/silent/{ms}`                   header and one chunk, then silence for `ms`, then the end
-//! - `/list...`                       like echo (a list endpoint that reports its query)
+//! - `/list...`, `/pages...`         like echo (list endpoints that report their query)
 //! - anything else                    200 JSON naming the backend
 
 use std::collections::HashMap;
@@ -49,7 +49,12 @@ pub struct Backend {
 impl Backend {
     /// Starts on a free port (must be called inside a tokio runtime).
     pub async fn start(name: &str) -> Backend {
-        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), name, Arc::new(BackendStats::default())).await
+        Self::start_on(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            name,
+            Arc::new(BackendStats::default()),
+        )
+        .await
     }
 
     pub async fn start_on(addr: SocketAddr, name: &str, stats: Arc<BackendStats>) -> Backend {
@@ -107,7 +112,9 @@ impl Backend {
                     drop(l);
                     break;
                 }
-                Err(_) if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
                 Err(e) => panic!("cannot rebind {addr}: {e}"),
             }
         }
@@ -120,7 +127,9 @@ impl Backend {
     }
 
     pub fn set_delay(&self, d: Duration) {
-        self.stats.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+        self.stats
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> u64 {
@@ -163,8 +172,13 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request
                 .collect();
             let mut rest = buf.split_off(end + 4);
             // Read (and discard) a body: Content-Length or chunked.
-            let len = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok());
-            let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+            let len = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse::<usize>().ok());
+            let chunked = headers
+                .iter()
+                .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
             if let Some(len) = len {
                 while rest.len() < len {
                     let mut tmp = [0u8; 8192];
@@ -191,7 +205,11 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request
                 }
             }
             *buf = rest;
-            return Some(Request { method, target, headers });
+            return Some(Request {
+                method,
+                target,
+                headers,
+            });
         }
         let mut tmp = [0u8; 8192];
         let n = sock.read(&mut tmp).await.ok()?;
@@ -225,7 +243,13 @@ async fn serve(mut sock: TcpStream, name: &str, stats: &BackendStats) {
     }
 }
 
-async fn write_fixed(sock: &mut TcpStream, status: u16, content_type: &str, body: &[u8], name: &str) -> bool {
+async fn write_fixed(
+    sock: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    name: &str,
+) -> bool {
     let head = format!(
         "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-backend: {name}\r\n\r\n",
         body.len()
@@ -250,15 +274,32 @@ async fn respond(sock: &mut TcpStream, name: &str, req: &Request) -> bool {
     let path = req.target.split('?').next().unwrap_or("").to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.first().copied().unwrap_or("") {
-        "echo" | "list" => {
-            let headers: serde_json::Map<String, serde_json::Value> =
-                req.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        "echo" | "list" | "pages" => {
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
             let body = serde_json::json!({"backend": name, "method": req.method, "target": req.target, "headers": headers});
-            write_fixed(sock, 200, "application/json", body.to_string().as_bytes(), name).await
+            write_fixed(
+                sock,
+                200,
+                "application/json",
+                body.to_string().as_bytes(),
+                name,
+            )
+            .await
         }
         "status" => {
             let code = num(parts.get(1)) as u16;
-            write_fixed(sock, code, "application/json", format!("{{\"status\":{code}}}").as_bytes(), name).await
+            write_fixed(
+                sock,
+                code,
+                "application/json",
+                format!("{{\"status\":{code}}}").as_bytes(),
+                name,
+            )
+            .await
         }
         "sleep" => {
             tokio::time::sleep(Duration::from_millis(num(parts.get(1)))).await;
@@ -320,12 +361,23 @@ async fn respond(sock: &mut TcpStream, name: &str, req: &Request) -> bool {
         }
         "silent" => {
             let head = format!("HTTP/1.1 200 X\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nx-backend: {name}\r\n\r\n");
-            if sock.write_all(head.as_bytes()).await.is_err() || !write_chunk(sock, b"data: first\n\n").await {
+            if sock.write_all(head.as_bytes()).await.is_err()
+                || !write_chunk(sock, b"data: first\n\n").await
+            {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(num(parts.get(1)))).await;
             write_chunk(sock, b"data: late\n\n").await && sock.write_all(b"0\r\n\r\n").await.is_ok()
         }
-        _ => write_fixed(sock, 200, "application/json", format!("{{\"backend\":\"{name}\"}}").as_bytes(), name).await,
+        _ => {
+            write_fixed(
+                sock,
+                200,
+                "application/json",
+                format!("{{\"backend\":\"{name}\"}}").as_bytes(),
+                name,
+            )
+            .await
+        }
     }
 }

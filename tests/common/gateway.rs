@@ -54,7 +54,10 @@ impl Gateway {
         }
         let listen = free_addr();
         let admin = free_addr();
-        let access = format!("access_log = \"{}\"", dir.path().join("access.log").display());
+        let access = format!(
+            "access_log = \"{}\"",
+            dir.path().join("access.log").display()
+        );
         let body = if body.contains("[log]\n") {
             body.replacen("[log]\n", &format!("[log]\n{access}\n"), 1)
         } else {
@@ -94,9 +97,13 @@ impl Gateway {
         let child = self.child.as_mut().expect("child");
         wait_until(Duration::from_secs(20), "the gateway to listen", || {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("gateway exited early with {status}: {}", fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "gateway exited early with {status}: {}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
             }
-            (http_get_ok(admin, "/healthz") && std::net::TcpStream::connect(listen).is_ok()).then_some(())
+            (http_get_ok(admin, "/healthz") && std::net::TcpStream::connect(listen).is_ok())
+                .then_some(())
         });
     }
 
@@ -139,7 +146,9 @@ impl Gateway {
     /// Waits for the process to exit; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let child = self.child.as_mut()?;
-        let status = wait_until(timeout, "the gateway to exit", || child.try_wait().ok().flatten());
+        let status = wait_until(timeout, "the gateway to exit", || {
+            child.try_wait().ok().flatten()
+        });
         self.child = None;
         status.code()
     }
@@ -209,7 +218,15 @@ impl DemoAgent {
 
     fn spawn(&mut self) {
         let child = Command::new(BIN)
-            .args(["demo-agent", "--listen", &self.addr.to_string(), "--name", &self.name, "--token-delay", &self.token_delay])
+            .args([
+                "demo-agent",
+                "--listen",
+                &self.addr.to_string(),
+                "--name",
+                &self.name,
+                "--token-delay",
+                &self.token_delay,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -217,7 +234,9 @@ impl DemoAgent {
             .expect("start demo agent");
         self.child = Some(child);
         let addr = self.addr;
-        wait_until(Duration::from_secs(10), "the demo agent to listen", || http_get_ok(addr, "/healthz").then_some(()));
+        wait_until(Duration::from_secs(10), "the demo agent to listen", || {
+            http_get_ok(addr, "/healthz").then_some(())
+        });
     }
 
     /// Kills the agent at once (a crash, not a drain).

@@ -1,0 +1,200 @@
+//! The shared rate-limit store: Redis, reached through one multiplexed, auto-reconnecting
+//! connection (redis' `ConnectionManager` pipelines every caller's commands on it), with
+//! a tight per-call timeout. Its reachability is tracked here: while Redis is down no
+//! request waits on it; a background probe notices when it is back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+
+use crate::config::validate::redact_url;
+use crate::observe::metrics;
+use crate::state::Shared;
+
+/// Token bucket with continuous refill, on Redis' clock so every replica agrees.
+/// KEYS[1] bucket; ARGV rate (per second), burst, tokens wanted.
+/// Returns {granted, tokens left (floor), ms until the next token when none granted}.
+const ACQUIRE: &str = r#"
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+local granted = math.min(want, math.floor(tokens))
+tokens = tokens - granted
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+local wait = 0
+if granted == 0 then
+  wait = math.ceil((1 - tokens) * 1000 / rate)
+end
+return {granted, math.floor(tokens), wait}
+"#;
+
+pub struct RedisStore {
+    url: String,
+    timeout: Duration,
+    connection: ArcSwapOption<ConnectionManager>,
+    up: AtomicBool,
+    script: Script,
+}
+
+/// One answer of the acquire script.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant {
+    pub granted: u32,
+    pub tokens_left: u32,
+    pub wait_ms: u64,
+}
+
+impl RedisStore {
+    pub fn new(url: &str, timeout: Duration) -> Arc<RedisStore> {
+        metrics::rate_limit_store_up(false);
+        Arc::new(RedisStore {
+            url: url.to_string(),
+            timeout,
+            connection: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            script: Script::new(ACQUIRE),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn set_up(&self, up: bool, why: &str) {
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            metrics::rate_limit_store_up(up);
+            if up {
+                log::info!(
+                    "rate limit store {} is reachable: global limits are shared again",
+                    redact_url(&self.url)
+                );
+            } else {
+                log::warn!(
+                    "rate limit store {} is unreachable ({why}): applying on_unavailable until it returns",
+                    redact_url(&self.url)
+                );
+            }
+        }
+    }
+
+    /// Asks for up to `want` tokens from bucket `key`. `None` when Redis did not answer
+    /// in time (the store is then marked down).
+    pub async fn acquire(&self, key: &str, rate: f64, burst: u32, want: u32) -> Option<Grant> {
+        let mut conn = (*self.connection.load_full()?).clone();
+        let mut invocation = self.script.key(key);
+        invocation.arg(rate).arg(burst).arg(want);
+        let call = invocation.invoke_async::<(i64, i64, i64)>(&mut conn);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok((granted, left, wait))) => Some(Grant {
+                granted: granted.max(0) as u32,
+                tokens_left: left.max(0) as u32,
+                wait_ms: wait.max(0) as u64,
+            }),
+            Ok(Err(e)) => {
+                self.set_up(false, &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.set_up(false, &format!("no answer within {:?}", self.timeout));
+                None
+            }
+        }
+    }
+
+    /// Connects (first time) or pings; marks the store up or down.
+    async fn probe(&self) {
+        if self.connection.load().is_none() {
+            let client = match redis::Client::open(self.url.as_str()) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.set_up(false, &e.to_string());
+                    return;
+                }
+            };
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Duration::from_secs(1))
+                .set_response_timeout(self.timeout.max(Duration::from_millis(100)))
+                .set_number_of_retries(1)
+                .set_max_delay(1000);
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                ConnectionManager::new_with_config(client, config),
+            )
+            .await
+            {
+                Ok(Ok(cm)) => self.connection.store(Some(Arc::new(cm))),
+                Ok(Err(e)) => {
+                    self.set_up(false, &e.to_string());
+                    return;
+                }
+                Err(_) => {
+                    self.set_up(false, "connect timed out");
+                    return;
+                }
+            }
+        }
+        let Some(conn) = self.connection.load_full() else {
+            return;
+        };
+        let mut conn = (*conn).clone();
+        let ping_cmd = redis::cmd("PING");
+        let ping = ping_cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(Duration::from_millis(500).max(self.timeout), ping).await {
+            Ok(Ok(_)) => self.set_up(true, ""),
+            Ok(Err(e)) => self.set_up(false, &e.to_string()),
+            Err(_) => self.set_up(false, "ping timed out"),
+        }
+    }
+}
+
+/// Keeps the store's reachability current: probes every 500 ms while down, every 2 s
+/// while up.
+pub struct StoreProbe {
+    pub shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for StoreProbe {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let store = self.shared.rate_limit_store();
+            let pause = match &store {
+                Some(s) => {
+                    s.probe().await;
+                    if s.is_up() {
+                        Duration::from_secs(2)
+                    } else {
+                        Duration::from_millis(500)
+                    }
+                }
+                None => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
