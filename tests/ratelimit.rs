@@ -1,0 +1,223 @@
+//! Rate limiting: local GCRA limits with standard headers, independent keys, bounded key
+//! state, and global limits shared by three gateway processes through a real Redis.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis::Redis;
+use common::*;
+
+fn config(backend: &str, limit: &str) -> String {
+    format!(
+        r#"[upstreams.u]
+backends = ["{backend}"]
+
+[[routes]]
+name = "limited"
+path_prefix = "/"
+upstream = "u"
+
+[routes.rate_limit]
+{limit}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_then_rate_then_429_with_headers() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start("", &config(&b.addr.to_string(), "key = \"client_ip\"\nrequests_per_second = 5.0\nburst = 10"));
+    let c = client();
+    let started = Instant::now();
+    let mut ok = 0;
+    let mut first_429 = None;
+    for _ in 0..30 {
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        match r.status().as_u16() {
+            200 => {
+                ok += 1;
+                assert_eq!(r.headers()["ratelimit-limit"], "10");
+                assert!(r.headers().contains_key("ratelimit-remaining"));
+                assert!(r.headers().contains_key("ratelimit-reset"));
+            }
+            429 => {
+                if first_429.is_none() {
+                    first_429 = Some(r);
+                }
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // the burst, plus what refilled while the loop ran
+    let allowed_max = 10.0 + (elapsed * 5.0).ceil() + 1.0;
+    assert!(ok >= 10 && (ok as f64) <= allowed_max, "{ok} passed in {elapsed:.2}s");
+    let r = first_429.expect("some requests are limited");
+    assert_eq!(r.headers()["ratelimit-remaining"], "0");
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1, "retry-after is at least 1");
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limited");
+    assert_eq!(b.targets().iter().filter(|t| *t == "/x").count(), ok, "limited requests never reach the agent");
+
+    // about 5 per second afterwards: wait for the budget the 429 promised
+    tokio::time::sleep(Duration::from_millis(retry * 1000)).await;
+    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200, "retry-after is true to its word");
+
+    let m = parse_metrics(&c.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap());
+    assert!(metric_value(&m, "agentgate_rate_limited_total", &[("route", "limited")]) >= 1.0);
+    let log = gw.access_log();
+    assert!(log.iter().any(|l| l["rate_limited"] == true && l["status"] == 429));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_have_independent_budgets() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start("", &config(&b.addr.to_string(), "key = \"header:x-tenant\"\nrequests_per_second = 0.5\nburst = 3"));
+    let c = client();
+    let statuses = |tenant: &'static str| {
+        let c = c.clone();
+        let url = gw.url("/x");
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..5 {
+                out.push(c.get(&url).header("x-tenant", tenant).send().await.unwrap().status().as_u16());
+            }
+            out
+        }
+    };
+    assert_eq!(statuses("acme").await, vec![200, 200, 200, 429, 429]);
+    assert_eq!(statuses("globex").await, vec![200, 200, 200, 429, 429]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_that_never_triggers_only_adds_headers() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start("", &config(&b.addr.to_string(), "key = \"global\"\nrequests_per_second = 10000.0\nburst = 10000"));
+    let c = client();
+    for _ in 0..50 {
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["ratelimit-limit"], "10000");
+    }
+}
+
+fn global_config(backend: &str, redis: &str, on_unavailable: &str) -> String {
+    format!(
+        r#"[upstreams.u]
+backends = ["{backend}"]
+
+[[routes]]
+name = "shared"
+path_prefix = "/"
+upstream = "u"
+
+[routes.rate_limit]
+key = "global"
+requests_per_second = 20.0
+burst = 20
+scope = "global"
+expected_replicas = 3
+
+[rate_limit_store]
+redis_url = "{redis}"
+on_unavailable = "{on_unavailable}"
+timeout = "100ms"
+"#
+    )
+}
+
+async fn admitted_over(gateways: &[&Gateway], window: Duration) -> (u64, u64) {
+    let c = client();
+    let deadline = Instant::now() + window;
+    let mut ok = 0;
+    let mut limited = 0;
+    let mut i = 0;
+    while Instant::now() < deadline {
+        let gw = gateways[i % gateways.len()];
+        i += 1;
+        match c.get(gw.url("/x")).send().await.unwrap().status().as_u16() {
+            200 => ok += 1,
+            429 => limited += 1,
+            s => panic!("unexpected status {s}"),
+        }
+        if i > 20_000 {
+            break;
+        }
+    }
+    (ok, limited)
+}
+
+async fn wait_store_up(gw: &Gateway, up: bool) {
+    let want = if up { 1.0 } else { 0.0 };
+    wait_for(Duration::from_secs(10), "the store state in metrics", || {
+        let url = gw.admin_url("/metrics");
+        async move {
+            let text = client().get(url).send().await.ok()?.text().await.ok()?;
+            (metric_value(&parse_metrics(&text), "agentgate_rate_limit_store_up", &[]) == want).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_global_limit() {
+    let redis = Redis::start();
+    let b = Backend::start("b").await;
+    let cfg = global_config(&b.addr.to_string(), &redis.url(), "local");
+    let gws = [Gateway::start("", &cfg), Gateway::start("", &cfg), Gateway::start("", &cfg)];
+    for gw in &gws {
+        wait_store_up(gw, true).await;
+    }
+    let window = Duration::from_secs(4);
+    let started = Instant::now();
+    let (ok, limited) = admitted_over(&[&gws[0], &gws[1], &gws[2]], window).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    // one shared bucket: burst + rate x time, whatever the replica count
+    let expected = 20.0 + 20.0 * elapsed;
+    let error = (ok as f64 - expected).abs() / expected;
+    assert!(limited > 0, "the load exceeded the limit");
+    assert!(error <= 0.10, "admitted {ok} in {elapsed:.2}s, expected about {expected:.0} ({:.1}% off)", error * 100.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_applies_on_unavailable_then_recovers() {
+    let mut redis = Redis::start();
+    let b = Backend::start("b").await;
+    let gw_local = Gateway::start("", &global_config(&b.addr.to_string(), &redis.url(), "local"));
+    let gw_deny = Gateway::start("", &global_config(&b.addr.to_string(), &redis.url(), "deny"));
+    let gw_allow = Gateway::start("", &global_config(&b.addr.to_string(), &redis.url(), "allow"));
+    for gw in [&gw_local, &gw_deny, &gw_allow] {
+        wait_store_up(gw, true).await;
+    }
+    redis.kill();
+    let c = client();
+    // the first request after the outage may be the one that finds it
+    for gw in [&gw_local, &gw_deny, &gw_allow] {
+        let _ = c.get(gw.url("/x")).send().await.unwrap();
+        wait_store_up(gw, false).await;
+    }
+    // deny: every request refused
+    for _ in 0..5 {
+        assert_eq!(c.get(gw_deny.url("/x")).send().await.unwrap().status(), 429);
+    }
+    // allow: every request admitted
+    for _ in 0..40 {
+        assert_eq!(c.get(gw_allow.url("/x")).send().await.unwrap().status(), 200);
+    }
+    // local: this instance's share, rate / replicas with burst / replicas (20/3 -> 6)
+    let (ok, limited) = admitted_over(&[&gw_local], Duration::from_millis(1500)).await;
+    assert!(limited > 0 && ok <= 6 + 12, "local share admitted {ok}");
+    assert!(gw_local.stderr().contains("unreachable"), "the outage is logged");
+    assert_eq!(gw_local.stderr().matches("is unreachable").count(), 1, "logged once per transition");
+
+    redis.restart();
+    for gw in [&gw_local, &gw_deny, &gw_allow] {
+        wait_store_up(gw, true).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(c.get(gw_deny.url("/x")).send().await.unwrap().status(), 200, "recovers by itself");
+    assert!(gw_local.stderr().contains("reachable: global limits are shared again"));
+}
