@@ -27,7 +27,13 @@ upstream = "u"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_then_rate_then_429_with_headers() {
     let b = Backend::start("b").await;
-    let gw = Gateway::start("", &config(&b.addr.to_string(), "key = \"client_ip\"\nrequests_per_second = 5.0\nburst = 10"));
+    let gw = Gateway::start(
+        "",
+        &config(
+            &b.addr.to_string(),
+            "key = \"client_ip\"\nrequests_per_second = 5.0\nburst = 10",
+        ),
+    );
     let c = client();
     let started = Instant::now();
     let mut ok = 0;
@@ -52,30 +58,61 @@ async fn burst_then_rate_then_429_with_headers() {
     let elapsed = started.elapsed().as_secs_f64();
     // the burst, plus what refilled while the loop ran
     let allowed_max = 10.0 + (elapsed * 5.0).ceil() + 1.0;
-    assert!(ok >= 10 && (ok as f64) <= allowed_max, "{ok} passed in {elapsed:.2}s");
+    assert!(
+        ok >= 10 && (ok as f64) <= allowed_max,
+        "{ok} passed in {elapsed:.2}s"
+    );
     let r = first_429.expect("some requests are limited");
     assert_eq!(r.headers()["ratelimit-remaining"], "0");
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry >= 1, "retry-after is at least 1");
     assert_eq!(r.headers()["content-type"], "application/json");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "rate_limited");
-    assert_eq!(b.targets().iter().filter(|t| *t == "/x").count(), ok, "limited requests never reach the agent");
+    assert_eq!(
+        b.targets().iter().filter(|t| *t == "/x").count(),
+        ok,
+        "limited requests never reach the agent"
+    );
 
     // about 5 per second afterwards: wait for the budget the 429 promised
     tokio::time::sleep(Duration::from_millis(retry * 1000)).await;
-    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200, "retry-after is true to its word");
+    assert_eq!(
+        c.get(gw.url("/x")).send().await.unwrap().status(),
+        200,
+        "retry-after is true to its word"
+    );
 
-    let m = parse_metrics(&c.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap());
+    let m = parse_metrics(
+        &c.get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
     assert!(metric_value(&m, "agentgate_rate_limited_total", &[("route", "limited")]) >= 1.0);
     let log = gw.access_log();
-    assert!(log.iter().any(|l| l["rate_limited"] == true && l["status"] == 429));
+    assert!(log
+        .iter()
+        .any(|l| l["rate_limited"] == true && l["status"] == 429));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_have_independent_budgets() {
     let b = Backend::start("b").await;
-    let gw = Gateway::start("", &config(&b.addr.to_string(), "key = \"header:x-tenant\"\nrequests_per_second = 0.5\nburst = 3"));
+    let gw = Gateway::start(
+        "",
+        &config(
+            &b.addr.to_string(),
+            "key = \"header:x-tenant\"\nrequests_per_second = 0.5\nburst = 3",
+        ),
+    );
     let c = client();
     let statuses = |tenant: &'static str| {
         let c = c.clone();
@@ -83,7 +120,15 @@ async fn keys_have_independent_budgets() {
         async move {
             let mut out = Vec::new();
             for _ in 0..5 {
-                out.push(c.get(&url).header("x-tenant", tenant).send().await.unwrap().status().as_u16());
+                out.push(
+                    c.get(&url)
+                        .header("x-tenant", tenant)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16(),
+                );
             }
             out
         }
@@ -95,7 +140,13 @@ async fn keys_have_independent_budgets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_that_never_triggers_only_adds_headers() {
     let b = Backend::start("b").await;
-    let gw = Gateway::start("", &config(&b.addr.to_string(), "key = \"global\"\nrequests_per_second = 10000.0\nburst = 10000"));
+    let gw = Gateway::start(
+        "",
+        &config(
+            &b.addr.to_string(),
+            "key = \"global\"\nrequests_per_second = 10000.0\nburst = 10000",
+        ),
+    );
     let c = client();
     for _ in 0..50 {
         let r = c.get(gw.url("/x")).send().await.unwrap();
@@ -152,13 +203,18 @@ async fn admitted_over(gateways: &[&Gateway], window: Duration) -> (u64, u64) {
 
 async fn wait_store_up(gw: &Gateway, up: bool) {
     let want = if up { 1.0 } else { 0.0 };
-    wait_for(Duration::from_secs(10), "the store state in metrics", || {
-        let url = gw.admin_url("/metrics");
-        async move {
-            let text = client().get(url).send().await.ok()?.text().await.ok()?;
-            (metric_value(&parse_metrics(&text), "agentgate_rate_limit_store_up", &[]) == want).then_some(())
-        }
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the store state in metrics",
+        || {
+            let url = gw.admin_url("/metrics");
+            async move {
+                let text = client().get(url).send().await.ok()?.text().await.ok()?;
+                (metric_value(&parse_metrics(&text), "agentgate_rate_limit_store_up", &[]) == want)
+                    .then_some(())
+            }
+        },
+    )
     .await;
 }
 
@@ -167,7 +223,11 @@ async fn three_replicas_share_one_global_limit() {
     let redis = Redis::start();
     let b = Backend::start("b").await;
     let cfg = global_config(&b.addr.to_string(), &redis.url(), "local");
-    let gws = [Gateway::start("", &cfg), Gateway::start("", &cfg), Gateway::start("", &cfg)];
+    let gws = [
+        Gateway::start("", &cfg),
+        Gateway::start("", &cfg),
+        Gateway::start("", &cfg),
+    ];
     for gw in &gws {
         wait_store_up(gw, true).await;
     }
@@ -179,16 +239,29 @@ async fn three_replicas_share_one_global_limit() {
     let expected = 20.0 + 20.0 * elapsed;
     let error = (ok as f64 - expected).abs() / expected;
     assert!(limited > 0, "the load exceeded the limit");
-    assert!(error <= 0.10, "admitted {ok} in {elapsed:.2}s, expected about {expected:.0} ({:.1}% off)", error * 100.0);
+    assert!(
+        error <= 0.10,
+        "admitted {ok} in {elapsed:.2}s, expected about {expected:.0} ({:.1}% off)",
+        error * 100.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_applies_on_unavailable_then_recovers() {
     let mut redis = Redis::start();
     let b = Backend::start("b").await;
-    let gw_local = Gateway::start("", &global_config(&b.addr.to_string(), &redis.url(), "local"));
-    let gw_deny = Gateway::start("", &global_config(&b.addr.to_string(), &redis.url(), "deny"));
-    let gw_allow = Gateway::start("", &global_config(&b.addr.to_string(), &redis.url(), "allow"));
+    let gw_local = Gateway::start(
+        "",
+        &global_config(&b.addr.to_string(), &redis.url(), "local"),
+    );
+    let gw_deny = Gateway::start(
+        "",
+        &global_config(&b.addr.to_string(), &redis.url(), "deny"),
+    );
+    let gw_allow = Gateway::start(
+        "",
+        &global_config(&b.addr.to_string(), &redis.url(), "allow"),
+    );
     for gw in [&gw_local, &gw_deny, &gw_allow] {
         wait_store_up(gw, true).await;
     }
@@ -205,19 +278,35 @@ async fn redis_outage_applies_on_unavailable_then_recovers() {
     }
     // allow: every request admitted
     for _ in 0..40 {
-        assert_eq!(c.get(gw_allow.url("/x")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            c.get(gw_allow.url("/x")).send().await.unwrap().status(),
+            200
+        );
     }
     // local: this instance's share, rate / replicas with burst / replicas (20/3 -> 6)
     let (ok, limited) = admitted_over(&[&gw_local], Duration::from_millis(1500)).await;
     assert!(limited > 0 && ok <= 6 + 12, "local share admitted {ok}");
-    assert!(gw_local.stderr().contains("unreachable"), "the outage is logged");
-    assert_eq!(gw_local.stderr().matches("is unreachable").count(), 1, "logged once per transition");
+    assert!(
+        gw_local.stderr().contains("unreachable"),
+        "the outage is logged"
+    );
+    assert_eq!(
+        gw_local.stderr().matches("is unreachable").count(),
+        1,
+        "logged once per transition"
+    );
 
     redis.restart();
     for gw in [&gw_local, &gw_deny, &gw_allow] {
         wait_store_up(gw, true).await;
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(c.get(gw_deny.url("/x")).send().await.unwrap().status(), 200, "recovers by itself");
-    assert!(gw_local.stderr().contains("reachable: global limits are shared again"));
+    assert_eq!(
+        c.get(gw_deny.url("/x")).send().await.unwrap().status(),
+        200,
+        "recovers by itself"
+    );
+    assert!(gw_local
+        .stderr()
+        .contains("reachable: global limits are shared again"));
 }

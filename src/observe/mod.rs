@@ -6,6 +6,7 @@ pub mod json;
 pub mod line_writer;
 pub mod logger;
 pub mod metrics;
+pub mod spans;
 pub mod trace_context;
 
 use std::sync::{Arc, Mutex};
@@ -19,12 +20,16 @@ use crate::proxy::RequestCtx;
 use crate::state::Shared;
 use access_log::AccessRecord;
 use line_writer::{LineWriter, Sink};
-use trace_context::hex_string;
+use spans::{span_data, SpanParts, SpanSink};
+use trace_context::{hex_string, TraceContext};
 
 /// Records finished requests: metrics, access log line, spans.
 pub struct Observer {
     access_log: ArcSwapOption<LineWriter>,
     access_target: Mutex<Option<AccessLogTarget>>,
+    /// Span export, when `[trace].otlp_endpoint` is set (fixed at start).
+    spans: Option<SpanSink>,
+    listen: std::net::SocketAddr,
 }
 
 fn access_log_dropped() {
@@ -33,9 +38,15 @@ fn access_log_dropped() {
 
 impl Observer {
     pub fn new(config: &Config) -> std::io::Result<Arc<Observer>> {
+        let spans = match &config.trace.otlp_endpoint {
+            Some(endpoint) => Some(SpanSink::start(endpoint, &config.trace.service_name)?),
+            None => None,
+        };
         let observer = Arc::new(Observer {
             access_log: ArcSwapOption::empty(),
             access_target: Mutex::new(None),
+            spans,
+            listen: config.server.listen,
         });
         observer.apply(config)?;
         Ok(observer)
@@ -67,6 +78,9 @@ impl Observer {
     pub fn flush(&self) {
         if let Some(w) = self.access_log.load_full() {
             w.flush();
+        }
+        if let Some(s) = &self.spans {
+            s.flush(std::time::Duration::from_secs(5));
         }
     }
 
@@ -116,6 +130,12 @@ impl Observer {
         }
         if ctx.rate_limited {
             route_metrics.rate_limited.increment(1);
+        }
+
+        if let (Some(sink), Some(trace)) = (&self.spans, ctx.trace) {
+            if trace.sampled {
+                self.export_spans(sink, &runtime, req, ctx, trace, elapsed);
+            }
         }
 
         let Some(writer) = self.access_log.load_full() else {
@@ -172,5 +192,150 @@ impl Observer {
             key_id: ctx.key_id.as_deref(),
         };
         writer.write(access_log::format(&record, &runtime.config.log));
+    }
+}
+
+impl Observer {
+    /// The server span of the request and the client span of its (last) upstream call.
+    fn export_spans(
+        &self,
+        sink: &SpanSink,
+        runtime: &crate::state::Runtime,
+        req: &pingora::http::RequestHeader,
+        ctx: &RequestCtx,
+        trace: TraceContext,
+        elapsed: std::time::Duration,
+    ) {
+        use opentelemetry::trace::SpanKind;
+        use opentelemetry::KeyValue;
+        let Some(start_wall) = ctx.start_wall else {
+            return;
+        };
+        let Some(start) = ctx.start else { return };
+        let wall = |t: std::time::Instant| start_wall + t.saturating_duration_since(start);
+        let route_rt = ctx.route.map(|r| &runtime.routes[r]);
+        let method = req.method.as_str().to_string();
+        let error = match (&ctx.error, ctx.cancelled) {
+            (Some(e), _) => Some(e.kind.code()),
+            (None, true) => Some("client_disconnected"),
+            _ => None,
+        };
+        let query = req.uri.query().map(|q| {
+            access_log::redact_query(&format!("?{q}"), &runtime.config.log.redact_query_params)[1..]
+                .to_string()
+        });
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", method.clone()),
+            KeyValue::new("url.path", req.uri.path().to_string()),
+            KeyValue::new("http.response.status_code", ctx.status as i64),
+            KeyValue::new("server.address", self.listen.ip().to_string()),
+            KeyValue::new("server.port", self.listen.port() as i64),
+            KeyValue::new("agentgate.request_id", ctx.request_id_str().to_string()),
+            KeyValue::new("agentgate.retries", ctx.tries.saturating_sub(1) as i64),
+            KeyValue::new("agentgate.rate_limited", ctx.rate_limited),
+        ];
+        if let Some(q) = query.clone() {
+            attrs.push(KeyValue::new("url.query", q));
+        }
+        if let Some(ip) = ctx.client_ip {
+            attrs.push(KeyValue::new("client.address", ip.to_string()));
+        }
+        if let Some(r) = route_rt {
+            attrs.push(KeyValue::new("http.route", r.route.path_prefix.clone()));
+            attrs.push(KeyValue::new("agentgate.route", r.route.name.clone()));
+            attrs.push(KeyValue::new(
+                "agentgate.upstream",
+                runtime.config.upstreams[r.route.upstream].name.clone(),
+            ));
+        }
+        let backend = match (route_rt, ctx.backend) {
+            (Some(r), Some(b)) => runtime.upstreams[r.route.upstream]
+                .pool
+                .backends
+                .get(b)
+                .map(|b| b.addr),
+            _ => None,
+        };
+        if let Some(b) = backend {
+            attrs.push(KeyValue::new("agentgate.backend", b.to_string()));
+        }
+        if let Some(p) = ctx.pagination {
+            attrs.push(KeyValue::new("agentgate.pagination", p.as_str()));
+        }
+        if let Some(k) = &ctx.key_id {
+            attrs.push(KeyValue::new("agentgate.key_id", k.to_string()));
+        }
+        if let Some(e) = error {
+            attrs.push(KeyValue::new("error.type", e));
+        }
+        let name = match route_rt {
+            Some(r) => format!("{method} {}", r.route.path_prefix),
+            None => method.clone(),
+        };
+        let server_end = start_wall + elapsed;
+        let server_error = if ctx.status >= 500 {
+            error.or(Some("server error"))
+        } else {
+            None
+        };
+        sink.submit(span_data(
+            SpanParts {
+                name: name.into(),
+                kind: SpanKind::Server,
+                trace_id: trace.trace_id,
+                span_id: trace.span_id,
+                parent: trace.parent_span_id.map(|p| (p, true)),
+                sampled: true,
+                start: start_wall,
+                end: server_end,
+                error: server_error,
+                attributes: attrs,
+            },
+            sink.scope(),
+        ));
+
+        let (Some(sent), Some(b)) = (ctx.upstream_sent_at, backend) else {
+            return;
+        };
+        let end = ctx.response_done_at.map(wall).unwrap_or(server_end);
+        let mut url = format!("http://{b}{}", req.uri.path());
+        if let Some(q) = query {
+            url.push('?');
+            url.push_str(&q);
+        }
+        let upstream_status = ctx.upstream_status;
+        let mut client_attrs = vec![
+            KeyValue::new("http.request.method", method.clone()),
+            KeyValue::new("server.address", b.ip().to_string()),
+            KeyValue::new("server.port", b.port() as i64),
+            KeyValue::new("url.full", url),
+            KeyValue::new(
+                "http.request.resend_count",
+                ctx.tries.saturating_sub(1) as i64,
+            ),
+        ];
+        if let Some(s) = upstream_status {
+            client_attrs.push(KeyValue::new("http.response.status_code", s as i64));
+        }
+        let client_error = match upstream_status {
+            Some(s) if s >= 500 => Some("server error"),
+            None => error.or(Some("no response")),
+            _ => None,
+        };
+        sink.submit(span_data(
+            SpanParts {
+                name: method.into(),
+                kind: SpanKind::Client,
+                trace_id: trace.trace_id,
+                span_id: ctx.upstream_span_id,
+                parent: Some((trace.span_id, false)),
+                sampled: true,
+                start: wall(sent),
+                end,
+                error: client_error,
+                attributes: client_attrs,
+            },
+            sink.scope(),
+        ));
     }
 }

@@ -15,6 +15,8 @@ use crate::state::Runtime;
 #[derive(Default)]
 pub struct RequestCtx {
     pub start: Option<Instant>,
+    /// Wall-clock time at `start`, for span timestamps.
+    pub start_wall: Option<std::time::SystemTime>,
     /// The runtime this request started on; it finishes on it even across a reload.
     pub runtime: Option<Arc<Runtime>>,
     /// Index into `runtime.routes`.
@@ -41,6 +43,8 @@ pub struct RequestCtx {
     pub connect_fd: Option<std::os::fd::RawFd>,
 
     pub status: u16,
+    /// Status the agent answered with, when it answered.
+    pub upstream_status: Option<u16>,
     pub error: Option<GatewayError>,
     pub bytes_in: u64,
     pub bytes_out: u64,

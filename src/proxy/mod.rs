@@ -170,6 +170,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.start = Some(Instant::now());
+        ctx.start_wall = Some(std::time::SystemTime::now());
         let runtime = self.shared.runtime.load_full();
         ctx.runtime = Some(runtime);
         self.identify(session, ctx);
@@ -349,6 +350,7 @@ impl ProxyHttp for Gateway {
             }
         }
         let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
         self.record_try(
             ctx,
             if status >= 500 {

@@ -29,6 +29,8 @@ pub async fn send_error(
     decorate_response(&mut header, ctx)?;
     ctx.status = status;
     ctx.error = Some(err);
+    // Written directly, so the body filters that count bytes never see it.
+    ctx.bytes_out += body.len() as u64;
     // Whatever the client still sends is not read: close rather than resync the stream.
     session.set_keepalive(None);
     session

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod gateway;
+pub mod otlp;
 pub mod redis;
 
 use std::future::Future;

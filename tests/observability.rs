@@ -1,0 +1,525 @@
+//! Observability: W3C trace propagation, OTLP span export to a real receiver that decodes
+//! protobuf, the JSON access log, redaction, /metrics and label cardinality.
+
+mod common;
+
+use std::time::Duration;
+
+use common::otlp::{OtlpReceiver, ReceivedSpan};
+use common::*;
+use futures_util::StreamExt;
+
+const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn config(backend: &str, trace: &str) -> String {
+    format!(
+        r#"[trace]
+{trace}
+
+[upstreams.agents]
+backends = ["{backend}"]
+retries = 0
+
+[upstreams.agents.health]
+interval = "60s"
+eject_after = 0
+
+[[routes]]
+name = "conversations"
+path_prefix = "/echo"
+upstream = "agents"
+"#
+    )
+}
+
+async fn wait_spans(rx: &OtlpReceiver, n: usize) -> Vec<ReceivedSpan> {
+    wait_for(Duration::from_secs(10), "spans at the receiver", || {
+        let spans = rx.spans();
+        async move { (spans.len() >= n).then_some(spans) }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continues_an_incoming_trace_and_exports_server_and_client_spans() {
+    let rx = OtlpReceiver::start().await;
+    let b = Backend::start("b").await;
+    let trace = format!(
+        "otlp_endpoint = \"{}\"\nservice_name = \"gw-under-test\"",
+        rx.endpoint()
+    );
+    let gw = Gateway::start("", &config(&b.addr.to_string(), &trace));
+    let r = client()
+        .get(gw.url("/echo/1?x=1"))
+        .header("traceparent", PARENT)
+        .header("tracestate", "vendor=abc,other=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let upstream_tp = v["headers"]["traceparent"].as_str().unwrap().to_string();
+    assert_eq!(
+        v["headers"]["tracestate"], "vendor=abc,other=1",
+        "tracestate passes unchanged"
+    );
+
+    let spans = wait_spans(&rx, 2).await;
+    let server = spans
+        .iter()
+        .find(|s| s.span.kind == 2)
+        .expect("a server span");
+    let client_span = spans
+        .iter()
+        .find(|s| s.span.kind == 3)
+        .expect("a client span");
+    assert_eq!(server.service, "gw-under-test");
+    assert_eq!(server.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        server.parent_id(),
+        "00f067aa0ba902b7",
+        "the incoming span is the parent"
+    );
+    assert_eq!(client_span.trace_id(), server.trace_id());
+    assert_eq!(
+        client_span.parent_id(),
+        server.span_id(),
+        "the upstream call is a child of the gateway span"
+    );
+    // the agent saw the same trace, with the client span as its parent
+    assert_eq!(
+        upstream_tp,
+        format!(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+            client_span.span_id()
+        )
+    );
+
+    assert_eq!(server.span.name, "GET /echo");
+    assert_eq!(server.attr("http.request.method").as_deref(), Some("GET"));
+    assert_eq!(server.attr("url.path").as_deref(), Some("/echo/1"));
+    assert_eq!(server.attr("http.route").as_deref(), Some("/echo"));
+    assert_eq!(
+        server.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(server.attr("client.address").as_deref(), Some("127.0.0.1"));
+    assert_eq!(server.attr("agentgate.backend"), Some(b.addr.to_string()));
+    assert_eq!(server.attr("agentgate.retries").as_deref(), Some("0"));
+    assert_eq!(
+        server.attr("agentgate.rate_limited").as_deref(),
+        Some("false")
+    );
+    assert!(server.attr("server.port").is_some());
+    assert_eq!(
+        client_span.attr("server.port"),
+        Some(b.addr.port().to_string())
+    );
+    assert_eq!(
+        client_span.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert!(server.span.end_time_unix_nano >= client_span.span.end_time_unix_nano);
+    assert!(client_span.span.start_time_unix_nano >= server.span.start_time_unix_nano);
+
+    let log = gw.wait_access_log(1);
+    assert_eq!(log[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(log[0]["span_id"], server.span_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_traceparents_start_new_traces() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start("", &config(&b.addr.to_string(), "sample_ratio = 1.0"));
+    let c = client();
+    let invalid = [
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // forbidden version
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero parent id
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01", // upper case
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",  // short trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01",  // short parent id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", // v00 with extra field
+        "garbage",
+        "",
+    ];
+    for tp in invalid {
+        let r = c
+            .get(gw.url("/echo"))
+            .header("traceparent", tp)
+            .header("tracestate", "a=1")
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = r.json().await.unwrap();
+        let seen = v["headers"]["traceparent"].as_str().unwrap();
+        assert_eq!(seen.len(), 55, "{tp:?} -> {seen}");
+        assert!(
+            !seen.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{tp:?} was continued"
+        );
+        assert!(seen.starts_with("00-") && seen.ends_with("-01"), "{seen}");
+        assert!(
+            v["headers"].get("tracestate").is_none(),
+            "tracestate of a rejected context is dropped"
+        );
+    }
+    // and no traceparent at all: a fresh one, different every time
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let v: serde_json::Value = c
+            .get(gw.url("/echo"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.insert(v["headers"]["traceparent"].as_str().unwrap()[3..35].to_string());
+    }
+    assert_eq!(ids.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_decisions_are_respected() {
+    let rx = OtlpReceiver::start().await;
+    let b = Backend::start("b").await;
+    let trace = format!("otlp_endpoint = \"{}\"\nsample_ratio = 0.0", rx.endpoint());
+    let gw = Gateway::start("", &config(&b.addr.to_string(), &trace));
+    let c = client();
+    // an unsampled parent stays unsampled, and new traces are not sampled at ratio 0
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let v: serde_json::Value = c
+        .get(gw.url("/echo"))
+        .header("traceparent", unsampled)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .ends_with("-00"));
+    let v: serde_json::Value = c
+        .get(gw.url("/echo"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .ends_with("-00"));
+    // a sampled parent is exported even at ratio 0
+    let _ = c
+        .get(gw.url("/echo"))
+        .header("traceparent", PARENT)
+        .send()
+        .await
+        .unwrap();
+    let spans = wait_spans(&rx, 2).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // one more export period
+    let spans_now = rx.spans();
+    assert_eq!(
+        spans_now.len(),
+        2,
+        "only the sampled request was exported: {spans_now:?}"
+    );
+    assert!(spans
+        .iter()
+        .all(|s| s.trace_id() == "4bf92f3577b34da6a3ce929d0e0e4736"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_collector_never_fails_traffic() {
+    let b = Backend::start("b").await;
+    let dead = free_addr();
+    let trace = format!("otlp_endpoint = \"http://{dead}/v1/traces\"");
+    let gw = Gateway::start("", &config(&b.addr.to_string(), &trace));
+    let c = client();
+    let statuses: Vec<u16> = futures_util::stream::iter(0..200)
+        .map(|_| {
+            let (c, url) = (c.clone(), gw.url("/echo"));
+            async move { c.get(url).send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    wait_for(
+        Duration::from_secs(15),
+        "dropped spans to be counted",
+        || {
+            let (c, url) = (c.clone(), gw.admin_url("/metrics"));
+            async move {
+                let m = parse_metrics(&c.get(url).send().await.ok()?.text().await.ok()?);
+                (metric_value(&m, "agentgate_spans_dropped_total", &[]) >= 1.0).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+const FIELDS: [&str; 22] = [
+    "ts",
+    "level",
+    "msg",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "route",
+    "method",
+    "path",
+    "status",
+    "upstream",
+    "backend",
+    "duration_ms",
+    "upstream_first_byte_ms",
+    "bytes_in",
+    "bytes_out",
+    "client_ip",
+    "retries",
+    "rate_limited",
+    "pagination",
+    "error",
+    "key_id",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_have_every_field_for_success_404_and_502() {
+    let b = Backend::start("b").await;
+    let dead = free_addr();
+    let body = format!(
+        "{}\n[upstreams.dead]\nbackends = [\"{dead}\"]\nretries = 0\n[upstreams.dead.health]\ninterval = \"60s\"\n\n[[routes]]\nname = \"broken\"\npath_prefix = \"/broken\"\nupstream = \"dead\"\n",
+        config(&b.addr.to_string(), "")
+    );
+    let gw = Gateway::start("", &body);
+    let c = client();
+    let ok = c
+        .post(gw.url("/echo/a?token=s3cret&x=1"))
+        .header("x-request-id", "req-1")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let ok_len = ok.bytes().await.unwrap().len();
+    assert_eq!(
+        c.get(gw.url("/nope"))
+            .header("x-request-id", "req-2")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let bad = c
+        .get(gw.url("/broken"))
+        .header("x-request-id", "req-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 502);
+    assert_eq!(bad.headers()["x-request-id"], "req-3");
+    assert!(bad.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .starts_with("gateway;dur="));
+
+    let log = gw.wait_access_log(3);
+    for line in &log {
+        let keys: Vec<&String> = line.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), FIELDS.len(), "exactly the SPEC fields: {line}");
+        for f in FIELDS {
+            assert!(line.get(f).is_some(), "{f} missing in {line}");
+        }
+        assert_eq!(line["msg"], "request");
+        assert_eq!(line["level"], "info");
+        let ts = line["ts"].as_str().unwrap();
+        assert_eq!(ts.len(), 27, "RFC 3339 with microseconds: {ts}");
+        assert!(ts.ends_with('Z'));
+        assert_eq!(line["trace_id"].as_str().unwrap().len(), 32);
+        assert_eq!(line["span_id"].as_str().unwrap().len(), 16);
+        assert_eq!(line["client_ip"], "127.0.0.1");
+    }
+    let by_id = |id: &str| log.iter().find(|l| l["request_id"] == id).unwrap().clone();
+    let s = by_id("req-1");
+    assert_eq!(s["route"], "conversations");
+    assert_eq!(s["method"], "POST");
+    assert_eq!(s["path"], "/echo/a?token=REDACTED&x=1");
+    assert_eq!(s["status"], 200);
+    assert_eq!(s["upstream"], "agents");
+    assert_eq!(s["backend"], b.addr.to_string());
+    assert_eq!(s["bytes_in"], 5);
+    assert_eq!(s["bytes_out"], ok_len);
+    assert_eq!(s["retries"], 0);
+    assert_eq!(s["rate_limited"], false);
+    assert!(s["error"].is_null());
+    assert!(s["upstream_first_byte_ms"].as_f64().unwrap() > 0.0);
+    assert!(s["duration_ms"].as_f64().unwrap() >= s["upstream_first_byte_ms"].as_f64().unwrap());
+    let nf = by_id("req-2");
+    assert_eq!(nf["route"], "unmatched");
+    assert_eq!(nf["status"], 404);
+    assert_eq!(nf["error"], "route_not_found");
+    assert!(
+        nf["upstream"].is_null()
+            && nf["backend"].is_null()
+            && nf["upstream_first_byte_ms"].is_null()
+    );
+    assert!(nf["bytes_out"].as_u64().unwrap() > 0);
+    let bg = by_id("req-3");
+    assert_eq!(bg["route"], "broken");
+    assert_eq!(bg["status"], 502);
+    assert_eq!(bg["error"], "upstream_unavailable");
+    assert_eq!(bg["upstream"], "dead");
+    assert_eq!(bg["backend"], dead.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_and_random_paths_add_no_series() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start("", &config(&b.addr.to_string(), ""));
+    let c = client();
+    for _ in 0..7 {
+        assert_eq!(c.get(gw.url("/echo")).send().await.unwrap().status(), 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            c.post(gw.url("/echo"))
+                .body("x")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        c.get(gw.url("/warm-up-unmatched"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let text = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let m = parse_metrics(&text);
+    let count = |method: &str, status: &str| {
+        metric_value(
+            &m,
+            "agentgate_http_requests_total",
+            &[
+                ("route", "conversations"),
+                ("method", method),
+                ("status", status),
+            ],
+        )
+    };
+    assert_eq!(count("GET", "200"), 7.0);
+    assert_eq!(count("POST", "200"), 3.0);
+    assert_eq!(
+        metric_value(
+            &m,
+            "agentgate_http_requests_total",
+            &[("route", "unmatched"), ("status", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "agentgate_http_request_duration_seconds_count",
+            &[("route", "conversations"), ("status_class", "2xx")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "agentgate_upstream_requests_total",
+            &[("upstream", "agents"), ("outcome", "success")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "agentgate_gateway_overhead_seconds_count",
+            &[("route", "conversations")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "agentgate_upstream_first_byte_seconds_count",
+            &[("route", "conversations"), ("upstream", "agents")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "agentgate_http_requests_in_flight",
+            &[("route", "conversations")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "agentgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert!(text.contains("agentgate_http_request_duration_seconds_bucket{route=\"conversations\",status_class=\"2xx\",le=\"120\"}"), "latency buckets reach 120 s");
+    let series_before = m.len();
+
+    // 10,000 requests to random paths and methods: counted as unmatched, no new series
+    let statuses: Vec<u16> = futures_util::stream::iter(0..10_000u32)
+        .map(|i| {
+            let c = c.clone();
+            let url = gw.url(&format!("/random/{i}/{}", i.wrapping_mul(2654435761)));
+            async move {
+                c.get(url)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 404));
+    let text = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let m = parse_metrics(&text);
+    assert_eq!(
+        metric_value(
+            &m,
+            "agentgate_http_requests_total",
+            &[("route", "unmatched"), ("status", "404")]
+        ),
+        10_001.0
+    );
+    assert_eq!(m.len(), series_before, "random paths added series");
+}
