@@ -131,6 +131,7 @@ impl Observer {
         if ctx.rate_limited {
             route_metrics.rate_limited.increment(1);
         }
+        self.record_alert_windows(&runtime, route_rt, ctx, elapsed);
 
         if let (Some(sink), Some(trace)) = (&self.spans, ctx.trace) {
             if trace.sampled {
@@ -196,6 +197,37 @@ impl Observer {
 }
 
 impl Observer {
+    /// Feeds the per-second windows the in-process alert rules read.
+    fn record_alert_windows(
+        &self,
+        runtime: &crate::state::Runtime,
+        route_rt: Option<&crate::state::RouteRuntime>,
+        ctx: &RequestCtx,
+        elapsed: std::time::Duration,
+    ) {
+        let route_window = route_rt.and_then(|r| r.window.as_ref());
+        if route_window.is_none() && runtime.all_window.is_none() {
+            return;
+        }
+        let first_byte_s = match (ctx.upstream_sent_at, ctx.first_byte_at) {
+            (Some(s), Some(f)) => Some(f.saturating_duration_since(s).as_secs_f64()),
+            _ => None,
+        };
+        let outcome = crate::alerts::window::Outcome {
+            error: ctx.status >= 500 || ctx.error.as_ref().is_some_and(|e| e.kind.status() >= 500),
+            rate_limited: ctx.rate_limited,
+            latency_s: elapsed.as_secs_f64(),
+            first_byte_s,
+        };
+        let now_s = crate::balance::clock::now_ms() / 1000;
+        if let Some(w) = route_window {
+            w.record(now_s, outcome);
+        }
+        if let Some(w) = &runtime.all_window {
+            w.record(now_s, outcome);
+        }
+    }
+
     /// The server span of the request and the client span of its (last) upstream call.
     fn export_spans(
         &self,

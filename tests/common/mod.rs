@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod gateway;
 pub mod otlp;
+pub mod prom;
 pub mod redis;
 
 use std::future::Future;
