@@ -37,6 +37,8 @@ pub struct BackendStats {
     pub delay_ms: AtomicU64,
     /// Requests being answered right now.
     pub in_flight: AtomicU64,
+    /// When non-zero, every path but /healthz answers this status (a sick backend).
+    pub fail_status: AtomicU64,
 }
 
 pub struct Backend {
@@ -130,6 +132,12 @@ impl Backend {
         self.stats
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn set_fail_status(&self, status: u16) {
+        self.stats
+            .fail_status
+            .store(status as u64, Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> u64 {
@@ -235,7 +243,19 @@ async fn serve(mut sock: TcpStream, name: &str, stats: &BackendStats) {
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        let keep = respond(&mut sock, name, &req).await;
+        let fail = stats.fail_status.load(Ordering::SeqCst) as u16;
+        let keep = if fail != 0 && !req.target.starts_with("/healthz") {
+            write_fixed(
+                &mut sock,
+                fail,
+                "application/json",
+                b"{\"sick\":true}",
+                name,
+            )
+            .await
+        } else {
+            respond(&mut sock, name, &req).await
+        };
         stats.in_flight.fetch_sub(1, Ordering::SeqCst);
         if !keep {
             return;

@@ -63,8 +63,15 @@ impl Gateway {
         } else {
             format!("[log]\n{access}\n{body}")
         };
+        let mut defaults = String::new();
+        if !server_extra.contains("threads") {
+            defaults.push_str("threads = 1\n");
+        }
+        if !server_extra.contains("grace_period") {
+            defaults.push_str("grace_period = \"1s\"\n");
+        }
         let config = format!(
-            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nthreads = 1\ngrace_period = \"1s\"\n{server_extra}\n\n{body}\n"
+            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n{defaults}{server_extra}\n\n{body}\n"
         );
         let config_path = dir.path().join("agentgate.toml");
         fs::write(&config_path, config).expect("write config");

@@ -1,0 +1,501 @@
+//! Streaming and resilience: SSE pass-through timing, cancellation on client disconnect,
+//! first-byte and idle timeouts, passive ejection, hot reload and graceful drain.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+
+fn one_upstream(backends: &[String], upstream_extra: &str, routes_extra: &str) -> String {
+    let list = backends
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[upstreams.u]\nbackends = [{list}]\n{upstream_extra}\n\n[[routes]]\nname = \"agents\"\npath_prefix = \"/\"\nupstream = \"u\"\n{routes_extra}\n"
+    )
+}
+
+const QUIET_HEALTH: &str = "[upstreams.u.health]\ninterval = \"60s\"\neject_after = 0\n";
+
+/// Reads an SSE body, returning each event's arrival time.
+async fn read_events(resp: reqwest::Response) -> (Vec<Instant>, String, bool) {
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut arrivals = Vec::new();
+    let mut broken = false;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => {
+                buf.push_str(&String::from_utf8_lossy(&bytes));
+                let now = Instant::now();
+                let events = buf.matches("\n\n").count();
+                while arrivals.len() < events {
+                    arrivals.push(now);
+                }
+            }
+            Err(_) => {
+                broken = true;
+                break;
+            }
+        }
+    }
+    (arrivals, buf, broken)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_events_arrive_one_by_one_with_their_spacing() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start("", &one_upstream(&[b.addr.to_string()], QUIET_HEALTH, ""));
+    let r = client().get(gw.url("/sse/20/100")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    assert!(
+        r.headers().get("content-encoding").is_none(),
+        "never compressed"
+    );
+    let (arrivals, body, broken) = read_events(r).await;
+    assert!(!broken);
+    assert_eq!(arrivals.len(), 20, "{body}");
+    let gaps: Vec<u128> = arrivals
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    // no batching: every gap is close to the 100 ms the agent waited
+    assert!(
+        gaps.iter().all(|g| (60..=250).contains(g)),
+        "gaps between events: {gaps:?}"
+    );
+    let log = gw.wait_access_log(1);
+    assert_eq!(log[0]["status"], 200);
+    assert!(log[0]["duration_ms"].as_f64().unwrap() >= 1800.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_cancels_the_upstream_request() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start("", &one_upstream(&[b.addr.to_string()], QUIET_HEALTH, ""));
+    let c = client();
+    let r = c.get(gw.url("/sse/1000/50")).send().await.unwrap();
+    let mut stream = r.bytes_stream();
+    let mut seen = 0;
+    while seen < 3 {
+        seen += String::from_utf8_lossy(&stream.next().await.unwrap().unwrap())
+            .matches("\n\n")
+            .count();
+    }
+    wait_for(
+        Duration::from_secs(2),
+        "the upstream stream to be open",
+        || {
+            let open = b
+                .stats
+                .open_connections
+                .load(std::sync::atomic::Ordering::SeqCst);
+            async move { (open >= 1).then_some(()) }
+        },
+    )
+    .await;
+    let closed_before = b
+        .stats
+        .connections_closed
+        .load(std::sync::atomic::Ordering::SeqCst);
+    drop(stream);
+    drop(c);
+    let left = Instant::now();
+    wait_for(
+        Duration::from_secs(1),
+        "the agent's connection to close after the client left",
+        || {
+            let closed = b
+                .stats
+                .connections_closed
+                .load(std::sync::atomic::Ordering::SeqCst);
+            async move { (closed > closed_before).then_some(()) }
+        },
+    )
+    .await;
+    assert!(left.elapsed() < Duration::from_secs(1));
+    let log = gw.wait_access_log(1);
+    assert_eq!(log[0]["error"], "client_disconnected");
+    let m = parse_metrics(
+        &client()
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "agentgate_streams_cancelled_total",
+            &[("route", "agents")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&m, "agentgate_streams_active", &[("route", "agents")]),
+        0.0
+    );
+    assert!(
+        gw.stderr().contains("client closed a stream after"),
+        "cancellation is logged with how long the stream ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_byte_timeout_fires_at_its_time_and_not_before() {
+    let b = Backend::start("b").await;
+    let extra =
+        format!("first_byte_timeout = \"1s\"\nidle_timeout = \"5s\"\nretries = 0\n{QUIET_HEALTH}");
+    let gw = Gateway::start("", &one_upstream(&[b.addr.to_string()], &extra, ""));
+    let c = client();
+    let r = c.get(gw.url("/think/600")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "a think shorter than first_byte_timeout is fine"
+    );
+    let started = Instant::now();
+    let r = c.get(gw.url("/think/3000")).send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 504);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_timeout");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("first_byte_timeout"));
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_ends_a_silent_stream_and_not_before() {
+    let b = Backend::start("b").await;
+    let extra = format!(
+        "first_byte_timeout = \"5s\"\nidle_timeout = \"600ms\"\nretries = 0\n{QUIET_HEALTH}"
+    );
+    let gw = Gateway::start("", &one_upstream(&[b.addr.to_string()], &extra, ""));
+    let c = client();
+    // a long think before the first byte is governed by first_byte_timeout, not idle
+    assert_eq!(
+        c.get(gw.url("/think/1200")).send().await.unwrap().status(),
+        200
+    );
+    // silence shorter than idle_timeout: the stream completes
+    let (_, body, broken) = read_events(c.get(gw.url("/silent/300")).send().await.unwrap()).await;
+    assert!(!broken && body.contains("late"), "{body}");
+    // silence longer than idle_timeout: cut after about idle_timeout
+    let started = Instant::now();
+    let (arrivals, body, broken) =
+        read_events(c.get(gw.url("/silent/3000")).send().await.unwrap()).await;
+    let took = started.elapsed();
+    assert!(
+        broken,
+        "the stream must end as broken, not complete: {body}"
+    );
+    assert_eq!(arrivals.len(), 1);
+    assert!(
+        took >= Duration::from_millis(550) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+    let log = gw.wait_access_log(3);
+    assert_eq!(log[2]["error"], "upstream_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_backend_is_ejected_then_returns() {
+    let good = Backend::start("good").await;
+    let sick = Backend::start("sick").await;
+    sick.set_fail_status(503);
+    let extra = "balance = \"round_robin\"\nretries = 0\n[upstreams.u.health]\ninterval = \"60s\"\neject_after = 3\neject_for = \"1500ms\"\n";
+    let gw = Gateway::start(
+        "",
+        &one_upstream(&[good.addr.to_string(), sick.addr.to_string()], extra, ""),
+    );
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(c.get(gw.url("/x")).send().await.unwrap().status().as_u16());
+    }
+    let sick_hits = sick.targets().iter().filter(|t| *t == "/x").count();
+    assert_eq!(
+        sick_hits, 3,
+        "ejected after eject_after failures: {statuses:?}"
+    );
+    let ejected_at = Instant::now();
+    let m = parse_metrics(
+        &c.get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "agentgate_upstream_ejections_total",
+            &[("backend", &sick.addr.to_string())]
+        ),
+        1.0
+    );
+    wait_for(
+        Duration::from_secs(2),
+        "the ejection to show in metrics",
+        || {
+            let (c, url, label) = (c.clone(), gw.admin_url("/metrics"), sick.addr.to_string());
+            async move {
+                let m = parse_metrics(&c.get(url).send().await.ok()?.text().await.ok()?);
+                (metric_value(
+                    &m,
+                    "agentgate_upstream_backend_healthy",
+                    &[("backend", &label)],
+                ) == 0.0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert!(
+        ejected_at.elapsed() < Duration::from_millis(1500),
+        "the check above ran inside eject_for"
+    );
+    // after eject_for the backend gets traffic again
+    sick.set_fail_status(0);
+    wait_for(
+        Duration::from_secs(4),
+        "the ejected backend to get traffic again",
+        || {
+            let (c, url) = (c.clone(), gw.url("/x"));
+            let before = sick.targets().len();
+            let sick_stats = std::sync::Arc::clone(&sick.stats);
+            async move {
+                c.get(url).send().await.ok()?;
+                (sick_stats.targets.lock().unwrap().len() > before).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(ejected_at.elapsed() >= Duration::from_millis(1400));
+    assert!(gw.stderr().contains("ejected for"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_healthy_backend_is_never_ejected() {
+    let sick = Backend::start("sick").await;
+    sick.set_fail_status(500);
+    let extra = "retries = 0\n[upstreams.u.health]\ninterval = \"60s\"\neject_after = 2\neject_for = \"30s\"\n";
+    let gw = Gateway::start("", &one_upstream(&[sick.addr.to_string()], extra, ""));
+    let c = client();
+    for _ in 0..5 {
+        // the agent's own 500 reaches the client; no 503 storm from an empty pool
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 500);
+    }
+    assert!(gw.stderr().contains("is the last healthy backend"));
+}
+
+async fn steady_load(
+    gw_url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u32, Vec<u16>) {
+    let c = client();
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+        match c.get(&gw_url).send().await {
+            Ok(r) if r.status() == 200 => ok += 1,
+            Ok(r) => failures.push(r.status().as_u16()),
+            Err(_) => failures.push(0),
+        }
+    }
+    (ok, failures)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_fails_nothing_and_keeps_open_streams() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start("", &one_upstream(&[b.addr.to_string()], QUIET_HEALTH, ""));
+    let c = client();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(steady_load(gw.url("/echo"), stop.clone()));
+    let stream = tokio::spawn({
+        let r = c.get(gw.url("/sse/20/100")).send().await.unwrap();
+        async move { read_events(r).await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    // a new route and a rate limit on the old one
+    let new = gw.config_text().replace(
+        "upstream = \"u\"\n",
+        "upstream = \"u\"\n[routes.rate_limit]\nrequests_per_second = 10000.0\nburst = 10000\n\n[[routes]]\nname = \"fresh\"\npath_prefix = \"/fresh\"\nupstream = \"u\"\n",
+    );
+    gw.rewrite_config(&new);
+    let r = c.post(gw.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["result"], "success");
+    let r = c.get(gw.url("/fresh/1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().contains_key("ratelimit-limit") == false,
+        "the new route has no limit"
+    );
+    let r = c.get(gw.url("/echo")).send().await.unwrap();
+    assert_eq!(
+        r.headers()["ratelimit-limit"],
+        "10000",
+        "the old route got its limit"
+    );
+
+    // SIGHUP reloads too
+    gw.rewrite_config(
+        &gw.config_text()
+            .replace("name = \"fresh\"", "name = \"fresh2\""),
+    );
+    gw.send_signal(libc::SIGHUP);
+    wait_for(Duration::from_secs(5), "the SIGHUP reload", || {
+        let (c, url) = (c.clone(), gw.admin_url("/metrics"));
+        async move {
+            let m = parse_metrics(&c.get(url).send().await.ok()?.text().await.ok()?);
+            (metric_value(
+                &m,
+                "agentgate_config_reloads_total",
+                &[("result", "success")],
+            ) == 2.0)
+                .then_some(())
+        }
+    })
+    .await;
+
+    let (arrivals, body, broken) = stream.await.unwrap();
+    assert!(
+        !broken && arrivals.len() == 20,
+        "the open stream survived both reloads: {body}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failures) = load.await.unwrap();
+    assert!(ok > 20, "the load ran: {ok}");
+    assert!(
+        failures.is_empty(),
+        "failed requests during reload: {failures:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_reload_keeps_the_old_config() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start("", &one_upstream(&[b.addr.to_string()], QUIET_HEALTH, ""));
+    let c = client();
+    let good = gw.config_text();
+    gw.rewrite_config(&good.replace("upstream = \"u\"", "upstream = \"missing\""));
+    let r = c.post(gw.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["result"], "failure");
+    let err = v["errors"][0].as_str().unwrap();
+    assert!(
+        err.contains("agentgate.toml:") && err.contains("not defined"),
+        "{err}"
+    );
+    assert_eq!(
+        c.get(gw.url("/echo")).send().await.unwrap().status(),
+        200,
+        "still serving the old config"
+    );
+    let m = parse_metrics(
+        &c.get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "agentgate_config_reloads_total",
+            &[("result", "failure")]
+        ),
+        1.0
+    );
+    assert!(gw.stderr().contains("config reload rejected"));
+
+    // listener changes are reported as needing a restart
+    gw.rewrite_config(&good.replace("threads = 1", "threads = 2"));
+    let v: serde_json::Value = c
+        .post(gw.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["result"], "success");
+    assert!(v["needs_restart"][0]
+        .as_str()
+        .unwrap()
+        .contains("server.threads"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_streams_then_exits() {
+    let b = Backend::start("b").await;
+    let mut gw = Gateway::start(
+        "grace_period = \"3s\"",
+        &one_upstream(&[b.addr.to_string()], QUIET_HEALTH, ""),
+    );
+    let c = client();
+    let r = c.get(gw.url("/sse/15/100")).send().await.unwrap();
+    let stream = tokio::spawn(read_events(r));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let signalled = Instant::now();
+    gw.send_signal(libc::SIGTERM);
+    wait_for(Duration::from_millis(500), "readyz to turn 503", || {
+        let (c, url) = (c.clone(), gw.admin_url("/readyz"));
+        async move { (c.get(url).send().await.ok()?.status() == 503).then_some(()) }
+    })
+    .await;
+    let v: serde_json::Value = c
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["draining"], true);
+    // new connections are still served during the grace period
+    let fresh = client();
+    assert_eq!(
+        fresh.get(gw.url("/echo")).send().await.unwrap().status(),
+        200
+    );
+    let (arrivals, body, broken) = stream.await.unwrap();
+    assert!(
+        !broken && arrivals.len() == 15,
+        "the open stream finished: {body}"
+    );
+    let code = gw.wait_exit(Duration::from_secs(8));
+    assert_eq!(code, Some(0));
+    let took = signalled.elapsed();
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(7),
+        "{took:?}"
+    );
+}
