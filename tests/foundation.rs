@@ -202,7 +202,7 @@ async fn least_in_flight_avoids_a_backend_holding_slow_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_remove_a_dead_backend_and_bring_it_back() {
-    let mut agents = vec![
+    let mut agents = [
         DemoAgent::start("agent-1", "10ms"),
         DemoAgent::start("agent-2", "10ms"),
         DemoAgent::start("agent-3", "10ms"),

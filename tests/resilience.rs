@@ -352,7 +352,7 @@ async fn reload_under_load_fails_nothing_and_keeps_open_streams() {
     let r = c.get(gw.url("/fresh/1")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(
-        r.headers().contains_key("ratelimit-limit") == false,
+        !r.headers().contains_key("ratelimit-limit"),
         "the new route has no limit"
     );
     let r = c.get(gw.url("/echo")).send().await.unwrap();

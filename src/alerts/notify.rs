@@ -24,6 +24,7 @@ pub struct AmAlert {
 }
 
 impl AmAlert {
+    #[allow(clippy::too_many_arguments)] // one argument per Alertmanager field
     pub fn new(
         name: &str,
         severity: &str,

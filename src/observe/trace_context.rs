@@ -165,6 +165,11 @@ pub fn hex_string(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// A fresh non-zero span id.
+pub fn random_span_id() -> [u8; 8] {
+    nonzero_random()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,9 +234,4 @@ mod tests {
             .count();
         assert!((300..700).contains(&n), "{n}");
     }
-}
-
-/// A fresh non-zero span id.
-pub fn random_span_id() -> [u8; 8] {
-    nonzero_random()
 }

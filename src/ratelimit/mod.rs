@@ -10,7 +10,7 @@
 pub mod local;
 pub mod store;
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -135,9 +135,7 @@ impl RouteLimiter {
     /// Decides one request counted under `material`.
     pub async fn check(&self, material: &[u8]) -> Verdict {
         let Some(global) = &self.global else {
-            let mut h = self.hasher.build_hasher();
-            material.hash(&mut h);
-            return self.local.check(h.finish());
+            return self.local.check(self.hasher.hash_one(material));
         };
         // Every replica must name the bucket alike: a stable digest, never the raw value.
         let digest = Sha256::digest(material);
