@@ -19,6 +19,7 @@ use crate::alerts::evaluator::{instance_name, AlertEvaluator};
 use crate::balance::health::HealthService;
 use crate::config::Config;
 use crate::observe::{logger, metrics, Observer};
+use crate::proxy::header_deadline::HeaderDeadline;
 use crate::proxy::Gateway;
 use crate::ratelimit::store::StoreProbe;
 use crate::reload::ReloadOnHangup;
@@ -40,6 +41,7 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
     let listen = config.server.listen;
     let admin_listen = config.server.admin_listen;
     let grace = config.server.grace_period;
+    let header_timeout = config.server.header_timeout;
     let shared = Shared::new(config);
 
     let conf = ServerConf {
@@ -55,10 +57,13 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let proxy_app = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(Arc::clone(&shared), Arc::clone(&observer)),
-        "agentgate proxy",
+    );
+    let mut proxy = Service::new(
+        "agentgate proxy".to_string(),
+        HeaderDeadline::new(proxy_app, header_timeout),
     );
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);

@@ -55,7 +55,7 @@ pub async fn admit(
     ctx.route = Some(route_index);
     runtime.routes[route_index].metrics.in_flight.increment(1.0);
 
-    check_framing(req)?;
+    check_framing(req, session.get_keepalive().is_none())?;
     check_declared_length(req, config.server.max_request_body_bytes)?;
 
     let route_rt = &runtime.routes[route_index];
@@ -183,7 +183,11 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Rejects request framing that two parsers could read differently (smuggling).
-fn check_framing(req: &RequestHeader) -> Result<(), GatewayError> {
+///
+/// pingora's parser drops Content-Length when Transfer-Encoding is also present and turns
+/// keep-alive off for that request (RFC 9112 §6.1). A chunked HTTP/1.1 request whose
+/// keep-alive is off without a `Connection: close` from the client therefore carried both.
+fn check_framing(req: &RequestHeader, keepalive_off: bool) -> Result<(), GatewayError> {
     let lengths: Vec<&[u8]> = req
         .headers
         .get_all(CONTENT_LENGTH)
@@ -191,7 +195,18 @@ fn check_framing(req: &RequestHeader) -> Result<(), GatewayError> {
         .map(|v| v.as_bytes())
         .collect();
     let has_te = req.headers.contains_key(TRANSFER_ENCODING);
-    if has_te && !lengths.is_empty() {
+    let client_asked_close = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        });
+    let length_was_dropped =
+        has_te && keepalive_off && req.version == http::Version::HTTP_11 && !client_asked_close;
+    if has_te && (!lengths.is_empty() || length_was_dropped) {
         return Err(GatewayError::new(
             ErrorKind::BadRequest,
             "a request may not carry both Content-Length and Transfer-Encoding",

@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod ctx;
 pub mod errors;
+pub mod header_deadline;
 pub mod headers;
 pub mod respond;
 pub mod routing;
@@ -166,6 +167,15 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::default()
+    }
+
+    async fn early_request_filter(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        header_deadline::mark_header_read();
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

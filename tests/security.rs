@@ -1,0 +1,586 @@
+//! Security: API keys per tenant, admin protection, request hygiene against raw
+//! malformed and smuggling-shaped requests, body and header limits, and secrets that
+//! must never reach a log line, a span or a metric.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::gateway::BIN;
+use common::otlp::OtlpReceiver;
+use common::*;
+use sha2::{Digest, Sha256};
+
+fn keys_file(entries: &[(&str, &str)]) -> String {
+    entries
+        .iter()
+        .map(|(id, key)| {
+            format!(
+                "[[keys]]\nid = \"{id}\"\nsha256 = \"{}\"\n",
+                hex::encode(Sha256::digest(key.as_bytes()))
+            )
+        })
+        .collect()
+}
+
+fn auth_config(backend: &str) -> String {
+    format!(
+        r#"[upstreams.u]
+backends = ["{backend}"]
+[upstreams.u.health]
+interval = "60s"
+eject_after = 0
+
+[[routes]]
+name = "private"
+path_prefix = "/private"
+upstream = "u"
+auth = true
+
+[routes.rate_limit]
+key = "api_key"
+requests_per_second = 0.5
+burst = 2
+
+[[routes]]
+name = "public"
+path_prefix = "/"
+upstream = "u"
+
+[auth]
+keys_file = "keys.toml"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_matrix() {
+    let b = Backend::start("b").await;
+    let keys = keys_file(&[
+        ("tenant-a", "key-a-0123456789"),
+        ("tenant-b", "key-b-0123456789"),
+    ]);
+    let gw = Gateway::start_with_files(
+        "",
+        &auth_config(&b.addr.to_string()),
+        &[("keys.toml", &keys)],
+    );
+    let c = client();
+    type Case<'a> = (&'a str, Option<(&'a str, &'a str)>, u16);
+    let cases: [Case; 8] = [
+        ("no key", None, 401),
+        (
+            "bearer a",
+            Some(("authorization", "Bearer key-a-0123456789")),
+            200,
+        ),
+        (
+            "bearer lower-case scheme",
+            Some(("authorization", "bearer key-b-0123456789")),
+            200,
+        ),
+        ("x-api-key", Some(("x-api-key", "key-b-0123456789")), 200),
+        (
+            "unknown bearer",
+            Some(("authorization", "Bearer key-c-0123456789")),
+            401,
+        ),
+        ("unknown x-api-key", Some(("x-api-key", "nope")), 401),
+        (
+            "basic scheme",
+            Some(("authorization", "Basic a2V5LWEtMDEyMzQ1Njc4OQ==")),
+            401,
+        ),
+        ("empty bearer", Some(("authorization", "Bearer ")), 401),
+    ];
+    for (name, header, expected) in cases {
+        let mut req = c.get(gw.url("/private/echo"));
+        if let Some((k, v)) = header {
+            req = req.header(k, v);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), expected, "{name}");
+        if expected == 401 {
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "unauthorized", "{name}");
+        }
+    }
+    assert_eq!(
+        b.targets()
+            .iter()
+            .filter(|t| t.starts_with("/private"))
+            .count(),
+        3,
+        "401s never reach the agent"
+    );
+    // public routes need no key
+    assert_eq!(c.get(gw.url("/open")).send().await.unwrap().status(), 200);
+
+    // the tenant, never the key, is what the log shows and what the limit counts
+    let log = gw.wait_access_log(9);
+    let tenants: Vec<&str> = log.iter().filter_map(|l| l["key_id"].as_str()).collect();
+    assert!(tenants.contains(&"tenant-a") && tenants.contains(&"tenant-b"));
+    let a = |c: reqwest::Client, url: String| async move {
+        c.get(url)
+            .header("x-api-key", "key-a-0123456789")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // Budgets are per tenant: tenant-a spent 1 of its burst of 2 above and tenant-b 2 of
+    // its own, so tenant-a still has one request and tenant-b none.
+    assert_eq!(a(c.clone(), gw.url("/private/x")).await, 200);
+    assert_eq!(a(c.clone(), gw.url("/private/x")).await, 429);
+    let r = c
+        .get(gw.url("/private/x"))
+        .header("authorization", "Bearer key-b-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+
+    // the keys file reloads with the config
+    let keys = keys_file(&[
+        ("tenant-a", "key-a-0123456789"),
+        ("tenant-c", "key-c-0123456789"),
+    ]);
+    std::fs::write(gw.path("keys.toml"), keys).unwrap();
+    assert_eq!(
+        c.post(gw.admin_url("/reload"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = c
+        .get(gw.url("/private/echo"))
+        .header("authorization", "Bearer key-c-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "a key added to the keys file works after reload"
+    );
+    let r = c
+        .get(gw.url("/private/echo"))
+        .header("authorization", "Bearer key-b-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "a key removed from the keys file stops working"
+    );
+}
+
+#[test]
+fn keys_files_hold_hashes_only_and_keys_hash_prints_the_entry() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/keys.toml")).unwrap();
+    assert!(
+        !shipped.contains("demo-key-tenant-a"),
+        "a clear key in the shipped keys file"
+    );
+    let mut child = std::process::Command::new(BIN)
+        .args(["keys", "hash", "--id", "tenant-z"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"my-secret-key\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "[[keys]]\nid = \"tenant-z\"\nsha256 = \"{}\"\n",
+            hex::encode(Sha256::digest(b"my-secret-key"))
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_matrix_and_redacted_config() {
+    let b = Backend::start("b").await;
+    let keys = keys_file(&[("tenant-a", "key-a-0123456789")]);
+    let body = format!(
+        "{}\n[rate_limit_store]\nredis_url = \"redis://agent:redis-pass-42@127.0.0.1:1\"\n",
+        auth_config(&b.addr.to_string())
+    );
+    let gw = Gateway::start_with_files(
+        "admin_token = \"admin-token-99\"",
+        &body,
+        &[("keys.toml", &keys)],
+    );
+    let c = client();
+    assert_eq!(
+        c.get(gw.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "/healthz is always open"
+    );
+    for (method, path) in [
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/config"),
+        ("GET", "/alerts"),
+        ("POST", "/reload"),
+    ] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let none = c
+            .request(m.clone(), gw.admin_url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(none.status(), 401, "{path} without a token");
+        let wrong = c
+            .request(m.clone(), gw.admin_url(path))
+            .bearer_auth("admin-token-98")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path} with a wrong token");
+        let right = c
+            .request(m, gw.admin_url(path))
+            .bearer_auth("admin-token-99")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            right.status() == 200 || (path == "/readyz" && right.status() == 503),
+            "{path} with the token: {}",
+            right.status()
+        );
+    }
+    let config = c
+        .get(gw.admin_url("/config"))
+        .bearer_auth("admin-token-99")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!config.contains("admin-token-99"), "admin token in /config");
+    assert!(
+        !config.contains("redis-pass-42"),
+        "redis password in /config"
+    );
+    assert!(
+        !config.contains(&hex::encode(Sha256::digest(b"key-a-0123456789"))),
+        "key hash in /config"
+    );
+    let v: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(v["server"]["admin_token"], "REDACTED");
+    assert_eq!(
+        v["rate_limit_store"]["redis_url"],
+        "redis://agent:***@127.0.0.1:1"
+    );
+    assert_eq!(v["auth"]["key_ids"][0], "tenant-a");
+}
+
+#[test]
+fn admin_listens_on_loopback_by_default() {
+    let text = "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("admin 127.0.0.1:9090"));
+}
+
+/// Sends raw bytes, returns the status of the first response (0 when none came back).
+fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> (u16, Duration) {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(request);
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let status = std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|t| t.get(9..12))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_smuggling_shaped_requests_are_refused() {
+    let b = Backend::start("b").await;
+    let cfg = format!(
+        "[upstreams.u]\nbackends = [\"{}\"]\n[upstreams.u.health]\ninterval = \"60s\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
+        b.addr
+    );
+    let gw = Gateway::start("max_request_body_bytes = 1000", &cfg);
+    let big_header = [
+        b"GET /h HTTP/1.1\r\nHost: x\r\nX-Big: ".as_slice(),
+        &vec![b'a'; 2_000_000],
+        b"\r\n\r\n",
+    ]
+    .concat();
+    let big_line = [
+        b"GET /".as_slice(),
+        &vec![b'a'; 2_000_000],
+        b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ]
+    .concat();
+    let many: Vec<u8> = [
+        b"GET /m HTTP/1.1\r\nHost: x\r\n".to_vec(),
+        (0..300)
+            .flat_map(|i| format!("X-H{i}: v\r\n").into_bytes())
+            .collect(),
+        b"\r\n".to_vec(),
+    ]
+    .concat();
+    let table: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("content-length with transfer-encoding", b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("differing content-lengths", b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(), 400),
+        ("content-length list", b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\nhello!".to_vec(), 400),
+        ("transfer-encoding not ending in chunked", b"POST /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("transfer-encoding gzip then chunked", b"POST /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("two transfer-encodings", b"POST /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("http/1.0 with transfer-encoding", b"POST /s HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("negative content-length", b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(), 400),
+        ("non-numeric content-length", b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(), 400),
+        ("space before colon", b"GET /s HTTP/1.1\r\nHost : x\r\n\r\n".to_vec(), 400),
+        ("obsolete line folding", b"GET /s HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n".to_vec(), 400),
+        ("header without colon", b"GET /s HTTP/1.1\r\nHost x\r\n\r\n".to_vec(), 400),
+        ("NUL in a header value", b"GET /s HTTP/1.1\r\nHost: x\r\nX-N: a\x00b\r\n\r\n".to_vec(), 400),
+        ("garbage request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
+        ("unknown protocol version", b"GET /s HTTP/9.9\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("bad chunk size", b"POST /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec(), 400),
+        ("declared body over the limit", b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".to_vec(), 413),
+        ("2 MB header", big_header, 400),
+        ("2 MB request line", big_line, 400),
+        ("300 headers", many, 400),
+    ];
+    for (name, request, expected) in &table {
+        let (status, took) = raw_status(gw.listen, request);
+        assert_eq!(status, *expected, "{name}");
+        assert!(
+            took < Duration::from_secs(3),
+            "{name}: answered only after {took:?}"
+        );
+    }
+    let reached: Vec<String> = b
+        .targets()
+        .into_iter()
+        .filter(|t| t != "/healthz")
+        .collect();
+    assert!(
+        reached.is_empty(),
+        "malformed requests reached the agent: {reached:?}"
+    );
+    // and a well-formed one still does
+    let (status, _) = raw_status(
+        gw.listen,
+        b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_over_the_limit_is_413() {
+    let b = Backend::start("b").await;
+    let cfg = format!("[upstreams.u]\nbackends = [\"{}\"]\nretries = 0\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n", b.addr);
+    let gw = Gateway::start("max_request_body_bytes = 1000", &cfg);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..10).map(|_| Ok(vec![b'z'; 300])).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let r = client()
+        .post(gw.url("/upload"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "payload_too_large");
+    // under the limit, chunked, passes
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..3).map(|_| Ok(vec![b'z'; 300])).collect();
+    let r = client()
+        .post(gw.url("/upload"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!b.targets().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_header_is_dropped() {
+    let b = Backend::start("b").await;
+    let cfg = format!("[upstreams.u]\nbackends = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n", b.addr);
+    let gw = Gateway::start("header_timeout = \"1s\"", &cfg);
+    let addr = gw.listen;
+    let silent = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).unwrap_or(0);
+        (n, started.elapsed())
+    });
+    // a trickle of one byte every 200 ms never completes a header either
+    let trickle = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let started = Instant::now();
+        for b in b"GET / HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+            if s.write_all(&[*b]).is_err() {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        started.elapsed()
+    });
+    let (n, took) = silent.await.unwrap();
+    assert_eq!(n, 0, "closed without a response");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    let took = trickle.await.unwrap();
+    assert!(
+        took < Duration::from_millis(3500),
+        "a trickling client was cut after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_forward_the_client_address() {
+    let b = Backend::start("b").await;
+    let cfg = format!("[upstreams.u]\nbackends = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n", b.addr);
+    let gw = Gateway::start("trusted_proxies = [\"127.0.0.1/32\"]", &cfg);
+    let v: serde_json::Value = client()
+        .get(gw.url("/echo"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["headers"]["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+    let log = gw.wait_access_log(1);
+    assert_eq!(log[0]["client_ip"], "203.0.113.7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_logs_spans_or_metrics() {
+    let rx = OtlpReceiver::start().await;
+    let b = Backend::start("b").await;
+    let keys = keys_file(&[("tenant-a", "SECRET-KEY-AAAA")]);
+    let body = format!(
+        "[trace]\notlp_endpoint = \"{}\"\n\n{}",
+        rx.endpoint(),
+        auth_config(&b.addr.to_string())
+    );
+    let gw = Gateway::start_with_files("", &body, &[("keys.toml", &keys)]);
+    let c = client();
+    let secrets = [
+        "SECRET-KEY-AAAA",
+        "SECRET-COOKIE-BBBB",
+        "SECRET-APIKEY-CCCC",
+        "SECRET-TOKEN-DDDD",
+        "SECRET-QUERYKEY-EEEE",
+        "SECRET-UNKNOWN-FFFF",
+    ];
+    let r = c
+        .get(gw.url("/private/echo?token=SECRET-TOKEN-DDDD&api_key=SECRET-QUERYKEY-EEEE&page=2"))
+        .header("authorization", "Bearer SECRET-KEY-AAAA")
+        .header("cookie", "session=SECRET-COOKIE-BBBB")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(gw.url("/public?key=SECRET-TOKEN-DDDD"))
+        .header("x-api-key", "SECRET-APIKEY-CCCC")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(gw.url("/private/x"))
+        .header("authorization", "Bearer SECRET-UNKNOWN-FFFF")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(gw.url("/nowhere?token=SECRET-TOKEN-DDDD"))
+        .header("authorization", "Bearer SECRET-KEY-AAAA")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the public catch-all route");
+
+    let spans = wait_for(Duration::from_secs(10), "spans", || {
+        let spans = rx.spans();
+        async move { (spans.len() >= 7).then_some(spans) }
+    })
+    .await;
+    let log = gw.wait_access_log(4);
+    let metrics = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let config = c
+        .get(gw.admin_url("/config"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let span_text = format!("{spans:?}");
+    let access = serde_json::to_string(&log).unwrap();
+    let stderr = gw.stderr();
+    for s in secrets {
+        assert!(!access.contains(s), "{s} in the access log");
+        assert!(!stderr.contains(s), "{s} in the process log");
+        assert!(!span_text.contains(s), "{s} in a span");
+        assert!(!metrics.contains(s), "{s} in /metrics");
+        assert!(!config.contains(s), "{s} in /config");
+    }
+    assert!(
+        access.contains("token=REDACTED")
+            && access.contains("api_key=REDACTED")
+            && access.contains("key=REDACTED")
+    );
+    assert!(access.contains("page=2"), "other parameters are kept");
+    assert!(span_text.contains("token=REDACTED"));
+    assert!(access.contains("\"key_id\":\"tenant-a\""));
+}
