@@ -1,0 +1,61 @@
+//! Properties the fuzz targets check; `tests/fuzz_regressions.rs` runs the same checks
+//! on every saved crash input, so a crash once found stays a test.
+
+use std::path::Path;
+
+use agentgate::config::{OnExceed, PaginationRule};
+use agentgate::observe::access_log::redact_query;
+use agentgate::observe::trace_context::{parse_traceparent, TraceContext};
+use agentgate::pagination::enforce;
+
+/// Any text: a located error or a config, never a panic; errors point inside the text.
+pub fn config_parser(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Err(errors) = agentgate::config::parse(Path::new("fuzz.toml"), &text) {
+        let lines = text.lines().count().max(1) + 1;
+        for e in &errors.0 {
+            assert!(e.line >= 1 && e.line <= lines, "error line {} outside the text", e.line);
+            assert!(e.column >= 1);
+        }
+    }
+}
+
+/// Any header value: accepted values round-trip, and what we send upstream is valid.
+pub fn traceparent(data: &[u8]) {
+    let parsed = parse_traceparent(data);
+    let ctx = TraceContext::from_incoming(parsed, 0.5);
+    let sent = ctx.traceparent_for(&ctx.span_id);
+    let back = parse_traceparent(&sent).expect("the traceparent we send must parse");
+    assert_eq!(back.trace_id, ctx.trace_id);
+    if let Some(p) = parsed {
+        assert_eq!(ctx.trace_id, p.trace_id, "a valid incoming trace is continued");
+    }
+}
+
+/// Any query: enforcement either refuses or yields a query that enforcement leaves alone,
+/// and every other parameter survives byte for byte.
+pub fn query_rewrite(data: &[u8]) {
+    let Ok(query) = std::str::from_utf8(data) else { return };
+    let rule = PaginationRule {
+        methods: vec![http::Method::GET],
+        limit_param: "limit".into(),
+        default_limit: 20,
+        max_limit: 100,
+        on_exceed: if data.len() % 2 == 0 { OnExceed::Clamp } else { OnExceed::Reject },
+        max_response_bytes: 1000,
+    };
+    if let Ok(enforced) = enforce(&rule, Some(query)) {
+        let effective = enforced.query.clone().unwrap_or_else(|| query.to_string());
+        let again = enforce(&rule, Some(&effective)).expect("an enforced query is valid");
+        assert_eq!(again.query, None, "enforcement is idempotent");
+        let others = |q: &str| -> Vec<String> {
+            q.split('&').filter(|p| !p.is_empty() && !p.starts_with("limit=") && *p != "limit").map(str::to_string).collect()
+        };
+        if !query.contains('%') && !query.contains('+') {
+            assert_eq!(others(query), others(&effective), "other parameters changed");
+        }
+    }
+    let target = format!("/p?{query}");
+    let redacted = redact_query(&target, &["token".to_string()]);
+    assert!(redacted.starts_with("/p?"));
+}
