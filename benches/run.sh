@@ -1,0 +1,348 @@
+#!/usr/bin/env bash
+# `make bench`: agentgate against nginx and a bare pingora proxy, measured in one run.
+#
+#   benches/run.sh [main|scale|sse|all]      (default: all)
+#
+# main   direct / nginx proxy / bare pingora / agentgate (all off) / agentgate (all on) /
+#        agentgate with a local limit / with a global (Redis) limit: req/s, p50/p99,
+#        CPU per request, alternating rounds; then p99 at 50% of the max rate (open loop)
+# scale  agentgate all-on, bare pingora and nginx at 1/2/4 threads x 50/500/5000 connections
+# sse    10,000 concurrent SSE streams through the gateway: memory and fds per stream,
+#        added delay per event
+#
+# Knobs: DURATION (s per run, 10), ROUNDS (3), THREADS (1), CONNS (50), STREAMS (10000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE="${1:-all}"
+DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-3}"
+THREADS="${THREADS:-1}"
+CONNS="${CONNS:-50}"
+STREAMS="${STREAMS:-10000}"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+for cmd in nginx wrk redis-server taskset; do
+  command -v "$cmd" >/dev/null || { echo "missing $cmd: run scripts/deps.sh bench (as root) first" >&2; exit 1; }
+done
+NGINX=$(command -v nginx)
+
+echo "building (release)..." >&2
+cargo build --release --quiet --bin agentgate --example bare_pingora --example fixed_rate --example sse_hold
+BIN=target/release/agentgate
+EX=target/release/examples
+
+W=$(mktemp -d /tmp/agentgate-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+CORES=$(nproc)
+# Pin apart where possible: the proxy under test on CPU 0, backend and load on CPU 1.
+if [ "$CORES" -ge 2 ]; then PROXY_CPU="taskset -c 0"; LOAD_CPU="taskset -c 1"; else PROXY_CPU=""; LOAD_CPU=""; fi
+
+BACKEND=127.0.0.1:18001
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && { exec 3>&- 3<&-; return 0; }; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+start_backend() {
+  mkdir -p "$W/backend"
+  cat > "$W/backend/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $W/backend/nginx.pid;
+error_log $W/backend/error.log crit;
+events { worker_connections 65536; }
+http {
+  access_log off;
+  client_body_temp_path $W/backend/tmp; proxy_temp_path $W/backend/tmp;
+  fastcgi_temp_path $W/backend/tmp; uwsgi_temp_path $W/backend/tmp; scgi_temp_path $W/backend/tmp;
+  keepalive_requests 10000000;
+  server {
+    listen $BACKEND reuseport backlog=65535;
+    location / { default_type application/json; return 200 '{"items":[{"id":"conv-0001","title":"hello"}],"next_cursor":null}'; }
+    location /v1/traces { return 200 ''; }
+  }
+}
+NGX
+  $LOAD_CPU "$NGINX" -p "$W/backend" -c "$W/backend/nginx.conf" &
+  PIDS+=($!)
+  wait_port 18001
+}
+
+start_nginx_proxy() { # port threads
+  local dir="$W/nginx-$1"; mkdir -p "$dir"
+  cat > "$dir/nginx.conf" <<NGX
+worker_processes $2;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log crit;
+events { worker_connections 65536; }
+http {
+  log_format json escape=json '{"ts":"\$time_iso8601","request_id":"\$request_id","method":"\$request_method","path":"\$request_uri","status":\$status,"duration":\$request_time,"upstream":"\$upstream_addr","upstream_time":"\$upstream_response_time","bytes_in":\$request_length,"bytes_out":\$bytes_sent,"client_ip":"\$remote_addr"}';
+  access_log $dir/access.log json buffer=64k flush=1s;
+  client_body_temp_path $dir/tmp; proxy_temp_path $dir/tmp;
+  fastcgi_temp_path $dir/tmp; uwsgi_temp_path $dir/tmp; scgi_temp_path $dir/tmp;
+  keepalive_requests 10000000;
+  upstream agents { server $BACKEND; keepalive 256; keepalive_requests 10000000; }
+  server {
+    listen 127.0.0.1:$1 reuseport backlog=65535;
+    location / { proxy_pass http://agents; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGX
+  local pin="$PROXY_CPU"; [ "$2" -gt 1 ] && pin=""
+  $pin "$NGINX" -p "$dir" -c "$dir/nginx.conf" &
+  PIDS+=($!)
+  wait_port "$1"
+}
+
+start_bare() { # port threads
+  local pin="$PROXY_CPU"; [ "$2" -gt 1 ] && pin=""
+  $pin "$EX/bare_pingora" "127.0.0.1:$1" "$BACKEND" "$2" >/dev/null 2>&1 &
+  PIDS+=($!)
+  wait_port "$1"
+}
+
+agentgate_config() { # port admin threads kind(off|on|local|global) backend
+  local port=$1 admin=$2 threads=$3 kind=$4 backend=${5:-$BACKEND}
+  local f="$W/agentgate-$port.toml"
+  {
+    echo "[server]"
+    echo "listen = \"127.0.0.1:$port\""
+    echo "admin_listen = \"127.0.0.1:$admin\""
+    echo "threads = $threads"
+    echo "grace_period = \"0s\""
+    echo "[log]"
+    echo "level = \"warn\""
+    if [ "$kind" = on ]; then echo "access_log = \"$W/agentgate-$port-access.log\""; else echo "access_log = \"off\""; fi
+    echo "[trace]"
+    if [ "$kind" = on ]; then echo "otlp_endpoint = \"http://$BACKEND/v1/traces\""; echo "sample_ratio = 1.0"; else echo "sample_ratio = 0.0"; fi
+    echo "[upstreams.agents]"
+    echo "backends = [\"$backend\"]"
+    echo "[upstreams.agents.health]"
+    echo "interval = \"5s\""
+    echo "[[routes]]"
+    echo "name = \"conversations\""
+    echo "path_prefix = \"/\""
+    echo "upstream = \"agents\""
+    case "$kind" in
+      on|local)
+        echo "[routes.rate_limit]"
+        echo "requests_per_second = 1000000.0"
+        echo "burst = 1000000" ;;
+      global)
+        echo "[routes.rate_limit]"
+        echo "key = \"global\""
+        echo "requests_per_second = 1000000.0"
+        echo "burst = 1000000"
+        echo "scope = \"global\""
+        echo "[rate_limit_store]"
+        echo "redis_url = \"redis://127.0.0.1:18379\""
+        echo "timeout = \"100ms\"" ;;
+    esac
+    if [ "$kind" = on ]; then
+      echo "[routes.pagination]"
+      echo "max_limit = 100"
+      echo "[[alerts]]"
+      echo "name = \"Errors\""
+      echo "signal = \"error_ratio\""
+      echo "above = 0.5"
+      echo "window = \"1m\""
+    fi
+  } > "$f"
+  echo "$f"
+}
+
+start_agentgate() { # port admin threads kind [backend]
+  local cfg; cfg=$(agentgate_config "$@")
+  local pin="$PROXY_CPU"; [ "$3" -gt 1 ] && pin=""
+  $pin "$BIN" run --config "$cfg" >/dev/null 2>"$W/agentgate-$1.err" &
+  PIDS+=($!)
+  wait_port "$1"
+}
+
+pid_on_port() { ss -ltnpH "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2; }
+# CPU ticks of a process and its children (nginx workers)
+cpu_ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    if [ -r "/proc/$p/stat" ]; then
+      total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat") ))
+    fi
+  done
+  echo "$total"
+}
+TICK=$(getconf CLK_TCK)
+
+to_ms() { # "1.23ms" "456.00us" "1.2s" -> ms
+  awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'
+}
+
+# measure NAME PORT CONNS SECONDS -> appends "name rps p50 p99 cpu_us" to $W/results
+measure() {
+  local name=$1 port=$2 conns=$3 secs=$4
+  local pid; pid=$(pid_on_port "$port")
+  local master; master=$(ps -o ppid= -p "$pid" | tr -d ' ')
+  # nginx: count the master's whole tree
+  if ps -o comm= -p "$master" | grep -q nginx; then pid=$master; fi
+  local before; before=$(cpu_ticks "$pid")
+  local out; out=$($LOAD_CPU wrk -t1 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$port/v1/conversations" 2>&1)
+  local after; after=$(cpu_ticks "$pid")
+  local rps; rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  local total; total=$(echo "$out" | awk '/requests in/ {print $1}')
+  local p50; p50=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
+  local p99; p99=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
+  local errors; errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+  local cpu_us; cpu_us=$(awk -v t=$(( after - before )) -v hz="$TICK" -v n="$total" 'BEGIN { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "nan" }')
+  echo "$name $rps $p50 $p99 $cpu_us" >> "$W/results"
+  [ -n "$errors" ] && echo "  $name: $errors" >&2
+  echo "  $name: $rps req/s, p50 ${p50}ms, p99 ${p99}ms, ${cpu_us} us CPU/req" >&2
+}
+
+median() { sort -n | awk '{a[NR]=$1} END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else printf "%.3f", (a[NR/2] + a[NR/2+1]) / 2 }'; }
+col() { awk -v n="$1" -v c="$2" '$1 == n {print $c}' "$W/results" | median; }
+
+machine() {
+  echo "$(date -u +%Y-%m-%d), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), ${CORES} cores, $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r)"
+}
+
+run_main() {
+  : > "$W/results"
+  start_backend
+  redis-server --port 18379 --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
+  PIDS+=($!)
+  wait_port 18379
+  start_nginx_proxy 18002 "$THREADS"
+  start_bare 18003 "$THREADS"
+  start_agentgate 18004 19004 "$THREADS" off
+  start_agentgate 18005 19005 "$THREADS" on
+  start_agentgate 18006 19006 "$THREADS" local
+  start_agentgate 18007 19007 "$THREADS" global
+  sleep 1
+  local systems="direct:18001 nginx:18002 bare-pingora:18003 agentgate-off:18004 agentgate-on:18005 agentgate-local-limit:18006 agentgate-global-limit:18007"
+  for s in $systems; do $LOAD_CPU wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${s#*:}/v1/conversations" >/dev/null 2>&1; done  # warm-up
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "round $round/$ROUNDS" >&2
+    for s in $systems; do measure "${s%%:*}" "${s#*:}" "$CONNS" "$DURATION"; done
+  done
+
+  local on; on=$(col agentgate-on 2)
+  local rate; rate=$(awk -v r="$on" 'BEGIN { printf "%d", r / 2 }')
+  echo "open loop at $rate req/s (50% of agentgate all-on max)..." >&2
+  local direct_fr gw_fr
+  direct_fr=$($LOAD_CPU "$EX/fixed_rate" "http://127.0.0.1:18001/v1/conversations" "$rate" "$DURATION" "$CONNS")
+  gw_fr=$($LOAD_CPU "$EX/fixed_rate" "http://127.0.0.1:18005/v1/conversations" "$rate" "$DURATION" "$CONNS")
+  local d99 g99 d50 g50
+  d99=$(echo "$direct_fr" | sed 's/.*p99_us=\([0-9]*\).*/\1/'); g99=$(echo "$gw_fr" | sed 's/.*p99_us=\([0-9]*\).*/\1/')
+  d50=$(echo "$direct_fr" | sed 's/.*p50_us=\([0-9]*\).*/\1/'); g50=$(echo "$gw_fr" | sed 's/.*p50_us=\([0-9]*\).*/\1/')
+
+  echo
+  echo "### Throughput and latency ($(machine))"
+  echo
+  echo "wrk -t1 -c$CONNS, ${DURATION}s runs, $ROUNDS alternating rounds (medians); $THREADS worker thread(s) each; tiny JSON from an nginx backend."
+  echo
+  echo "| system | req/s | p50 ms | p99 ms | CPU µs/req |"
+  echo "|---|---:|---:|---:|---:|"
+  for s in $systems; do
+    local n=${s%%:*}
+    echo "| $n | $(col "$n" 2) | $(col "$n" 3) | $(col "$n" 4) | $(col "$n" 5) |"
+  done
+  echo
+  local ng bp off ll gl
+  ng=$(col nginx 2); bp=$(col bare-pingora 2); off=$(col agentgate-off 2); ll=$(col agentgate-local-limit 2); gl=$(col agentgate-global-limit 2)
+  awk -v on="$on" -v ng="$ng" -v bp="$bp" -v off="$off" -v ll="$ll" -v gl="$gl" 'BEGIN {
+    printf "- agentgate all-on / bare pingora: **%.2fx** (required >= 0.90)\n", on / bp
+    printf "- agentgate all-on / nginx (JSON access log): **%.2fx** (goal >= 1.00)\n", on / ng
+    printf "- agentgate all-on / all-off: %.2fx (observability cost; target >= 0.90)\n", on / off
+    printf "- local limit that never triggers / all-off: %.2fx (target >= 0.95)\n", ll / off
+    printf "- global (Redis) limit / local limit: %.2fx\n", gl / ll
+  }'
+  echo "- open loop at $rate req/s (50% of the all-on max), $CONNS connections: direct p50 $(awk -v v="$d50" 'BEGIN{printf "%.3f", v/1000}') ms / p99 $(awk -v v="$d99" 'BEGIN{printf "%.3f", v/1000}') ms; through agentgate all-on p50 $(awk -v v="$g50" 'BEGIN{printf "%.3f", v/1000}') ms / p99 $(awk -v v="$g99" 'BEGIN{printf "%.3f", v/1000}') ms; **added p99 $(awk -v a="$g99" -v b="$d99" 'BEGIN{printf "%.3f", (a-b)/1000}') ms** (target <= 1 ms)"
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 1; PIDS=()
+}
+
+run_scale() {
+  : > "$W/results"
+  start_backend
+  local secs="${SCALE_DURATION:-5}"
+  echo
+  echo "### Scaling ($(machine))"
+  echo
+  echo "One ${secs}s wrk run per cell; agentgate with everything on."
+  echo
+  echo "| threads | connections | agentgate req/s | bare pingora req/s | nginx req/s | agentgate p99 ms | agentgate CPU µs/req |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|"
+  local port=18100
+  for t in 1 2 4; do
+    start_agentgate $port $((port + 1000)) "$t" on
+    start_bare $((port + 1)) "$t"
+    start_nginx_proxy $((port + 2)) "$t"
+    sleep 1
+    for c in 50 500 5000; do
+      : > "$W/results"
+      measure agentgate $port "$c" "$secs"
+      measure bare $((port + 1)) "$c" "$secs"
+      measure nginx $((port + 2)) "$c" "$secs"
+      echo "| $t | $c | $(col agentgate 2) | $(col bare 2) | $(col nginx 2) | $(col agentgate 4) | $(col agentgate 5) |"
+    done
+    port=$((port + 10))
+  done
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 1; PIDS=()
+}
+
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+fds() { ls "/proc/$1/fd" | wc -l; }
+
+run_sse() {
+  local agent=127.0.0.1:18201 tokens=20
+  "$BIN" demo-agent --listen "$agent" --name bench-agent --token-delay 1s >/dev/null 2>&1 &
+  PIDS+=($!)
+  wait_port 18201
+  start_agentgate 18202 19202 1 on "$agent"
+  sleep 1
+  local gw; gw=$(pid_on_port 18202)
+  local idle_rss idle_fds; idle_rss=$(rss_kb "$gw"); idle_fds=$(fds "$gw")
+  echo "holding $STREAMS streams through the gateway ($tokens events, 1 s apart)..." >&2
+  "$EX/sse_hold" 127.0.0.1:18202 "$STREAMS" "$tokens" 2000 > "$W/sse-gw.txt" &
+  local hold=$!
+  # sample while every stream is open: after the ramp, before the first ones end
+  sleep $(( STREAMS / 2000 + 3 ))
+  local peak_rss peak_fds; peak_rss=$(rss_kb "$gw"); peak_fds=$(fds "$gw")
+  wait "$hold"
+  echo "same load directly against the agent (baseline delay)..." >&2
+  "$EX/sse_hold" "$agent" "$STREAMS" "$tokens" 2000 > "$W/sse-direct.txt"
+  local g d
+  g=$(cat "$W/sse-gw.txt"); d=$(cat "$W/sse-direct.txt")
+  local g50 d50 g99 d99
+  g50=$(echo "$g" | sed 's/.*delay_p50_us=\([0-9]*\).*/\1/'); d50=$(echo "$d" | sed 's/.*delay_p50_us=\([0-9]*\).*/\1/')
+  g99=$(echo "$g" | sed 's/.*delay_p99_us=\([0-9]*\).*/\1/'); d99=$(echo "$d" | sed 's/.*delay_p99_us=\([0-9]*\).*/\1/')
+  echo
+  echo "### $STREAMS concurrent SSE streams ($(machine))"
+  echo
+  echo "Demo agent, $tokens events per stream one second apart; gateway with everything on, 1 thread."
+  echo
+  echo "| measure | value |"
+  echo "|---|---:|"
+  echo "| through the gateway | $g |"
+  echo "| direct to the agent | $d |"
+  awk -v i="$idle_rss" -v p="$peak_rss" -v n="$STREAMS" 'BEGIN { printf "| gateway RSS idle -> all streams open | %.1f MiB -> %.1f MiB |\n| resident memory per open stream | %.1f KiB |\n", i/1024, p/1024, (p-i)/n }'
+  awk -v i="$idle_fds" -v p="$peak_fds" -v n="$STREAMS" 'BEGIN { printf "| gateway file descriptors idle -> open | %d -> %d (%.2f per stream) |\n", i, p, (p-i)/n }'
+  awk -v g="$g50" -v d="$d50" 'BEGIN { printf "| added delay per event, median | %.3f ms |\n", (g-d)/1000 }'
+  awk -v g="$g99" -v d="$d99" 'BEGIN { printf "| added delay per event, p99 | %.3f ms |\n", (g-d)/1000 }'
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 1; PIDS=()
+}
+
+case "$MODE" in
+  main) run_main ;;
+  scale) run_scale ;;
+  sse) run_sse ;;
+  all) run_main; run_scale; run_sse ;;
+  *) echo "usage: $0 [main|scale|sse|all]" >&2; exit 2 ;;
+esac
