@@ -59,7 +59,16 @@ fn a_good_config_prints_ok_and_a_summary() {
 
 #[test]
 fn the_shipped_configs_are_valid() {
-    for path in ["config/agentgate.toml", "config/examples/minimal.toml"] {
+    let mut paths = vec!["config/agentgate.toml".to_string()];
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config/examples")).unwrap()
+    {
+        paths.push(format!(
+            "config/examples/{}",
+            entry.unwrap().file_name().to_string_lossy()
+        ));
+    }
+    assert!(paths.len() >= 3);
+    for path in &paths {
         let out = Command::new(BIN)
             .args(["check", "--config", path])
             .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -14,7 +14,11 @@ pub fn config_parser(data: &[u8]) {
     if let Err(errors) = agentgate::config::parse(Path::new("fuzz.toml"), &text) {
         let lines = text.lines().count().max(1) + 1;
         for e in &errors.0 {
-            assert!(e.line >= 1 && e.line <= lines, "error line {} outside the text", e.line);
+            assert!(
+                e.line >= 1 && e.line <= lines,
+                "error line {} outside the text",
+                e.line
+            );
             assert!(e.column >= 1);
         }
     }
@@ -28,20 +32,29 @@ pub fn traceparent(data: &[u8]) {
     let back = parse_traceparent(&sent).expect("the traceparent we send must parse");
     assert_eq!(back.trace_id, ctx.trace_id);
     if let Some(p) = parsed {
-        assert_eq!(ctx.trace_id, p.trace_id, "a valid incoming trace is continued");
+        assert_eq!(
+            ctx.trace_id, p.trace_id,
+            "a valid incoming trace is continued"
+        );
     }
 }
 
 /// Any query: enforcement either refuses or yields a query that enforcement leaves alone,
 /// and every other parameter survives byte for byte.
 pub fn query_rewrite(data: &[u8]) {
-    let Ok(query) = std::str::from_utf8(data) else { return };
+    let Ok(query) = std::str::from_utf8(data) else {
+        return;
+    };
     let rule = PaginationRule {
         methods: vec![http::Method::GET],
         limit_param: "limit".into(),
         default_limit: 20,
         max_limit: 100,
-        on_exceed: if data.len() % 2 == 0 { OnExceed::Clamp } else { OnExceed::Reject },
+        on_exceed: if data.len() % 2 == 0 {
+            OnExceed::Clamp
+        } else {
+            OnExceed::Reject
+        },
         max_response_bytes: 1000,
     };
     if let Ok(enforced) = enforce(&rule, Some(query)) {
@@ -49,10 +62,17 @@ pub fn query_rewrite(data: &[u8]) {
         let again = enforce(&rule, Some(&effective)).expect("an enforced query is valid");
         assert_eq!(again.query, None, "enforcement is idempotent");
         let others = |q: &str| -> Vec<String> {
-            q.split('&').filter(|p| !p.is_empty() && !p.starts_with("limit=") && *p != "limit").map(str::to_string).collect()
+            q.split('&')
+                .filter(|p| !p.is_empty() && !p.starts_with("limit=") && *p != "limit")
+                .map(str::to_string)
+                .collect()
         };
         if !query.contains('%') && !query.contains('+') {
-            assert_eq!(others(query), others(&effective), "other parameters changed");
+            assert_eq!(
+                others(query),
+                others(&effective),
+                "other parameters changed"
+            );
         }
     }
     let target = format!("/p?{query}");

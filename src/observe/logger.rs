@@ -105,6 +105,21 @@ pub fn event(level: log::Level, msg: &str, fields: &[(&str, &str)]) {
         return;
     };
     let mut line = String::with_capacity(128);
+    if !l.format.load(std::sync::atomic::Ordering::Relaxed) {
+        json::push_timestamp(&mut line, SystemTime::now());
+        line.push(' ');
+        line.push_str(level.as_str());
+        line.push(' ');
+        line.push_str(msg);
+        for (k, v) in fields {
+            line.push(' ');
+            line.push_str(k);
+            line.push('=');
+            line.push_str(v);
+        }
+        writer.write(line);
+        return;
+    }
     line.push('{');
     json::push_key(&mut line, "ts");
     line.push('"');

@@ -117,11 +117,21 @@ impl Observer {
             route_metrics.streams_active.decrement(1.0);
             if ctx.cancelled {
                 route_metrics.streams_cancelled.increment(1);
-                log::info!(
-                    "client closed a stream after {:.1}s on route {}; upstream request cancelled (request_id {})",
-                    elapsed.as_secs_f64(),
-                    route_rt.map(|r| r.route.name.as_str()).unwrap_or("unmatched"),
-                    ctx.request_id_str()
+                let ran = format!("{:.3}", elapsed.as_secs_f64());
+                logger::event(
+                    log::Level::Info,
+                    &format!("client closed a stream after {ran}s: upstream request cancelled"),
+                    &[
+                        ("stream_seconds", &ran),
+                        (
+                            "route",
+                            route_rt
+                                .map(|r| r.route.name.as_str())
+                                .unwrap_or("unmatched"),
+                        ),
+                        ("request_id", ctx.request_id_str()),
+                        ("trace_id", &ctx.trace_id_string()),
+                    ],
                 );
             }
         }

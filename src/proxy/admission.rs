@@ -188,12 +188,13 @@ fn truncate(s: &str, max: usize) -> &str {
 /// keep-alive off for that request (RFC 9112 §6.1). A chunked HTTP/1.1 request whose
 /// keep-alive is off without a `Connection: close` from the client therefore carried both.
 fn check_framing(req: &RequestHeader, keepalive_off: bool) -> Result<(), GatewayError> {
-    let lengths: Vec<&[u8]> = req
+    let mut lengths = req
         .headers
         .get_all(CONTENT_LENGTH)
         .iter()
-        .map(|v| v.as_bytes())
-        .collect();
+        .map(|v| v.as_bytes());
+    let first_length = lengths.next();
+    let differing_lengths = first_length.is_some_and(|first| lengths.any(|l| l != first));
     let has_te = req.headers.contains_key(TRANSFER_ENCODING);
     let client_asked_close = req
         .headers
@@ -206,13 +207,13 @@ fn check_framing(req: &RequestHeader, keepalive_off: bool) -> Result<(), Gateway
         });
     let length_was_dropped =
         has_te && keepalive_off && req.version == http::Version::HTTP_11 && !client_asked_close;
-    if has_te && (!lengths.is_empty() || length_was_dropped) {
+    if has_te && (first_length.is_some() || length_was_dropped) {
         return Err(GatewayError::new(
             ErrorKind::BadRequest,
             "a request may not carry both Content-Length and Transfer-Encoding",
         ));
     }
-    if lengths.windows(2).any(|w| w[0] != w[1]) {
+    if differing_lengths {
         return Err(GatewayError::new(
             ErrorKind::BadRequest,
             "the request has differing Content-Length headers",
@@ -268,7 +269,7 @@ pub fn prepare_upstream_request(
     let xff = headers::forwarded_for(&req.headers, peer, trusted);
     req.insert_header("x-forwarded-for", xff)?;
     if !(headers::is_trusted(peer, trusted) && req.headers.contains_key("x-forwarded-proto")) {
-        req.insert_header("x-forwarded-proto", "http")?;
+        req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
     }
     if let Some(id) = &ctx.request_id {
         req.insert_header("x-request-id", id.clone())?;
@@ -343,9 +344,14 @@ pub fn check_upstream_body(
                 "the agent's streamed list response passed the limit of {limit} bytes and was cut"
             ),
         ));
-        log::warn!(
-            "list response cut at {limit} bytes (max_response_bytes) on request {}",
-            ctx.request_id_str()
+        crate::observe::logger::event(
+            log::Level::Warn,
+            "list response cut at max_response_bytes",
+            &[
+                ("max_response_bytes", &limit.to_string()),
+                ("request_id", ctx.request_id_str()),
+                ("trace_id", &ctx.trace_id_string()),
+            ],
         );
         if end {
             return Err(Error::explain(

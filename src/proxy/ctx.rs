@@ -70,6 +70,13 @@ impl RequestCtx {
             .unwrap_or("")
     }
 
+    /// The trace id as hex, for log lines (empty before one is assigned).
+    pub fn trace_id_string(&self) -> String {
+        self.trace
+            .map(|t| crate::observe::trace_context::hex_string(&t.trace_id))
+            .unwrap_or_default()
+    }
+
     /// Time the agent spent on this request (sent -> last byte), zero when never sent.
     pub fn upstream_elapsed(&self) -> std::time::Duration {
         match self.upstream_sent_at {

@@ -68,14 +68,19 @@ pub fn strip_hop_by_hop<H: EditHeaders>(headers: &mut H) {
     }
 }
 
+/// Header names the `Connection` header nominates, lower-cased. Allocates only when it
+/// names something beyond the usual `keep-alive` / `close`.
 fn connection_nominated(headers: &HeaderMap) -> Option<Vec<String>> {
     let mut out = Vec::new();
     for value in headers.get_all(CONNECTION) {
         let text = value.to_str().ok()?;
         for token in text.split(',') {
-            let token = token.trim().to_ascii_lowercase();
-            if !token.is_empty() && token != "close" && token != "keep-alive" {
-                out.push(token);
+            let token = token.trim();
+            if !token.is_empty()
+                && !token.eq_ignore_ascii_case("close")
+                && !token.eq_ignore_ascii_case("keep-alive")
+            {
+                out.push(token.to_ascii_lowercase());
             }
         }
     }
