@@ -50,7 +50,7 @@ pub fn query_rewrite(data: &[u8]) {
         limit_param: "limit".into(),
         default_limit: 20,
         max_limit: 100,
-        on_exceed: if data.len() % 2 == 0 {
+        on_exceed: if data.len().is_multiple_of(2) {
             OnExceed::Clamp
         } else {
             OnExceed::Reject

@@ -4,7 +4,7 @@
 //! wrapped: the request future races a timer, and loses only while the header is still
 //! unread (the proxy's first phase marks it read through a task-local flag).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +15,12 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
 tokio::task_local! {
-    static HEADER_READ: Arc<AtomicBool>;
+    static HEADER_READ: Cell<bool>;
 }
 
 /// Called by the proxy once a request header has been read.
 pub fn mark_header_read() {
-    let _ = HEADER_READ.try_with(|flag| flag.store(true, Ordering::Relaxed));
+    let _ = HEADER_READ.try_with(|flag| flag.set(true));
 }
 
 pub struct HeaderDeadline<A> {
@@ -47,24 +47,29 @@ where
         session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let flag = Arc::new(AtomicBool::new(false));
-        let request = HEADER_READ.scope(
-            Arc::clone(&flag),
-            self.inner.process_new_http(session, shutdown),
-        );
-        tokio::pin!(request);
-        tokio::select! {
-            done = &mut request => done,
-            _ = tokio::time::sleep(self.timeout) => {
-                if flag.load(Ordering::Relaxed) {
-                    request.await
-                } else {
-                    // Header incomplete: drop the connection (the dropped future closes it).
-                    log::debug!("client did not send a complete request header within {:?}: connection dropped", self.timeout);
-                    None
+        let timeout = self.timeout;
+        let inner = &self.inner;
+        HEADER_READ
+            .scope(Cell::new(false), async move {
+                let request = inner.process_new_http(session, shutdown);
+                tokio::pin!(request);
+                tokio::select! {
+                    biased;
+                    done = &mut request => done,
+                    // pingora's timer: coalesced per deadline, far cheaper than a tokio
+                    // timer per request.
+                    _ = pingora::prelude::fast_timeout::fast_sleep(timeout) => {
+                        if HEADER_READ.with(Cell::get) {
+                            request.await
+                        } else {
+                            // Header incomplete: dropping the future closes the connection.
+                            log::debug!("no complete request header within {timeout:?}: connection dropped");
+                            None
+                        }
+                    }
                 }
-            }
-        }
+            })
+            .await
     }
 
     async fn http_cleanup(&self) {

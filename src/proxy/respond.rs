@@ -69,13 +69,17 @@ fn server_timing(ctx: &RequestCtx) -> Vec<u8> {
     };
     let gateway = total.saturating_sub(upstream);
     let mut out = Vec::with_capacity(48);
-    let _ = write!(
-        out,
-        "gateway;dur={:.3}, upstream;dur={:.3}",
-        gateway.as_secs_f64() * 1000.0,
-        upstream.as_secs_f64() * 1000.0
-    );
+    out.extend_from_slice(b"gateway;dur=");
+    push_millis(&mut out, gateway);
+    out.extend_from_slice(b", upstream;dur=");
+    push_millis(&mut out, upstream);
     out
+}
+
+/// Milliseconds with three decimals, without going through float formatting (hot path).
+fn push_millis(out: &mut Vec<u8>, d: std::time::Duration) {
+    let micros = d.as_micros() as u64;
+    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
 }
 
 /// Is this a response that streams (SSE, or chunked without a length)?
@@ -86,4 +90,17 @@ pub fn is_streaming(header: &ResponseHeader) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     sse || !header.headers.contains_key("content-length")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn millis_have_three_decimals() {
+        let mut out = Vec::new();
+        super::push_millis(&mut out, std::time::Duration::from_micros(12_345));
+        assert_eq!(out, b"12.345");
+        out.clear();
+        super::push_millis(&mut out, std::time::Duration::from_micros(7));
+        assert_eq!(out, b"0.007");
+    }
 }
