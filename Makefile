@@ -15,7 +15,7 @@ demo: build
 test:
 	scripts/deps.sh test
 	$(CARGO) build --tests
-	$(CARGO) test --all-targets -- --test-threads=4
+	scripts/run-tests.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

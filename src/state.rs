@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use opentelemetry::KeyValue;
 
 use crate::alerts::window::Ring;
 use crate::alerts::AlertBoard;
@@ -24,12 +25,27 @@ pub struct RouteRuntime {
     pub limiter: Option<Arc<RouteLimiter>>,
     /// Outcome window for alerts naming this route (none when no alert does).
     pub window: Option<Ring>,
+    /// Span attributes that only depend on the route, built once (values share an `Arc`).
+    pub span_attrs: Vec<KeyValue>,
 }
 
 /// An upstream pool with its per-backend metric handles (same order as `pool.backends`).
 pub struct UpstreamRuntime {
     pub pool: Arc<UpstreamPool>,
     pub backend_metrics: Vec<BackendMetrics>,
+    /// Span attributes of each backend (same order as `pool.backends`).
+    pub backend_span_attrs: Vec<BackendSpanAttrs>,
+}
+
+/// What a span says about a backend, built once per config.
+pub struct BackendSpanAttrs {
+    /// `agentgate.backend` for the server span.
+    pub backend: KeyValue,
+    /// `server.address` and `server.port` for the client span.
+    pub address: KeyValue,
+    pub port: KeyValue,
+    /// `http://IP:PORT`, the start of `url.full`.
+    pub origin: Arc<str>,
 }
 
 /// Everything built from one config. Requests hold an `Arc<Runtime>` from start to end,
@@ -117,6 +133,14 @@ impl Runtime {
                 route: Arc::clone(r),
                 metrics: RouteMetrics::new(&r.name, Some(&config.upstreams[r.upstream].name)),
                 window: window_seconds(&config, Some(&r.name)).map(Ring::new),
+                span_attrs: vec![
+                    KeyValue::new("http.route", Arc::<str>::from(r.path_prefix.as_str())),
+                    KeyValue::new("agentgate.route", Arc::<str>::from(r.name.as_str())),
+                    KeyValue::new(
+                        "agentgate.upstream",
+                        Arc::<str>::from(config.upstreams[r.upstream].name.as_str()),
+                    ),
+                ],
             })
             .collect();
         let mut upstreams = Vec::new();
@@ -127,9 +151,23 @@ impl Runtime {
                 .iter()
                 .map(|b| BackendMetrics::new(&u.name, &b.label))
                 .collect();
+            let backend_span_attrs = pool
+                .backends
+                .iter()
+                .map(|b| BackendSpanAttrs {
+                    backend: KeyValue::new("agentgate.backend", Arc::<str>::from(b.label.as_str())),
+                    address: KeyValue::new(
+                        "server.address",
+                        Arc::<str>::from(b.addr.ip().to_string()),
+                    ),
+                    port: KeyValue::new("server.port", b.addr.port() as i64),
+                    origin: Arc::from(format!("http://{}", b.addr)),
+                })
+                .collect();
             upstreams.push(UpstreamRuntime {
                 pool,
                 backend_metrics,
+                backend_span_attrs,
             });
         }
         let keep: Vec<_> = config

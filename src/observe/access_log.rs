@@ -105,16 +105,22 @@ pub fn redact_query<'a>(path_and_query: &'a str, redact: &[String]) -> std::borr
     let Some((path, query)) = path_and_query.split_once('?') else {
         return path_and_query.into();
     };
+    match redact_query_string(query, redact) {
+        std::borrow::Cow::Borrowed(_) => path_and_query.into(),
+        std::borrow::Cow::Owned(q) => format!("{path}?{q}").into(),
+    }
+}
+
+/// Like `redact_query`, for a bare query string (no path, no `?`).
+pub fn redact_query_string<'a>(query: &'a str, redact: &[String]) -> std::borrow::Cow<'a, str> {
     let needs = query.split('&').any(|pair| {
         let name = pair.split('=').next().unwrap_or("");
         redact.iter().any(|r| param_name_matches(name, r))
     });
     if !needs {
-        return path_and_query.into();
+        return query.into();
     }
-    let mut out = String::with_capacity(path_and_query.len());
-    out.push_str(path);
-    out.push('?');
+    let mut out = String::with_capacity(query.len());
     for (i, pair) in query.split('&').enumerate() {
         if i > 0 {
             out.push('&');

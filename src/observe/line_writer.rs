@@ -75,8 +75,10 @@ impl Drop for LineWriter {
 
 fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(msg) = rx.recv() {
-        let mut next = Some(msg);
+    let mut poll = Poller::default();
+    loop {
+        let Some(first) = poll.next(&rx) else { break };
+        let mut next = Some(first);
         // Drain what is queued, then flush once: one write syscall for a burst of lines.
         while let Some(msg) = next.take() {
             match msg {
@@ -94,4 +96,38 @@ fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>) {
         let _ = out.flush();
     }
     let _ = out.flush();
+}
+
+/// Waits for the next message without making busy senders pay for wake-ups: while
+/// traffic flows the consumer naps briefly between drains (a send to a consumer that is
+/// not blocked costs no syscall); after a quiet spell it blocks until woken.
+#[derive(Default)]
+pub struct Poller {
+    idle_naps: u32,
+}
+
+impl Poller {
+    const NAP: std::time::Duration = std::time::Duration::from_millis(2);
+    /// Naps before blocking: 50 x 2 ms = 100 ms without a message.
+    const NAPS_BEFORE_BLOCKING: u32 = 50;
+
+    pub fn next<T>(&mut self, rx: &Receiver<T>) -> Option<T> {
+        loop {
+            match rx.try_recv() {
+                Ok(msg) => {
+                    self.idle_naps = 0;
+                    return Some(msg);
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            }
+            if self.idle_naps >= Self::NAPS_BEFORE_BLOCKING {
+                let msg = rx.recv().ok();
+                self.idle_naps = 0;
+                return msg;
+            }
+            self.idle_naps += 1;
+            std::thread::sleep(Self::NAP);
+        }
+    }
 }

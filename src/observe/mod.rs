@@ -29,7 +29,8 @@ pub struct Observer {
     access_target: Mutex<Option<AccessLogTarget>>,
     /// Span export, when `[trace].otlp_endpoint` is set (fixed at start).
     spans: Option<SpanSink>,
-    listen: std::net::SocketAddr,
+    /// `server.address` and `server.port` of this gateway, built once.
+    server_attrs: [opentelemetry::KeyValue; 2],
 }
 
 fn access_log_dropped() {
@@ -46,7 +47,13 @@ impl Observer {
             access_log: ArcSwapOption::empty(),
             access_target: Mutex::new(None),
             spans,
-            listen: config.server.listen,
+            server_attrs: [
+                opentelemetry::KeyValue::new(
+                    "server.address",
+                    Arc::<str>::from(config.server.listen.ip().to_string()),
+                ),
+                opentelemetry::KeyValue::new("server.port", config.server.listen.port() as i64),
+            ],
         });
         observer.apply(config)?;
         Ok(observer)
@@ -250,69 +257,75 @@ impl Observer {
     ) {
         use opentelemetry::trace::SpanKind;
         use opentelemetry::KeyValue;
-        let Some(start_wall) = ctx.start_wall else {
+        let (Some(start_wall), Some(start)) = (ctx.start_wall, ctx.start) else {
             return;
         };
-        let Some(start) = ctx.start else { return };
         let wall = |t: std::time::Instant| start_wall + t.saturating_duration_since(start);
         let route_rt = ctx.route.map(|r| &runtime.routes[r]);
-        let method = req.method.as_str().to_string();
+        // Semantic conventions: known methods by name, anything else as _OTHER.
+        let method: &'static str = match metrics::method_label(&req.method) {
+            "OTHER" => "_OTHER",
+            m => m,
+        };
         let error = match (&ctx.error, ctx.cancelled) {
             (Some(e), _) => Some(e.kind.code()),
             (None, true) => Some("client_disconnected"),
             _ => None,
         };
-        let query = req.uri.query().map(|q| {
-            access_log::redact_query(&format!("?{q}"), &runtime.config.log.redact_query_params)[1..]
-                .to_string()
-        });
-        let mut attrs = vec![
-            KeyValue::new("http.request.method", method.clone()),
-            KeyValue::new("url.path", req.uri.path().to_string()),
-            KeyValue::new("http.response.status_code", ctx.status as i64),
-            KeyValue::new("server.address", self.listen.ip().to_string()),
-            KeyValue::new("server.port", self.listen.port() as i64),
-            KeyValue::new("agentgate.request_id", ctx.request_id_str().to_string()),
-            KeyValue::new("agentgate.retries", ctx.tries.saturating_sub(1) as i64),
-            KeyValue::new("agentgate.rate_limited", ctx.rate_limited),
-        ];
-        if let Some(q) = query.clone() {
-            attrs.push(KeyValue::new("url.query", q));
+        let query: Option<String> =
+            req.uri.query().map(|q| {
+                match access_log::redact_query_string(q, &runtime.config.log.redact_query_params) {
+                    std::borrow::Cow::Borrowed(b) => b.to_string(),
+                    std::borrow::Cow::Owned(o) => o,
+                }
+            });
+        let mut attrs = Vec::with_capacity(18);
+        attrs.push(KeyValue::new("http.request.method", method));
+        attrs.push(KeyValue::new("url.path", req.uri.path().to_string()));
+        attrs.push(KeyValue::new(
+            "http.response.status_code",
+            ctx.status as i64,
+        ));
+        attrs.extend(self.server_attrs.iter().cloned());
+        attrs.push(KeyValue::new(
+            "agentgate.request_id",
+            ctx.request_id_str().to_string(),
+        ));
+        attrs.push(KeyValue::new(
+            "agentgate.retries",
+            ctx.tries.saturating_sub(1) as i64,
+        ));
+        attrs.push(KeyValue::new("agentgate.rate_limited", ctx.rate_limited));
+        if let Some(q) = &query {
+            attrs.push(KeyValue::new("url.query", q.clone()));
         }
         if let Some(ip) = ctx.client_ip {
             attrs.push(KeyValue::new("client.address", ip.to_string()));
         }
         if let Some(r) = route_rt {
-            attrs.push(KeyValue::new("http.route", r.route.path_prefix.clone()));
-            attrs.push(KeyValue::new("agentgate.route", r.route.name.clone()));
-            attrs.push(KeyValue::new(
-                "agentgate.upstream",
-                runtime.config.upstreams[r.route.upstream].name.clone(),
-            ));
+            attrs.extend(r.span_attrs.iter().cloned());
         }
         let backend = match (route_rt, ctx.backend) {
             (Some(r), Some(b)) => runtime.upstreams[r.route.upstream]
-                .pool
-                .backends
-                .get(b)
-                .map(|b| b.addr),
+                .backend_span_attrs
+                .get(b),
             _ => None,
         };
         if let Some(b) = backend {
-            attrs.push(KeyValue::new("agentgate.backend", b.to_string()));
+            attrs.push(b.backend.clone());
         }
         if let Some(p) = ctx.pagination {
             attrs.push(KeyValue::new("agentgate.pagination", p.as_str()));
         }
         if let Some(k) = &ctx.key_id {
-            attrs.push(KeyValue::new("agentgate.key_id", k.to_string()));
+            attrs.push(KeyValue::new("agentgate.key_id", std::sync::Arc::clone(k)));
         }
         if let Some(e) = error {
             attrs.push(KeyValue::new("error.type", e));
         }
-        let name = match route_rt {
-            Some(r) => format!("{method} {}", r.route.path_prefix),
-            None => method.clone(),
+        let name: std::borrow::Cow<'static, str> = match route_rt {
+            Some(r) => format!("{method} {}", r.route.path_prefix).into(),
+            None => method.into(),
         };
         let server_end = start_wall + elapsed;
         let server_error = if ctx.status >= 500 {
@@ -322,7 +335,7 @@ impl Observer {
         };
         sink.submit(span_data(
             SpanParts {
-                name: name.into(),
+                name,
                 kind: SpanKind::Server,
                 trace_id: trace.trace_id,
                 span_id: trace.span_id,
@@ -340,26 +353,26 @@ impl Observer {
             return;
         };
         let end = ctx.response_done_at.map(wall).unwrap_or(server_end);
-        let mut url = format!("http://{b}{}", req.uri.path());
-        if let Some(q) = query {
+        let mut url = String::with_capacity(b.origin.len() + req.uri.path().len() + 32);
+        url.push_str(&b.origin);
+        url.push_str(req.uri.path());
+        if let Some(q) = &query {
             url.push('?');
-            url.push_str(&q);
+            url.push_str(q);
         }
-        let upstream_status = ctx.upstream_status;
-        let mut client_attrs = vec![
-            KeyValue::new("http.request.method", method.clone()),
-            KeyValue::new("server.address", b.ip().to_string()),
-            KeyValue::new("server.port", b.port() as i64),
-            KeyValue::new("url.full", url),
-            KeyValue::new(
-                "http.request.resend_count",
-                ctx.tries.saturating_sub(1) as i64,
-            ),
-        ];
-        if let Some(s) = upstream_status {
+        let mut client_attrs = Vec::with_capacity(6);
+        client_attrs.push(KeyValue::new("http.request.method", method));
+        client_attrs.push(b.address.clone());
+        client_attrs.push(b.port.clone());
+        client_attrs.push(KeyValue::new("url.full", url));
+        client_attrs.push(KeyValue::new(
+            "http.request.resend_count",
+            ctx.tries.saturating_sub(1) as i64,
+        ));
+        if let Some(s) = ctx.upstream_status {
             client_attrs.push(KeyValue::new("http.response.status_code", s as i64));
         }
-        let client_error = match upstream_status {
+        let client_error = match ctx.upstream_status {
             Some(s) if s >= 500 => Some("server error"),
             None => error.or(Some("no response")),
             _ => None,

@@ -119,8 +119,22 @@ fn export_loop(rx: Receiver<Msg>, endpoint: &str, service: &str) {
             }
         }
     };
+    let mut poll = super::line_writer::Poller::default();
     loop {
-        match rx.recv_timeout(FLUSH_EVERY) {
+        // While spans flow, nap between drains (no wake-up syscall per span for the
+        // proxy threads); export at least every FLUSH_EVERY.
+        let msg = if batch.is_empty() {
+            poll.next(&rx).ok_or(RecvTimeoutError::Disconnected)
+        } else {
+            rx.try_recv().map_err(|e| match e {
+                std::sync::mpsc::TryRecvError::Empty => {
+                    std::thread::sleep(Duration::from_millis(2));
+                    RecvTimeoutError::Timeout
+                }
+                std::sync::mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            })
+        };
+        match msg {
             Ok(Msg::Span(span)) => {
                 batch.push(*span);
                 if batch.len() >= BATCH {
