@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderValue, CONNECTION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 use ipnet::IpNet;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway. Transfer-Encoding
@@ -52,8 +52,25 @@ impl EditHeaders for HeaderMap {
     }
 }
 
+/// Is this one of the fixed hop-by-hop headers? Standard names compare as enum values,
+/// so the common case (none present) costs one pass over the header names.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE};
+    *name == CONNECTION
+        || *name == TE
+        || *name == UPGRADE
+        || *name == TRAILER
+        || *name == PROXY_AUTHENTICATE
+        || *name == PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
 /// Removes hop-by-hop headers and every header the `Connection` header nominates.
 pub fn strip_hop_by_hop<H: EditHeaders>(headers: &mut H) {
+    if !headers.header_map().keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(nominated) = connection_nominated(headers.header_map()) {
         for name in nominated {
             if name != "transfer-encoding" && name != "content-length" {
