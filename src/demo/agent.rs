@@ -135,8 +135,13 @@ impl DemoAgent {
         for i in 0..tokens {
             tokio::time::sleep(self.token_delay).await;
             let word = WORDS[i % WORDS.len()];
+            // sent_us lets a client measure what lies between the agent and itself.
+            let sent_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros();
             let event = format!(
-                "data: {{\"index\":{i},\"token\":\"{word}\",\"instance\":\"{}\"}}\n\n",
+                "data: {{\"index\":{i},\"token\":\"{word}\",\"instance\":\"{}\",\"sent_us\":{sent_us}}}\n\n",
                 self.name
             );
             if session
