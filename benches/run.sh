@@ -301,6 +301,14 @@ fds() { ls "/proc/$1/fd" | wc -l; }
 
 run_sse() {
   local agent=127.0.0.1:18201 tokens=20
+  # The gateway holds three descriptors per stream: the client connection, the agent
+  # connection, and the idle-timeout watchdog's duplicate of the latter.
+  local fd_limit; fd_limit=$(ulimit -n)
+  if [ $(( STREAMS * 3 + 1000 )) -gt "$fd_limit" ]; then
+    local fit=$(( (fd_limit - 1000) / 3 ))
+    echo "open-file limit is $fd_limit (raise it with ulimit -n); holding $fit streams instead of $STREAMS" >&2
+    STREAMS=$fit
+  fi
   "$BIN" demo-agent --listen "$agent" --name bench-agent --token-delay 1s >/dev/null 2>&1 &
   PIDS+=($!)
   wait_port 18201
