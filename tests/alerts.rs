@@ -160,15 +160,7 @@ summary = "More than half of agent requests fail"
     let (_, value) = alert_state(&gw, "AgentErrorRateHigh").await.unwrap();
     assert!(value.unwrap() > 0.5);
 
-    let m = parse_metrics(
-        &c.get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let m = gw.metrics().await;
     assert_eq!(
         metric_value(
             &m,
@@ -226,15 +218,7 @@ summary = "More than half of agent requests fail"
         Duration::from_secs(4),
     )
     .await;
-    let m = parse_metrics(
-        &c.get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let m = gw.metrics().await;
     assert_eq!(
         metric_value(
             &m,

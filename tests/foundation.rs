@@ -293,15 +293,7 @@ async fn connect_failure_is_retried_on_another_backend() {
         assert_eq!(r.status(), 200);
     }
     assert_eq!(live.targets().iter().filter(|t| *t == "/x").count(), 10);
-    let m = parse_metrics(
-        &c.get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let m = gw.metrics().await;
     assert!(metric_value(&m, "agentgate_upstream_retries_total", &[("upstream", "u")]) >= 5.0);
     assert!(
         metric_value(

@@ -118,16 +118,7 @@ async fn over_max_is_clamped_or_rejected() {
         before,
         "a rejected request never reaches the agent"
     );
-    let m = parse_metrics(
-        &client()
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let m = gw.metrics().await;
     assert_eq!(
         metric_value(
             &m,
@@ -200,15 +191,7 @@ async fn oversize_fixed_length_response_is_502() {
     assert_eq!(r.status(), 502);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "upstream_response_too_large");
-    let m = parse_metrics(
-        &c.get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let m = gw.metrics().await;
     assert_eq!(
         metric_value(
             &m,

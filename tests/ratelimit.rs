@@ -87,15 +87,7 @@ async fn burst_then_rate_then_429_with_headers() {
         "retry-after is true to its word"
     );
 
-    let m = parse_metrics(
-        &c.get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let m = gw.metrics().await;
     assert!(metric_value(&m, "agentgate_rate_limited_total", &[("route", "limited")]) >= 1.0);
     let log = gw.access_log();
     assert!(log

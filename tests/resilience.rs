@@ -121,16 +121,7 @@ async fn client_disconnect_cancels_the_upstream_request() {
     assert!(left.elapsed() < Duration::from_secs(1));
     let log = gw.wait_access_log(1);
     assert_eq!(log[0]["error"], "client_disconnected");
-    let m = parse_metrics(
-        &client()
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let m = gw.metrics().await;
     assert_eq!(
         metric_value(
             &m,
@@ -233,15 +224,7 @@ async fn a_failing_backend_is_ejected_then_returns() {
         "ejected after eject_after failures: {statuses:?}"
     );
     let ejected_at = Instant::now();
-    let m = parse_metrics(
-        &c.get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let m = gw.metrics().await;
     assert_eq!(
         metric_value(
             &m,
@@ -417,15 +400,7 @@ async fn an_invalid_reload_keeps_the_old_config() {
         200,
         "still serving the old config"
     );
-    let m = parse_metrics(
-        &c.get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let m = gw.metrics().await;
     assert_eq!(
         metric_value(
             &m,

@@ -135,6 +135,19 @@ impl Gateway {
         fs::read_to_string(&self.config_path).unwrap_or_default()
     }
 
+    /// Scrapes and parses the admin listener's /metrics.
+    pub async fn metrics(&self) -> Vec<(String, f64)> {
+        let text = super::client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("scrape /metrics")
+            .text()
+            .await
+            .expect("read /metrics");
+        super::parse_metrics(&text)
+    }
+
     /// Access log lines parsed as JSON.
     pub fn access_log(&self) -> Vec<serde_json::Value> {
         read_json_lines(&self.path("access.log"))
