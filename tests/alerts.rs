@@ -242,7 +242,7 @@ summary = "More than half of agent requests fail"
         },
     )
     .await;
-    let events = gw.stderr();
+    let events = gw.wait_stderr("\"state\":\"resolved\"");
     assert!(
         events.contains("\"msg\":\"alert\"")
             && events.contains("\"state\":\"firing\"")

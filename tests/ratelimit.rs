@@ -278,12 +278,9 @@ async fn redis_outage_applies_on_unavailable_then_recovers() {
     // local: this instance's share, rate / replicas with burst / replicas (20/3 -> 6)
     let (ok, limited) = admitted_over(&[&gw_local], Duration::from_millis(1500)).await;
     assert!(limited > 0 && ok <= 6 + 12, "local share admitted {ok}");
-    assert!(
-        gw_local.stderr().contains("unreachable"),
-        "the outage is logged"
-    );
+    let log = gw_local.wait_stderr("is unreachable");
     assert_eq!(
-        gw_local.stderr().matches("is unreachable").count(),
+        log.matches("is unreachable").count(),
         1,
         "logged once per transition"
     );
@@ -298,7 +295,5 @@ async fn redis_outage_applies_on_unavailable_then_recovers() {
         200,
         "recovers by itself"
     );
-    assert!(gw_local
-        .stderr()
-        .contains("reachable: global limits are shared again"));
+    gw_local.wait_stderr("reachable: global limits are shared again");
 }

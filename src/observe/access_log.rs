@@ -30,12 +30,11 @@ pub struct AccessRecord<'a> {
     pub key_id: Option<&'a str>,
 }
 
-/// Formats one line in the configured format.
-pub fn format(record: &AccessRecord<'_>, settings: &LogSettings) -> String {
-    let mut out = String::with_capacity(512);
+/// Formats one line in the configured format into `out` (a reused buffer).
+pub fn format_into(out: &mut String, record: &AccessRecord<'_>, settings: &LogSettings) {
     let path = redact_query(record.path_and_query, &settings.redact_query_params);
     if settings.format == LogFormat::Pretty {
-        json::push_timestamp(&mut out, SystemTime::now());
+        json::push_timestamp(out, SystemTime::now());
         let _ = write!(
             out,
             " INFO request {} {} {} {:.1}ms route={} backend={} request_id={} trace_id={}{}",
@@ -52,42 +51,41 @@ pub fn format(record: &AccessRecord<'_>, settings: &LogSettings) -> String {
                 .map(|e| format!(" error={e}"))
                 .unwrap_or_default()
         );
-        return out;
+        return;
     }
     out.push('{');
-    push_key(&mut out, "ts");
+    push_key(out, "ts");
     out.push('"');
-    json::push_timestamp(&mut out, SystemTime::now());
+    json::push_timestamp(out, SystemTime::now());
     out.push('"');
-    field_str(&mut out, "level", "info");
-    field_str(&mut out, "msg", "request");
-    field_str(&mut out, "request_id", record.request_id);
-    field_str(&mut out, "trace_id", record.trace_id);
-    field_str(&mut out, "span_id", record.span_id);
-    field_str(&mut out, "route", record.route);
-    field_str(&mut out, "method", record.method);
-    field_str(&mut out, "path", &path);
-    field_num(&mut out, "status", record.status);
-    field_opt_str(&mut out, "upstream", record.upstream);
-    field_opt_str(&mut out, "backend", record.backend);
-    field_num(&mut out, "duration_ms", Ms(record.duration_ms));
-    push_key(&mut out, "upstream_first_byte_ms");
+    field_str(out, "level", "info");
+    field_str(out, "msg", "request");
+    field_str(out, "request_id", record.request_id);
+    field_str(out, "trace_id", record.trace_id);
+    field_str(out, "span_id", record.span_id);
+    field_str(out, "route", record.route);
+    field_str(out, "method", record.method);
+    field_str(out, "path", &path);
+    field_num(out, "status", record.status);
+    field_opt_str(out, "upstream", record.upstream);
+    field_opt_str(out, "backend", record.backend);
+    field_num(out, "duration_ms", Ms(record.duration_ms));
+    push_key(out, "upstream_first_byte_ms");
     match record.upstream_first_byte_ms {
         Some(ms) => {
             let _ = write!(out, "{}", Ms(ms));
         }
         None => out.push_str("null"),
     }
-    field_num(&mut out, "bytes_in", record.bytes_in);
-    field_num(&mut out, "bytes_out", record.bytes_out);
-    field_str(&mut out, "client_ip", record.client_ip);
-    field_num(&mut out, "retries", record.retries);
-    field_bool(&mut out, "rate_limited", record.rate_limited);
-    field_opt_str(&mut out, "pagination", record.pagination);
-    field_opt_str(&mut out, "error", record.error);
-    field_opt_str(&mut out, "key_id", record.key_id);
+    field_num(out, "bytes_in", record.bytes_in);
+    field_num(out, "bytes_out", record.bytes_out);
+    field_str(out, "client_ip", record.client_ip);
+    field_num(out, "retries", record.retries);
+    field_bool(out, "rate_limited", record.rate_limited);
+    field_opt_str(out, "pagination", record.pagination);
+    field_opt_str(out, "error", record.error);
+    field_opt_str(out, "key_id", record.key_id);
     out.push('}');
-    out
 }
 
 /// Milliseconds with microsecond precision.

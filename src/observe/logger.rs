@@ -24,7 +24,7 @@ fn dropped() {
 /// Installs the process logger once; later calls only change level and format.
 pub fn init(format: LogFormat, level: log::LevelFilter) {
     let logger = LOGGER.get_or_init(|| {
-        let writer = LineWriter::start(Sink::Stderr, 8192, dropped)
+        let writer = LineWriter::start(Sink::Stderr, 1 << 20, dropped)
             .ok()
             .map(std::sync::Arc::new);
         ProcessLogger {
@@ -87,7 +87,7 @@ impl log::Log for ProcessLogger {
             line.push(' ');
             line.push_str(&message);
         }
-        writer.write(line);
+        writer.write(&line);
     }
 
     fn flush(&self) {
@@ -117,7 +117,7 @@ pub fn event(level: log::Level, msg: &str, fields: &[(&str, &str)]) {
             line.push('=');
             line.push_str(v);
         }
-        writer.write(line);
+        writer.write(&line);
         return;
     }
     line.push('{');
@@ -131,5 +131,5 @@ pub fn event(level: log::Level, msg: &str, fields: &[(&str, &str)]) {
         json::field_str(&mut line, k, v);
     }
     line.push('}');
-    writer.write(line);
+    writer.write(&line);
 }

@@ -33,6 +33,14 @@ pub struct Observer {
     server_attrs: [opentelemetry::KeyValue; 2],
 }
 
+/// Bytes of access log one worker thread may have waiting for the writer.
+const ACCESS_LOG_BUFFER: usize = 8 << 20;
+
+thread_local! {
+    /// Reused for every access log line this thread formats.
+    static ACCESS_LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(1024));
+}
+
 fn access_log_dropped() {
     metrics::access_log_dropped();
 }
@@ -67,12 +75,14 @@ impl Observer {
         }
         let writer = match &config.log.access_log {
             AccessLogTarget::Off => None,
-            AccessLogTarget::Stdout => {
-                Some(LineWriter::start(Sink::Stdout, 65_536, access_log_dropped)?)
-            }
+            AccessLogTarget::Stdout => Some(LineWriter::start(
+                Sink::Stdout,
+                ACCESS_LOG_BUFFER,
+                access_log_dropped,
+            )?),
             AccessLogTarget::File(p) => Some(LineWriter::start(
                 Sink::File(p.clone()),
-                65_536,
+                ACCESS_LOG_BUFFER,
                 access_log_dropped,
             )?),
         };
@@ -209,7 +219,12 @@ impl Observer {
             error,
             key_id: ctx.key_id.as_deref(),
         };
-        writer.write(access_log::format(&record, &runtime.config.log));
+        ACCESS_LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            access_log::format_into(&mut line, &record, &runtime.config.log);
+            writer.write(&line);
+        });
     }
 }
 

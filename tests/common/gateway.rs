@@ -157,6 +157,18 @@ impl Gateway {
         fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
     }
 
+    /// Waits until the process log (written in batches) contains `needle`; returns it.
+    pub fn wait_stderr(&self, needle: &str) -> String {
+        wait_until(
+            Duration::from_secs(5),
+            &format!("{needle:?} in the process log"),
+            || {
+                let text = self.stderr();
+                text.contains(needle).then_some(text)
+            },
+        )
+    }
+
     pub fn send_signal(&self, sig: i32) {
         if let Some(c) = &self.child {
             signal(c, sig);
