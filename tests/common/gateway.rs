@@ -273,10 +273,7 @@ impl DemoAgent {
 
     /// Kills the agent at once (a crash, not a drain).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        super::kill_child(&mut self.child);
     }
 
     pub fn restart(&mut self) {

@@ -18,6 +18,14 @@ use std::time::{Duration, Instant};
 pub use backend::{Backend, BackendStats};
 pub use gateway::{DemoAgent, Gateway};
 
+/// Kills a child process at once (a crash, not a drain) and reaps it.
+pub fn kill_child(child: &mut Option<std::process::Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
