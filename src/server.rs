@@ -25,8 +25,35 @@ use crate::ratelimit::store::StoreProbe;
 use crate::reload::ReloadOnHangup;
 use crate::state::Shared;
 
+/// Checks that the listen addresses are free before pingora binds them: pingora would
+/// otherwise retry for 30 s and then fail with little context (and, with SO_REUSEPORT,
+/// silently share a port another agentgate already serves).
+fn check_addresses_free(config: &Config) -> Result<(), String> {
+    for (key, addr) in [
+        ("server.listen", config.server.listen),
+        ("server.admin_listen", config.server.admin_listen),
+    ] {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "another process listens there: stop it or choose another address"
+            } else {
+                "check the address and the permissions to bind it"
+            };
+            return Err(format!(
+                "{}: {key} {addr} cannot be bound ({e}); {hint}",
+                config.path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the gateway (plus any `extra` services, e.g. the demo agents). Returns the exit code.
 pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
+    if let Err(message) = check_addresses_free(&config) {
+        eprintln!("{message}");
+        return 2;
+    }
     logger::init(config.log.format, config.log.level);
     metrics::install();
     metrics::touch_process_series();

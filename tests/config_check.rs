@@ -196,3 +196,32 @@ fn a_missing_file_is_named() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .starts_with("/nonexistent/agentgate.toml:1:1: cannot read config file"));
 }
+
+#[test]
+fn run_refuses_an_address_already_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.toml");
+    std::fs::write(
+        &path,
+        GOOD.replace("127.0.0.1:18080", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("server.listen 127.0.0.1:{port} cannot be bound")),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refused at once, not after retries"
+    );
+}
