@@ -6,6 +6,7 @@ pub mod json;
 pub mod line_writer;
 pub mod logger;
 pub mod metrics;
+pub mod otlp;
 pub mod spans;
 pub mod trace_context;
 

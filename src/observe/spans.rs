@@ -1,4 +1,4 @@
-//! Span export over OTLP/HTTP (protobuf) with the opentelemetry crates.
+//! Span export over OTLP/HTTP (protobuf) with the opentelemetry crates' data model.
 //!
 //! Spans are built directly as `SpanData` with the ids the gateway already propagates
 //! (no tracer on the hot path, nothing at all for unsampled requests), handed to a
@@ -14,11 +14,10 @@ use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
-use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use super::metrics;
+use super::otlp::Encoder;
 
 const QUEUE: usize = 8192;
 const BATCH: usize = 512;
@@ -75,16 +74,14 @@ impl SpanSink {
 }
 
 fn export_loop(rx: Receiver<Msg>, endpoint: &str, service: &str) {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_endpoint(endpoint)
-        .with_protocol(Protocol::HttpBinary)
-        .with_timeout(Duration::from_secs(5))
-        .build();
-    let mut exporter = match exporter {
-        Ok(e) => e,
+    // The blocking client lives on this thread only: no runtime of pingora's is involved.
+    let client = match reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
         Err(e) => {
-            log::error!("span export disabled: cannot build the OTLP exporter for {endpoint}: {e}");
+            log::error!("span export disabled: cannot build the HTTP client for {endpoint}: {e}");
             while let Ok(msg) = rx.recv() {
                 match msg {
                     Msg::Span(_) => metrics::spans_dropped(1),
@@ -96,11 +93,7 @@ fn export_loop(rx: Receiver<Msg>, endpoint: &str, service: &str) {
             return;
         }
     };
-    exporter.set_resource(
-        &Resource::builder()
-            .with_service_name(service.to_string())
-            .build(),
-    );
+    let mut encoder = Encoder::default();
     let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH);
     let mut last_export = Instant::now();
     let mut last_error_log: Option<Instant> = None;
@@ -109,7 +102,23 @@ fn export_loop(rx: Receiver<Msg>, endpoint: &str, service: &str) {
             return;
         }
         let n = batch.len() as u64;
-        let result = futures_executor::block_on(exporter.export(std::mem::take(batch)));
+        let body = encoder
+            .encode(service, env!("CARGO_PKG_VERSION"), batch)
+            .to_vec();
+        batch.clear();
+        let result = client
+            .post(endpoint)
+            .header("content-type", "application/x-protobuf")
+            .body(body)
+            .send()
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                if r.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("collector answered {}", r.status()))
+                }
+            });
         if let Err(e) = result {
             metrics::spans_dropped(n);
             // One line per 30 s at most: a dead collector must not flood the log.
