@@ -182,16 +182,9 @@ impl Observer {
                 .map(|b| b.label.as_str()),
             _ => None,
         };
-        let first_byte_ms = match (ctx.upstream_sent_at, ctx.first_byte_at) {
-            (Some(s), Some(f)) => Some(f.saturating_duration_since(s).as_secs_f64() * 1000.0),
-            _ => None,
-        };
+        let first_byte_ms = ctx.first_byte_wait().map(|d| d.as_secs_f64() * 1000.0);
         let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let error = match (&ctx.error, ctx.cancelled) {
-            (Some(e), _) => Some(e.kind.code()),
-            (None, true) => Some("client_disconnected"),
-            _ => None,
-        };
+        let error = ctx.error_code();
         let path = req
             .uri
             .path_and_query()
@@ -242,10 +235,7 @@ impl Observer {
         if route_window.is_none() && runtime.all_window.is_none() {
             return;
         }
-        let first_byte_s = match (ctx.upstream_sent_at, ctx.first_byte_at) {
-            (Some(s), Some(f)) => Some(f.saturating_duration_since(s).as_secs_f64()),
-            _ => None,
-        };
+        let first_byte_s = ctx.first_byte_wait().map(|d| d.as_secs_f64());
         let outcome = crate::alerts::window::Outcome {
             error: ctx.status >= 500 || ctx.error.as_ref().is_some_and(|e| e.kind.status() >= 500),
             rate_limited: ctx.rate_limited,
@@ -283,11 +273,7 @@ impl Observer {
             "OTHER" => "_OTHER",
             m => m,
         };
-        let error = match (&ctx.error, ctx.cancelled) {
-            (Some(e), _) => Some(e.kind.code()),
-            (None, true) => Some("client_disconnected"),
-            _ => None,
-        };
+        let error = ctx.error_code();
         let query: Option<String> =
             req.uri.query().map(|q| {
                 match access_log::redact_query_string(q, &runtime.config.log.redact_query_params) {

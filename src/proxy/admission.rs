@@ -33,6 +33,7 @@ pub async fn admit(
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
         .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    ctx.peer_ip = Some(peer);
     ctx.client_ip = Some(headers::client_ip(
         peer,
         session.req_header().headers.get("x-forwarded-for"),
@@ -251,21 +252,14 @@ fn check_declared_length(req: &RequestHeader, limit: u64) -> Result<(), GatewayE
 
 /// Edits the request the agent receives: forwarding and trace headers, hop-by-hop
 /// headers removed.
-pub fn prepare_upstream_request(
-    session: &Session,
-    req: &mut RequestHeader,
-    ctx: &RequestCtx,
-) -> Result<()> {
+pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
     headers::strip_hop_by_hop(req);
     let Some(runtime) = &ctx.runtime else {
         return Ok(());
     };
     let trusted = &runtime.config.server.trusted_proxies;
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    // Resolved once in `admit`.
+    let peer = ctx.peer_ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let xff = headers::forwarded_for(&req.headers, peer, trusted);
     req.insert_header("x-forwarded-for", xff)?;
     if !(headers::is_trusted(peer, trusted) && req.headers.contains_key("x-forwarded-proto")) {

@@ -25,6 +25,9 @@ pub struct RequestCtx {
     pub trace: Option<TraceContext>,
     /// Span id of the client span for the upstream call (the upstream's parent).
     pub upstream_span_id: [u8; 8],
+    /// The TCP peer (a proxy, when behind `trusted_proxies`).
+    pub peer_ip: Option<std::net::IpAddr>,
+    /// The client address: the peer, or the one trusted proxies forwarded.
     pub client_ip: Option<std::net::IpAddr>,
     pub key_id: Option<Arc<str>>,
 
@@ -68,6 +71,30 @@ impl RequestCtx {
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
+    }
+
+    /// The upstream of the chosen route.
+    pub fn upstream_settings(&self) -> Option<&crate::config::Upstream> {
+        let runtime = self.runtime.as_ref()?;
+        let route = &runtime.routes[self.route?].route;
+        Some(&runtime.config.upstreams[route.upstream])
+    }
+
+    /// The error code logs and spans report: the gateway's error, or the client leaving.
+    pub fn error_code(&self) -> Option<&'static str> {
+        match (&self.error, self.cancelled) {
+            (Some(e), _) => Some(e.kind.code()),
+            (None, true) => Some("client_disconnected"),
+            _ => None,
+        }
+    }
+
+    /// Request sent upstream -> response header: the agent's time to first byte.
+    pub fn first_byte_wait(&self) -> Option<std::time::Duration> {
+        match (self.upstream_sent_at, self.first_byte_at) {
+            (Some(sent), Some(first)) => Some(first.saturating_duration_since(sent)),
+            _ => None,
+        }
     }
 
     /// The trace id as hex, for log lines (empty before one is assigned).

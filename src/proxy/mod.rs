@@ -142,9 +142,7 @@ impl Gateway {
     /// Arms the tighter of first-byte / idle timeouts when pingora's read timeout is the
     /// looser one (see `watchdog`).
     fn upstream_limits(ctx: &RequestCtx) -> Option<(Duration, Duration)> {
-        let runtime = ctx.runtime.as_ref()?;
-        let route = &runtime.routes[ctx.route?].route;
-        let u = &runtime.config.upstreams[route.upstream];
+        let u = ctx.upstream_settings()?;
         Some((u.first_byte_timeout, u.idle_timeout))
     }
 }
@@ -337,11 +335,11 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        admission::prepare_upstream_request(session, upstream_request, ctx)?;
+        admission::prepare_upstream_request(upstream_request, ctx)?;
         ctx.upstream_sent_at = Some(Instant::now());
         ctx.first_byte_at = None;
         Ok(())
@@ -503,9 +501,6 @@ impl ProxyHttp for Gateway {
 
 impl Gateway {
     fn retries(ctx: &RequestCtx) -> u32 {
-        match (&ctx.runtime, ctx.route) {
-            (Some(rt), Some(route)) => rt.config.upstreams[rt.routes[route].route.upstream].retries,
-            _ => 0,
-        }
+        ctx.upstream_settings().map(|u| u.retries).unwrap_or(0)
     }
 }

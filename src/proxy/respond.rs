@@ -63,10 +63,7 @@ pub fn decorate_response(header: &mut ResponseHeader, ctx: &RequestCtx) -> Resul
 /// gateway is the rest of the time so far.
 fn server_timing(ctx: &RequestCtx) -> Vec<u8> {
     let total = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
-    let upstream = match (ctx.upstream_sent_at, ctx.first_byte_at) {
-        (Some(sent), Some(first)) => first.saturating_duration_since(sent),
-        _ => Default::default(),
-    };
+    let upstream = ctx.first_byte_wait().unwrap_or_default();
     let gateway = total.saturating_sub(upstream);
     let mut out = Vec::with_capacity(48);
     out.extend_from_slice(b"gateway;dur=");
