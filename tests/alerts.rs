@@ -404,14 +404,7 @@ window = "10s"
     }
     assert_eq!(exprs, 18);
     // and Prometheus itself loaded and evaluated every rule without error
-    let v: serde_json::Value = c
-        .get(prom.url("/api/v1/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(&c, prom.url("/api/v1/rules")).await;
     let groups = v["data"]["groups"].as_array().unwrap();
     let rules: Vec<&serde_json::Value> = groups
         .iter()

@@ -167,14 +167,7 @@ async fn invalid_traceparents_start_new_traces() {
     // and no traceparent at all: a fresh one, different every time
     let mut ids = std::collections::HashSet::new();
     for _ in 0..5 {
-        let v: serde_json::Value = c
-            .get(gw.url("/echo"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(&c, gw.url("/echo")).await;
         ids.insert(v["headers"]["traceparent"].as_str().unwrap()[3..35].to_string());
     }
     assert_eq!(ids.len(), 5);
@@ -202,14 +195,7 @@ async fn sampling_decisions_are_respected() {
         .as_str()
         .unwrap()
         .ends_with("-00"));
-    let v: serde_json::Value = c
-        .get(gw.url("/echo"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(&c, gw.url("/echo")).await;
     assert!(v["headers"]["traceparent"]
         .as_str()
         .unwrap()

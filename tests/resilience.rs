@@ -446,14 +446,7 @@ async fn sigterm_drains_open_streams_then_exits() {
         async move { (c.get(url).send().await.ok()?.status() == 503).then_some(()) }
     })
     .await;
-    let v: serde_json::Value = c
-        .get(gw.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(&c, gw.admin_url("/readyz")).await;
     assert_eq!(v["draining"], true);
     // new connections are still served during the grace period
     let fresh = client();

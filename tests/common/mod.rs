@@ -77,6 +77,17 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// GETs `url` and parses the JSON body.
+pub async fn get_json(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    c.get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
 /// Parses Prometheus text exposition into (series, value) pairs.
 pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
     text.lines()
