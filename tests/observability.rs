@@ -392,14 +392,19 @@ async fn metrics_count_requests_and_random_paths_add_no_series() {
             .status(),
         404
     );
-    let text = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    gw.metrics_text_when(
+        "agentgate_http_requests_total",
+        &[("route", "conversations"), ("method", "POST")],
+        3.0,
+    )
+    .await;
+    let text = gw
+        .metrics_text_when(
+            "agentgate_http_requests_total",
+            &[("route", "unmatched")],
+            1.0,
+        )
+        .await;
     let m = parse_metrics(&text);
     let count = |method: &str, status: &str| {
         metric_value(
@@ -490,14 +495,13 @@ async fn metrics_count_requests_and_random_paths_add_no_series() {
         .collect()
         .await;
     assert!(statuses.iter().all(|s| *s == 404));
-    let text = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw
+        .metrics_text_when(
+            "agentgate_http_requests_total",
+            &[("route", "unmatched")],
+            10_001.0,
+        )
+        .await;
     let m = parse_metrics(&text);
     assert_eq!(
         metric_value(

@@ -118,7 +118,14 @@ async fn over_max_is_clamped_or_rejected() {
         before,
         "a rejected request never reaches the agent"
     );
-    let m = gw.metrics().await;
+    let m = parse_metrics(
+        &gw.metrics_text_when(
+            "agentgate_pagination_enforced_total",
+            &[("route", "lists"), ("action", "rejected")],
+            1.0,
+        )
+        .await,
+    );
     assert_eq!(
         metric_value(
             &m,
@@ -191,7 +198,14 @@ async fn oversize_fixed_length_response_is_502() {
     assert_eq!(r.status(), 502);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "upstream_response_too_large");
-    let m = gw.metrics().await;
+    let m = parse_metrics(
+        &gw.metrics_text_when(
+            "agentgate_pagination_enforced_total",
+            &[("route", "bytes"), ("action", "oversize")],
+            1.0,
+        )
+        .await,
+    );
     assert_eq!(
         metric_value(
             &m,

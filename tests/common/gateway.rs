@@ -148,6 +148,34 @@ impl Gateway {
         super::parse_metrics(&text)
     }
 
+    /// Scrapes /metrics until `name{labels}` reaches `at_least` and returns the text:
+    /// a request is counted in pingora's logging phase, which runs after its response
+    /// went out, so a scrape right after a response may not see it yet.
+    pub async fn metrics_text_when(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        at_least: f64,
+    ) -> String {
+        super::wait_for(
+            Duration::from_secs(10),
+            &format!("{name} to reach {at_least}"),
+            || async {
+                let text = super::client()
+                    .get(self.admin_url("/metrics"))
+                    .send()
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                (super::metric_value(&super::parse_metrics(&text), name, labels) >= at_least)
+                    .then_some(text)
+            },
+        )
+        .await
+    }
+
     /// Access log lines parsed as JSON.
     pub fn access_log(&self) -> Vec<serde_json::Value> {
         read_json_lines(&self.path("access.log"))
