@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use opentelemetry::KeyValue;
 
 use crate::alerts::window::Ring;
 use crate::alerts::AlertBoard;
 use crate::balance::{BackendRegistry, UpstreamPool};
 use crate::config::{Config, OnUnavailable, RateLimitScope, Route, Signal};
 use crate::observe::metrics::{BackendMetrics, RouteMetrics};
+use crate::observe::otlp::{self, PrebuiltValue};
 use crate::ratelimit::store::RedisStore;
 use crate::ratelimit::RouteLimiter;
 
@@ -25,8 +25,8 @@ pub struct RouteRuntime {
     pub limiter: Option<Arc<RouteLimiter>>,
     /// Outcome window for alerts naming this route (none when no alert does).
     pub window: Option<Ring>,
-    /// Span attributes that only depend on the route, built once (values share an `Arc`).
-    pub span_attrs: Vec<KeyValue>,
+    /// Span attributes that only depend on the route, encoded once (OTLP protobuf).
+    pub span_attrs: Vec<u8>,
 }
 
 /// An upstream pool with its per-backend metric handles (same order as `pool.backends`).
@@ -37,13 +37,12 @@ pub struct UpstreamRuntime {
     pub backend_span_attrs: Vec<BackendSpanAttrs>,
 }
 
-/// What a span says about a backend, built once per config.
+/// What a span says about a backend, encoded once per config (OTLP protobuf).
 pub struct BackendSpanAttrs {
     /// `agentgate.backend` for the server span.
-    pub backend: KeyValue,
+    pub backend: Vec<u8>,
     /// `server.address` and `server.port` for the client span.
-    pub address: KeyValue,
-    pub port: KeyValue,
+    pub address_port: Vec<u8>,
     /// `http://IP:PORT`, the start of `url.full`.
     pub origin: Arc<str>,
 }
@@ -133,14 +132,14 @@ impl Runtime {
                 route: Arc::clone(r),
                 metrics: RouteMetrics::new(&r.name, Some(&config.upstreams[r.upstream].name)),
                 window: window_seconds(&config, Some(&r.name)).map(Ring::new),
-                span_attrs: vec![
-                    KeyValue::new("http.route", Arc::<str>::from(r.path_prefix.as_str())),
-                    KeyValue::new("agentgate.route", Arc::<str>::from(r.name.as_str())),
-                    KeyValue::new(
+                span_attrs: otlp::prebuilt(&[
+                    ("http.route", PrebuiltValue::Str(&r.path_prefix)),
+                    ("agentgate.route", PrebuiltValue::Str(&r.name)),
+                    (
                         "agentgate.upstream",
-                        Arc::<str>::from(config.upstreams[r.upstream].name.as_str()),
+                        PrebuiltValue::Str(&config.upstreams[r.upstream].name),
                     ),
-                ],
+                ]),
             })
             .collect();
         let mut upstreams = Vec::new();
@@ -155,12 +154,14 @@ impl Runtime {
                 .backends
                 .iter()
                 .map(|b| BackendSpanAttrs {
-                    backend: KeyValue::new("agentgate.backend", Arc::<str>::from(b.label.as_str())),
-                    address: KeyValue::new(
-                        "server.address",
-                        Arc::<str>::from(b.addr.ip().to_string()),
-                    ),
-                    port: KeyValue::new("server.port", b.addr.port() as i64),
+                    backend: otlp::prebuilt(&[("agentgate.backend", PrebuiltValue::Str(&b.label))]),
+                    address_port: otlp::prebuilt(&[
+                        (
+                            "server.address",
+                            PrebuiltValue::Str(&b.addr.ip().to_string()),
+                        ),
+                        ("server.port", PrebuiltValue::Int(b.addr.port() as i64)),
+                    ]),
                     origin: Arc::from(format!("http://{}", b.addr)),
                 })
                 .collect();

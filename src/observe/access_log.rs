@@ -1,28 +1,28 @@
 //! The access log: one JSON object per request with the fields of SPEC §6, in that
-//! order, built into one String and handed to the non-blocking line writer.
+//! order, formatted straight into the log writer's buffer.
 
-use std::fmt::Write;
-use std::time::SystemTime;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
 
-use super::json::{self, field_bool, field_num, field_opt_str, field_str, push_key};
+use super::json::{self, field_bool, field_opt_str, field_str, field_u64, push_key};
 use crate::config::{LogFormat, LogSettings};
 
 /// Everything one access log line says.
 pub struct AccessRecord<'a> {
     pub request_id: &'a str,
-    pub trace_id: &'a str,
-    pub span_id: &'a str,
+    /// Trace and span id; absent before the request was identified.
+    pub trace: Option<([u8; 16], [u8; 8])>,
     pub route: &'a str,
     pub method: &'a str,
     pub path_and_query: &'a str,
     pub status: u16,
     pub upstream: Option<&'a str>,
     pub backend: Option<&'a str>,
-    pub duration_ms: f64,
-    pub upstream_first_byte_ms: Option<f64>,
+    pub duration: Duration,
+    pub upstream_first_byte: Option<Duration>,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub client_ip: &'a str,
+    pub client_ip: Option<IpAddr>,
     pub retries: u32,
     pub rate_limited: bool,
     pub pagination: Option<&'a str>,
@@ -30,70 +30,82 @@ pub struct AccessRecord<'a> {
     pub key_id: Option<&'a str>,
 }
 
-/// Formats one line in the configured format into `out` (a reused buffer).
-pub fn format_into(out: &mut String, record: &AccessRecord<'_>, settings: &LogSettings) {
+/// Formats one line (without its newline) in the configured format into `out`.
+pub fn format_into(out: &mut Vec<u8>, record: &AccessRecord<'_>, settings: &LogSettings) {
     let path = redact_query(record.path_and_query, &settings.redact_query_params);
     if settings.format == LogFormat::Pretty {
-        json::push_timestamp(out, SystemTime::now());
-        let _ = write!(
-            out,
-            " INFO request {} {} {} {:.1}ms route={} backend={} request_id={} trace_id={}{}",
-            record.method,
-            path,
-            record.status,
-            record.duration_ms,
-            record.route,
-            record.backend.unwrap_or("-"),
-            record.request_id,
-            record.trace_id,
-            record
-                .error
-                .map(|e| format!(" error={e}"))
-                .unwrap_or_default()
-        );
+        format_pretty(out, record, &path);
         return;
     }
-    out.push('{');
+    out.push(b'{');
     push_key(out, "ts");
-    out.push('"');
+    out.push(b'"');
     json::push_timestamp(out, SystemTime::now());
-    out.push('"');
+    out.push(b'"');
     field_str(out, "level", "info");
     field_str(out, "msg", "request");
     field_str(out, "request_id", record.request_id);
-    field_str(out, "trace_id", record.trace_id);
-    field_str(out, "span_id", record.span_id);
+    push_key(out, "trace_id");
+    out.push(b'"');
+    if let Some((trace_id, _)) = &record.trace {
+        json::push_hex(out, trace_id);
+    }
+    out.push(b'"');
+    push_key(out, "span_id");
+    out.push(b'"');
+    if let Some((_, span_id)) = &record.trace {
+        json::push_hex(out, span_id);
+    }
+    out.push(b'"');
     field_str(out, "route", record.route);
     field_str(out, "method", record.method);
     field_str(out, "path", &path);
-    field_num(out, "status", record.status);
+    field_u64(out, "status", record.status as u64);
     field_opt_str(out, "upstream", record.upstream);
     field_opt_str(out, "backend", record.backend);
-    field_num(out, "duration_ms", Ms(record.duration_ms));
+    push_key(out, "duration_ms");
+    json::push_millis(out, record.duration);
     push_key(out, "upstream_first_byte_ms");
-    match record.upstream_first_byte_ms {
-        Some(ms) => {
-            let _ = write!(out, "{}", Ms(ms));
-        }
-        None => out.push_str("null"),
+    match record.upstream_first_byte {
+        Some(d) => json::push_millis(out, d),
+        None => out.extend_from_slice(b"null"),
     }
-    field_num(out, "bytes_in", record.bytes_in);
-    field_num(out, "bytes_out", record.bytes_out);
-    field_str(out, "client_ip", record.client_ip);
-    field_num(out, "retries", record.retries);
+    field_u64(out, "bytes_in", record.bytes_in);
+    field_u64(out, "bytes_out", record.bytes_out);
+    push_key(out, "client_ip");
+    out.push(b'"');
+    if let Some(ip) = record.client_ip {
+        json::push_ip(out, ip);
+    }
+    out.push(b'"');
+    field_u64(out, "retries", record.retries as u64);
     field_bool(out, "rate_limited", record.rate_limited);
     field_opt_str(out, "pagination", record.pagination);
     field_opt_str(out, "error", record.error);
     field_opt_str(out, "key_id", record.key_id);
-    out.push('}');
+    out.push(b'}');
 }
 
-/// Milliseconds with microsecond precision.
-struct Ms(f64);
-
-impl std::fmt::Display for Ms {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.3}", self.0)
+/// `<ts> INFO request GET /path 200 1.2ms route=.. backend=.. request_id=.. trace_id=..`
+fn format_pretty(out: &mut Vec<u8>, record: &AccessRecord<'_>, path: &str) {
+    use std::io::Write;
+    json::push_timestamp(out, SystemTime::now());
+    let _ = write!(
+        out,
+        " INFO request {} {} {} {:.1}ms route={} backend={} request_id={} trace_id=",
+        record.method,
+        path,
+        record.status,
+        record.duration.as_secs_f64() * 1000.0,
+        record.route,
+        record.backend.unwrap_or("-"),
+        record.request_id,
+    );
+    if let Some((trace_id, _)) = &record.trace {
+        json::push_hex(out, trace_id);
+    }
+    if let Some(e) = record.error {
+        let _ = write!(out, " error={e}");
     }
 }
 

@@ -69,25 +69,26 @@ impl log::Log for ProcessLogger {
             log::Level::Trace => "trace",
         };
         let message = record.args().to_string();
-        let mut line = String::with_capacity(96 + message.len());
-        if self.format.load(std::sync::atomic::Ordering::Relaxed) {
-            line.push('{');
-            json::push_key(&mut line, "ts");
-            line.push('"');
-            json::push_timestamp(&mut line, SystemTime::now());
-            line.push('"');
-            json::field_str(&mut line, "level", level);
-            json::field_str(&mut line, "msg", &message);
-            json::field_str(&mut line, "target", record.target());
-            line.push('}');
-        } else {
-            json::push_timestamp(&mut line, SystemTime::now());
-            line.push(' ');
-            line.push_str(&level.to_ascii_uppercase());
-            line.push(' ');
-            line.push_str(&message);
-        }
-        writer.write(&line);
+        let json_lines = self.format.load(std::sync::atomic::Ordering::Relaxed);
+        writer.write_with(|line| {
+            if json_lines {
+                line.push(b'{');
+                json::push_key(line, "ts");
+                line.push(b'"');
+                json::push_timestamp(line, SystemTime::now());
+                line.push(b'"');
+                json::field_str(line, "level", level);
+                json::field_str(line, "msg", &message);
+                json::field_str(line, "target", record.target());
+                line.push(b'}');
+            } else {
+                json::push_timestamp(line, SystemTime::now());
+                line.push(b' ');
+                line.extend_from_slice(level.to_ascii_uppercase().as_bytes());
+                line.push(b' ');
+                line.extend_from_slice(message.as_bytes());
+            }
+        });
     }
 
     fn flush(&self) {
@@ -104,32 +105,32 @@ pub fn event(level: log::Level, msg: &str, fields: &[(&str, &str)]) {
     let Some(writer) = l.writer.load_full() else {
         return;
     };
-    let mut line = String::with_capacity(128);
-    if !l.format.load(std::sync::atomic::Ordering::Relaxed) {
-        json::push_timestamp(&mut line, SystemTime::now());
-        line.push(' ');
-        line.push_str(level.as_str());
-        line.push(' ');
-        line.push_str(msg);
-        for (k, v) in fields {
-            line.push(' ');
-            line.push_str(k);
-            line.push('=');
-            line.push_str(v);
+    let json_lines = l.format.load(std::sync::atomic::Ordering::Relaxed);
+    writer.write_with(|line| {
+        if !json_lines {
+            json::push_timestamp(line, SystemTime::now());
+            line.push(b' ');
+            line.extend_from_slice(level.as_str().as_bytes());
+            line.push(b' ');
+            line.extend_from_slice(msg.as_bytes());
+            for (k, v) in fields {
+                line.push(b' ');
+                line.extend_from_slice(k.as_bytes());
+                line.push(b'=');
+                line.extend_from_slice(v.as_bytes());
+            }
+            return;
         }
-        writer.write(&line);
-        return;
-    }
-    line.push('{');
-    json::push_key(&mut line, "ts");
-    line.push('"');
-    json::push_timestamp(&mut line, SystemTime::now());
-    line.push('"');
-    json::field_str(&mut line, "level", &level.as_str().to_ascii_lowercase());
-    json::field_str(&mut line, "msg", msg);
-    for (k, v) in fields {
-        json::field_str(&mut line, k, v);
-    }
-    line.push('}');
-    writer.write(&line);
+        line.push(b'{');
+        json::push_key(line, "ts");
+        line.push(b'"');
+        json::push_timestamp(line, SystemTime::now());
+        line.push(b'"');
+        json::field_str(line, "level", &level.as_str().to_ascii_lowercase());
+        json::field_str(line, "msg", msg);
+        for (k, v) in fields {
+            json::field_str(line, k, v);
+        }
+        line.push(b'}');
+    });
 }

@@ -7,6 +7,7 @@ pub mod line_writer;
 pub mod logger;
 pub mod metrics;
 pub mod otlp;
+pub mod shards;
 pub mod spans;
 pub mod trace_context;
 
@@ -21,8 +22,9 @@ use crate::proxy::RequestCtx;
 use crate::state::Shared;
 use access_log::AccessRecord;
 use line_writer::{LineWriter, Sink};
-use spans::{span_data, SpanParts, SpanSink};
-use trace_context::{hex_string, TraceContext};
+use otlp::{Kind, PrebuiltValue, SpanHead};
+use spans::SpanSink;
+use trace_context::TraceContext;
 
 /// Records finished requests: metrics, access log line, spans.
 pub struct Observer {
@@ -30,17 +32,12 @@ pub struct Observer {
     access_target: Mutex<Option<AccessLogTarget>>,
     /// Span export, when `[trace].otlp_endpoint` is set (fixed at start).
     spans: Option<SpanSink>,
-    /// `server.address` and `server.port` of this gateway, built once.
-    server_attrs: [opentelemetry::KeyValue; 2],
+    /// `server.address` and `server.port` of this gateway, encoded once.
+    server_attrs: Vec<u8>,
 }
 
 /// Bytes of access log one worker thread may have waiting for the writer.
 const ACCESS_LOG_BUFFER: usize = 8 << 20;
-
-thread_local! {
-    /// Reused for every access log line this thread formats.
-    static ACCESS_LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(1024));
-}
 
 fn access_log_dropped() {
     metrics::access_log_dropped();
@@ -56,13 +53,16 @@ impl Observer {
             access_log: ArcSwapOption::empty(),
             access_target: Mutex::new(None),
             spans,
-            server_attrs: [
-                opentelemetry::KeyValue::new(
+            server_attrs: otlp::prebuilt(&[
+                (
                     "server.address",
-                    Arc::<str>::from(config.server.listen.ip().to_string()),
+                    PrebuiltValue::Str(&config.server.listen.ip().to_string()),
                 ),
-                opentelemetry::KeyValue::new("server.port", config.server.listen.port() as i64),
-            ],
+                (
+                    "server.port",
+                    PrebuiltValue::Int(config.server.listen.port() as i64),
+                ),
+            ]),
         });
         observer.apply(config)?;
         Ok(observer)
@@ -170,9 +170,6 @@ impl Observer {
         let Some(writer) = self.access_log.load_full() else {
             return;
         };
-        let trace = ctx.trace;
-        let trace_id = trace.map(|t| hex_string(&t.trace_id)).unwrap_or_default();
-        let span_id = trace.map(|t| hex_string(&t.span_id)).unwrap_or_default();
         let upstream = route_rt.map(|r| runtime.config.upstreams[r.route.upstream].name.as_str());
         let backend = match (route_rt, ctx.backend) {
             (Some(r), Some(b)) => runtime.upstreams[r.route.upstream]
@@ -182,9 +179,6 @@ impl Observer {
                 .map(|b| b.label.as_str()),
             _ => None,
         };
-        let first_byte_ms = ctx.first_byte_wait().map(|d| d.as_secs_f64() * 1000.0);
-        let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let error = ctx.error_code();
         let path = req
             .uri
             .path_and_query()
@@ -192,8 +186,7 @@ impl Observer {
             .unwrap_or_else(|| req.uri.path());
         let record = AccessRecord {
             request_id: ctx.request_id_str(),
-            trace_id: &trace_id,
-            span_id: &span_id,
+            trace: ctx.trace.map(|t| (t.trace_id, t.span_id)),
             route: route_rt
                 .map(|r| r.route.name.as_str())
                 .unwrap_or("unmatched"),
@@ -202,23 +195,18 @@ impl Observer {
             status: ctx.status,
             upstream,
             backend,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
-            upstream_first_byte_ms: first_byte_ms,
+            duration: elapsed,
+            upstream_first_byte: ctx.first_byte_wait(),
             bytes_in: ctx.bytes_in,
             bytes_out: ctx.bytes_out,
-            client_ip: &client_ip,
+            client_ip: ctx.client_ip,
             retries: ctx.tries.saturating_sub(1),
             rate_limited: ctx.rate_limited,
             pagination: ctx.pagination.map(|p| p.as_str()),
-            error,
+            error: ctx.error_code(),
             key_id: ctx.key_id.as_deref(),
         };
-        ACCESS_LINE.with(|line| {
-            let mut line = line.borrow_mut();
-            line.clear();
-            access_log::format_into(&mut line, &record, &runtime.config.log);
-            writer.write(&line);
-        });
+        writer.write_with(|line| access_log::format_into(line, &record, &runtime.config.log));
     }
 }
 
@@ -261,12 +249,12 @@ impl Observer {
         trace: TraceContext,
         elapsed: std::time::Duration,
     ) {
-        use opentelemetry::trace::SpanKind;
-        use opentelemetry::KeyValue;
         let (Some(start_wall), Some(start)) = (ctx.start_wall, ctx.start) else {
             return;
         };
-        let wall = |t: std::time::Instant| start_wall + t.saturating_duration_since(start);
+        let start_ns = unix_nanos(start_wall);
+        let at =
+            |t: std::time::Instant| start_ns + t.saturating_duration_since(start).as_nanos() as u64;
         let route_rt = ctx.route.map(|r| &runtime.routes[r]);
         // Semantic conventions: known methods by name, anything else as _OTHER.
         let method: &'static str = match metrics::method_label(&req.method) {
@@ -274,125 +262,113 @@ impl Observer {
             m => m,
         };
         let error = ctx.error_code();
-        let query: Option<String> =
-            req.uri.query().map(|q| {
-                match access_log::redact_query_string(q, &runtime.config.log.redact_query_params) {
-                    std::borrow::Cow::Borrowed(b) => b.to_string(),
-                    std::borrow::Cow::Owned(o) => o,
-                }
-            });
-        let mut attrs = Vec::with_capacity(18);
-        attrs.push(KeyValue::new("http.request.method", method));
-        attrs.push(KeyValue::new("url.path", req.uri.path().to_string()));
-        attrs.push(KeyValue::new(
-            "http.response.status_code",
-            ctx.status as i64,
-        ));
-        attrs.extend(self.server_attrs.iter().cloned());
-        attrs.push(KeyValue::new(
-            "agentgate.request_id",
-            ctx.request_id_str().to_string(),
-        ));
-        attrs.push(KeyValue::new(
-            "agentgate.retries",
-            ctx.tries.saturating_sub(1) as i64,
-        ));
-        attrs.push(KeyValue::new("agentgate.rate_limited", ctx.rate_limited));
-        if let Some(q) = &query {
-            attrs.push(KeyValue::new("url.query", q.clone()));
-        }
-        if let Some(ip) = ctx.client_ip {
-            attrs.push(KeyValue::new("client.address", ip.to_string()));
-        }
-        if let Some(r) = route_rt {
-            attrs.extend(r.span_attrs.iter().cloned());
-        }
+        let query = req
+            .uri
+            .query()
+            .map(|q| access_log::redact_query_string(q, &runtime.config.log.redact_query_params));
         let backend = match (route_rt, ctx.backend) {
             (Some(r), Some(b)) => runtime.upstreams[r.route.upstream]
                 .backend_span_attrs
                 .get(b),
             _ => None,
         };
-        if let Some(b) = backend {
-            attrs.push(b.backend.clone());
-        }
-        if let Some(p) = ctx.pagination {
-            attrs.push(KeyValue::new("agentgate.pagination", p.as_str()));
-        }
-        if let Some(k) = &ctx.key_id {
-            attrs.push(KeyValue::new("agentgate.key_id", std::sync::Arc::clone(k)));
-        }
-        if let Some(e) = error {
-            attrs.push(KeyValue::new("error.type", e));
-        }
-        let name: std::borrow::Cow<'static, str> = match route_rt {
-            Some(r) => format!("{method} {}", r.route.path_prefix).into(),
-            None => method.into(),
-        };
-        let server_end = start_wall + elapsed;
-        let server_error = if ctx.status >= 500 {
-            error.or(Some("server error"))
-        } else {
-            None
-        };
-        sink.submit(span_data(
-            SpanParts {
-                name,
-                kind: SpanKind::Server,
-                trace_id: trace.trace_id,
-                span_id: trace.span_id,
-                parent: trace.parent_span_id.map(|p| (p, true)),
-                sampled: true,
-                start: start_wall,
-                end: server_end,
-                error: server_error,
-                attributes: attrs,
-            },
-            sink.scope(),
-        ));
-
-        let (Some(sent), Some(b)) = (ctx.upstream_sent_at, backend) else {
-            return;
-        };
-        let end = ctx.response_done_at.map(wall).unwrap_or(server_end);
-        let mut url = String::with_capacity(b.origin.len() + req.uri.path().len() + 32);
-        url.push_str(&b.origin);
-        url.push_str(req.uri.path());
-        if let Some(q) = &query {
-            url.push('?');
-            url.push_str(q);
-        }
-        let mut client_attrs = Vec::with_capacity(6);
-        client_attrs.push(KeyValue::new("http.request.method", method));
-        client_attrs.push(b.address.clone());
-        client_attrs.push(b.port.clone());
-        client_attrs.push(KeyValue::new("url.full", url));
-        client_attrs.push(KeyValue::new(
-            "http.request.resend_count",
-            ctx.tries.saturating_sub(1) as i64,
-        ));
-        if let Some(s) = ctx.upstream_status {
-            client_attrs.push(KeyValue::new("http.response.status_code", s as i64));
-        }
-        let client_error = match ctx.upstream_status {
-            Some(s) if s >= 500 => Some("server error"),
-            None => error.or(Some("no response")),
+        let server_end = start_ns + elapsed.as_nanos() as u64;
+        let client_span = match (ctx.upstream_sent_at, backend) {
+            (Some(sent), Some(b)) => Some((sent, b)),
             _ => None,
         };
-        sink.submit(span_data(
-            SpanParts {
-                name: method.into(),
-                kind: SpanKind::Client,
+        let server_name: [&str; 3] = match route_rt {
+            Some(r) => [method, " ", r.route.path_prefix.as_str()],
+            None => [method, "", ""],
+        };
+        let server = SpanHead {
+            name: &server_name,
+            kind: Kind::Server,
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+            parent: trace.parent_span_id.map(|p| (p, true)),
+            start_unix_nanos: start_ns,
+            end_unix_nanos: server_end,
+            error: if ctx.status >= 500 {
+                error.or(Some("server error"))
+            } else {
+                None
+            },
+        };
+        sink.record(1 + client_span.is_some() as u64, |spans| {
+            spans.span(&server, |b| {
+                otlp::str_attr(b, "http.request.method", method);
+                otlp::str_attr(b, "url.path", req.uri.path());
+                otlp::int_attr(b, "http.response.status_code", ctx.status as i64);
+                b.extend_from_slice(&self.server_attrs);
+                otlp::str_attr(b, "agentgate.request_id", ctx.request_id_str());
+                otlp::int_attr(b, "agentgate.retries", ctx.tries.saturating_sub(1) as i64);
+                otlp::bool_attr(b, "agentgate.rate_limited", ctx.rate_limited);
+                if let Some(q) = &query {
+                    otlp::str_attr(b, "url.query", q);
+                }
+                if let Some(ip) = ctx.client_ip {
+                    otlp::str_attr(b, "client.address", json::IpText::new(ip).as_str());
+                }
+                if let Some(r) = route_rt {
+                    b.extend_from_slice(&r.span_attrs);
+                }
+                if let Some(backend) = backend {
+                    b.extend_from_slice(&backend.backend);
+                }
+                if let Some(p) = ctx.pagination {
+                    otlp::str_attr(b, "agentgate.pagination", p.as_str());
+                }
+                if let Some(k) = &ctx.key_id {
+                    otlp::str_attr(b, "agentgate.key_id", k);
+                }
+                if let Some(e) = error {
+                    otlp::str_attr(b, "error.type", e);
+                }
+            });
+            let Some((sent, backend)) = client_span else {
+                return;
+            };
+            let client = SpanHead {
+                name: &[method],
+                kind: Kind::Client,
                 trace_id: trace.trace_id,
                 span_id: ctx.upstream_span_id,
                 parent: Some((trace.span_id, false)),
-                sampled: true,
-                start: wall(sent),
-                end,
-                error: client_error,
-                attributes: client_attrs,
-            },
-            sink.scope(),
-        ));
+                start_unix_nanos: at(sent),
+                end_unix_nanos: ctx.response_done_at.map(at).unwrap_or(server_end),
+                error: match ctx.upstream_status {
+                    Some(s) if s >= 500 => Some("server error"),
+                    None => error.or(Some("no response")),
+                    _ => None,
+                },
+            };
+            spans.span(&client, |b| {
+                otlp::str_attr(b, "http.request.method", method);
+                b.extend_from_slice(&backend.address_port);
+                match &query {
+                    Some(q) => otlp::str_parts_attr(
+                        b,
+                        "url.full",
+                        &[&backend.origin, req.uri.path(), "?", q],
+                    ),
+                    None => otlp::str_parts_attr(b, "url.full", &[&backend.origin, req.uri.path()]),
+                }
+                otlp::int_attr(
+                    b,
+                    "http.request.resend_count",
+                    ctx.tries.saturating_sub(1) as i64,
+                );
+                if let Some(s) = ctx.upstream_status {
+                    otlp::int_attr(b, "http.response.status_code", s as i64);
+                }
+            });
+        });
     }
+}
+
+fn unix_nanos(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }

@@ -1,14 +1,28 @@
-//! OTLP/HTTP protobuf encoding of finished spans, written straight from `SpanData` into
-//! one reused buffer (the generic path through the SDK's transform builds an owned copy
-//! of every span and attribute first, which profiling showed as the largest single cost
-//! of exporting every request).
+//! OTLP trace protobuf, written by hand straight from the gateway's own request data.
 //!
-//! Wire format: opentelemetry-proto's `ExportTraceServiceRequest` (trace/v1). The tests
-//! decode what this writes with opentelemetry-proto itself.
+//! A finished request encodes its spans on the proxy thread directly into bytes (one
+//! `ScopeSpans.spans` entry each): no span objects, no attribute vectors, no strings
+//! built only to be copied again. Attributes that depend only on the config (route,
+//! backend, this gateway's address) are encoded once per config and appended as bytes.
+//! The export thread wraps the collected entries into an `ExportTraceServiceRequest`.
+//!
+//! Wire format: opentelemetry-proto's trace/v1. The tests decode what this writes with
+//! opentelemetry-proto itself.
 
-use opentelemetry::trace::{SpanKind, Status};
-use opentelemetry::{KeyValue, Value};
-use opentelemetry_sdk::trace::SpanData;
+/// Span kinds of the OTLP enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Server = 2,
+    Client = 3,
+}
+
+const LEN: u64 = 2;
+const VARINT: u64 = 0;
+const FIXED64: u64 = 1;
+const FIXED32: u64 = 5;
+
+/// `ScopeSpans.spans` (field 2, length-delimited): the tag every span entry starts with.
+const SPAN_ENTRY_TAG: u8 = (2 << 3) | LEN as u8;
 
 fn varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -27,11 +41,6 @@ fn varint_len(mut v: u64) -> usize {
     n
 }
 
-const LEN: u64 = 2;
-const VARINT: u64 = 0;
-const FIXED64: u64 = 1;
-const FIXED32: u64 = 5;
-
 fn tag(buf: &mut Vec<u8>, field: u64, wire: u64) {
     varint(buf, (field << 3) | wire);
 }
@@ -42,193 +51,249 @@ fn bytes_field(buf: &mut Vec<u8>, field: u64, data: &[u8]) {
     buf.extend_from_slice(data);
 }
 
-/// Writes a length-delimited field whose body `f` writes into `scratch` first.
-fn nested(buf: &mut Vec<u8>, scratch: &mut Vec<u8>, field: u64, f: impl FnOnce(&mut Vec<u8>)) {
-    scratch.clear();
-    f(scratch);
-    bytes_field(buf, field, scratch);
-}
-
-/// AnyValue body for a value we export (strings, bools, ints, doubles).
-fn any_value(buf: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::String(s) => bytes_field(buf, 1, s.as_str().as_bytes()),
-        Value::Bool(b) => {
-            tag(buf, 2, VARINT);
-            varint(buf, *b as u64);
-        }
-        Value::I64(i) => {
-            tag(buf, 3, VARINT);
-            varint(buf, *i as u64);
-        }
-        Value::F64(f) => {
-            tag(buf, 4, FIXED64);
-            buf.extend_from_slice(&f.to_le_bytes());
-        }
-        other => bytes_field(buf, 1, other.as_str().as_bytes()),
-    }
-}
-
-fn any_value_len(value: &Value) -> usize {
-    match value {
-        Value::String(s) => 1 + varint_len(s.as_str().len() as u64) + s.as_str().len(),
-        Value::Bool(_) => 2,
-        Value::I64(i) => 1 + varint_len(*i as u64),
-        Value::F64(_) => 9,
-        other => {
-            let n = other.as_str().len();
-            1 + varint_len(n as u64) + n
-        }
-    }
-}
-
-fn key_value(buf: &mut Vec<u8>, field: u64, kv: &KeyValue) {
-    let key = kv.key.as_str().as_bytes();
-    let value_len = any_value_len(&kv.value);
+/// A `KeyValue` (as `field`) whose `AnyValue` body is `value_len` bytes written by `value`.
+fn key_value(
+    buf: &mut Vec<u8>,
+    field: u64,
+    key: &str,
+    value_len: usize,
+    value: impl FnOnce(&mut Vec<u8>),
+) {
     let body =
         1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(value_len as u64) + value_len;
     tag(buf, field, LEN);
     varint(buf, body as u64);
-    bytes_field(buf, 1, key);
+    bytes_field(buf, 1, key.as_bytes());
     tag(buf, 2, LEN);
     varint(buf, value_len as u64);
-    any_value(buf, &kv.value);
+    value(buf);
 }
 
-fn nanos(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+/// A string attribute of a span (`Span.attributes`, field 9).
+pub fn str_attr(buf: &mut Vec<u8>, key: &str, value: &str) {
+    str_parts_attr(buf, key, &[value]);
 }
 
-fn span(buf: &mut Vec<u8>, s: &SpanData, status_scratch: &mut Vec<u8>) {
-    bytes_field(buf, 1, &s.span_context.trace_id().to_bytes());
-    bytes_field(buf, 2, &s.span_context.span_id().to_bytes());
-    if s.parent_span_id != opentelemetry::trace::SpanId::INVALID {
-        bytes_field(buf, 4, &s.parent_span_id.to_bytes());
+/// A string attribute whose value is the concatenation of `parts` (no joined copy).
+pub fn str_parts_attr(buf: &mut Vec<u8>, key: &str, parts: &[&str]) {
+    let n: usize = parts.iter().map(|p| p.len()).sum();
+    key_value(buf, 9, key, 1 + varint_len(n as u64) + n, |b| {
+        tag(b, 1, LEN);
+        varint(b, n as u64);
+        for p in parts {
+            b.extend_from_slice(p.as_bytes());
+        }
+    });
+}
+
+/// An integer attribute of a span.
+pub fn int_attr(buf: &mut Vec<u8>, key: &str, value: i64) {
+    key_value(buf, 9, key, 1 + varint_len(value as u64), |b| {
+        tag(b, 3, VARINT);
+        varint(b, value as u64);
+    });
+}
+
+/// A boolean attribute of a span.
+pub fn bool_attr(buf: &mut Vec<u8>, key: &str, value: bool) {
+    key_value(buf, 9, key, 2, |b| {
+        tag(b, 2, VARINT);
+        varint(b, value as u64);
+    });
+}
+
+/// Everything a span says besides its attributes.
+pub struct SpanHead<'a> {
+    /// The name, as parts written one after the other (`GET` `" "` `/v1/chat`).
+    pub name: &'a [&'a str],
+    pub kind: Kind,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// Parent span id, and whether the parent came from another process.
+    pub parent: Option<([u8; 8], bool)>,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+    /// Status error with this description; `None` leaves the status unset.
+    pub error: Option<&'a str>,
+}
+
+/// Appends one sampled span as a `ScopeSpans.spans` entry to `out`. `body` is scratch
+/// space (reused across calls); `attrs` writes the attributes.
+pub fn span_entry(
+    out: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+    head: &SpanHead<'_>,
+    attrs: impl FnOnce(&mut Vec<u8>),
+) {
+    body.clear();
+    bytes_field(body, 1, &head.trace_id);
+    bytes_field(body, 2, &head.span_id);
+    if let Some((parent, _)) = head.parent {
+        bytes_field(body, 4, &parent);
     }
-    bytes_field(buf, 5, s.name.as_bytes());
-    let kind = match s.span_kind {
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    };
-    tag(buf, 6, VARINT);
-    varint(buf, kind);
-    tag(buf, 7, FIXED64);
-    buf.extend_from_slice(&nanos(s.start_time).to_le_bytes());
-    tag(buf, 8, FIXED64);
-    buf.extend_from_slice(&nanos(s.end_time).to_le_bytes());
-    for kv in &s.attributes {
-        key_value(buf, 9, kv);
+    let name_len: usize = head.name.iter().map(|p| p.len()).sum();
+    tag(body, 5, LEN);
+    varint(body, name_len as u64);
+    for p in head.name {
+        body.extend_from_slice(p.as_bytes());
     }
-    match &s.status {
-        Status::Unset => {}
-        Status::Ok => nested(buf, status_scratch, 15, |b| {
-            tag(b, 3, VARINT);
-            varint(b, 1);
-        }),
-        Status::Error { description } => nested(buf, status_scratch, 15, |b| {
-            bytes_field(b, 2, description.as_bytes());
-            tag(b, 3, VARINT);
-            varint(b, 2);
-        }),
+    tag(body, 6, VARINT);
+    varint(body, head.kind as u64);
+    tag(body, 7, FIXED64);
+    body.extend_from_slice(&head.start_unix_nanos.to_le_bytes());
+    tag(body, 8, FIXED64);
+    body.extend_from_slice(&head.end_unix_nanos.to_le_bytes());
+    attrs(body);
+    if let Some(message) = head.error {
+        // Status { message = 2, code = 3 (ERROR = 2) }
+        let status_len = 1 + varint_len(message.len() as u64) + message.len() + 2;
+        tag(body, 15, LEN);
+        varint(body, status_len as u64);
+        bytes_field(body, 2, message.as_bytes());
+        tag(body, 3, VARINT);
+        varint(body, 2);
     }
-    // flags: the W3C trace flags, plus "parent is remote is known" (bit 8) and its value (bit 9)
-    let mut flags = s.span_context.trace_flags().to_u8() as u32 | 0x100;
-    if s.parent_span_is_remote {
+    // flags: sampled (W3C bit 0), plus "parent is remote is known" (bit 8) and its value (bit 9)
+    let mut flags: u32 = 0x01 | 0x100;
+    if head.parent.is_some_and(|(_, remote)| remote) {
         flags |= 0x200;
     }
-    tag(buf, 16, FIXED32);
-    buf.extend_from_slice(&flags.to_le_bytes());
+    tag(body, 16, FIXED32);
+    body.extend_from_slice(&flags.to_le_bytes());
+
+    out.push(SPAN_ENTRY_TAG);
+    varint(out, body.len() as u64);
+    out.extend_from_slice(body);
 }
 
-/// Reusable buffers for encoding batches.
-#[derive(Default)]
-pub struct Encoder {
-    out: Vec<u8>,
-    resource_spans: Vec<u8>,
-    scope_spans: Vec<u8>,
-    one_span: Vec<u8>,
-    small: Vec<u8>,
-}
-
-impl Encoder {
-    /// Encodes one batch as an `ExportTraceServiceRequest` for `service_name`.
-    pub fn encode(&mut self, service_name: &str, scope_version: &str, spans: &[SpanData]) -> &[u8] {
-        let Encoder {
-            out,
-            resource_spans,
-            scope_spans,
-            one_span,
-            small,
-        } = self;
-        // ScopeSpans: scope, then each span
-        scope_spans.clear();
-        nested(scope_spans, small, 1, |b| {
-            bytes_field(b, 1, b"agentgate");
-            bytes_field(b, 2, scope_version.as_bytes());
-        });
-        let mut status = Vec::new();
-        for s in spans {
-            one_span.clear();
-            span(one_span, s, &mut status);
-            bytes_field(scope_spans, 2, one_span);
+/// Splits a run of span entries after at most `max_bytes` (never inside an entry; an
+/// entry larger than `max_bytes` goes alone). Returns (entries, bytes) of the first part.
+pub fn split_entries(entries: &[u8], max_bytes: usize) -> (usize, usize) {
+    let mut at = 0;
+    let mut count = 0;
+    while at < entries.len() {
+        let Some((len, header)) = read_entry_header(&entries[at..]) else {
+            // Not an entry we wrote: take the rest as is rather than loop.
+            return (count.max(1), entries.len());
+        };
+        let next = at + header + len;
+        if count > 0 && next > max_bytes {
+            break;
         }
-        // ResourceSpans: resource (service.name), then the scope spans
-        resource_spans.clear();
-        nested(resource_spans, small, 1, |b| {
-            key_value(
-                b,
-                1,
-                &KeyValue::new("service.name", service_name.to_string()),
-            );
-        });
-        bytes_field(resource_spans, 2, scope_spans);
-        out.clear();
-        bytes_field(out, 1, resource_spans);
-        out
+        at = next.min(entries.len());
+        count += 1;
     }
+    (count, at)
+}
+
+/// (body length, header length) of the entry at the start of `bytes`.
+fn read_entry_header(bytes: &[u8]) -> Option<(usize, usize)> {
+    if bytes.first() != Some(&SPAN_ENTRY_TAG) {
+        return None;
+    }
+    let mut len: u64 = 0;
+    for (i, b) in bytes[1..].iter().enumerate().take(10) {
+        len |= ((b & 0x7f) as u64) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((len as usize, i + 2));
+        }
+    }
+    None
+}
+
+/// Writes an `ExportTraceServiceRequest` with one resource (`service.name`) and one
+/// scope (`agentgate` at `scope_version`) holding `entries` (from `span_entry`).
+pub fn export_request(out: &mut Vec<u8>, service_name: &str, scope_version: &str, entries: &[u8]) {
+    // Resource { attributes = 1: KeyValue service.name }
+    let mut resource = Vec::with_capacity(32 + service_name.len());
+    let value_len = 1 + varint_len(service_name.len() as u64) + service_name.len();
+    key_value(&mut resource, 1, "service.name", value_len, |b| {
+        bytes_field(b, 1, service_name.as_bytes())
+    });
+    // InstrumentationScope { name = 1, version = 2 }
+    let mut scope = Vec::with_capacity(16 + scope_version.len());
+    bytes_field(&mut scope, 1, b"agentgate");
+    bytes_field(&mut scope, 2, scope_version.as_bytes());
+    // ScopeSpans { scope = 1, spans = 2 (the entries, already framed) }
+    let scope_spans_len = 1 + varint_len(scope.len() as u64) + scope.len() + entries.len();
+    // ResourceSpans { resource = 1, scope_spans = 2 }
+    let resource_spans_len = 1
+        + varint_len(resource.len() as u64)
+        + resource.len()
+        + 1
+        + varint_len(scope_spans_len as u64)
+        + scope_spans_len;
+    out.clear();
+    out.reserve(resource_spans_len + 8);
+    tag(out, 1, LEN);
+    varint(out, resource_spans_len as u64);
+    bytes_field(out, 1, &resource);
+    tag(out, 2, LEN);
+    varint(out, scope_spans_len as u64);
+    bytes_field(out, 1, &scope);
+    out.extend_from_slice(entries);
+}
+
+/// Encodes config-only attributes once, to be appended as bytes per span.
+pub fn prebuilt(attrs: &[(&str, PrebuiltValue<'_>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in attrs {
+        match value {
+            PrebuiltValue::Str(s) => str_attr(&mut out, key, s),
+            PrebuiltValue::Int(i) => int_attr(&mut out, key, *i),
+        }
+    }
+    out
+}
+
+pub enum PrebuiltValue<'a> {
+    Str(&'a str),
+    Int(i64),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::spans::{span_data, SpanParts};
-    use opentelemetry::InstrumentationScope;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value as Pv;
     use prost::Message;
-    use std::time::{Duration, UNIX_EPOCH};
+
+    fn entry(name: &[&str], parent: Option<([u8; 8], bool)>, error: Option<&str>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut scratch = Vec::new();
+        let head = SpanHead {
+            name,
+            kind: Kind::Server,
+            trace_id: [7; 16],
+            span_id: [8; 8],
+            parent,
+            start_unix_nanos: 1_700_000_000_123_456_789,
+            end_unix_nanos: 1_700_000_000_128_456_789,
+            error,
+        };
+        span_entry(&mut out, &mut scratch, &head, |b| {
+            str_attr(b, "s", "text");
+            str_parts_attr(b, "joined", &["http://", "10.0.0.1:80", "/p"]);
+            int_attr(b, "i", -42);
+            bool_attr(b, "b", true);
+            b.extend_from_slice(&prebuilt(&[
+                ("pre", PrebuiltValue::Str("built")),
+                ("port", PrebuiltValue::Int(8080)),
+            ]));
+        });
+        out
+    }
 
     #[test]
     fn decodes_as_otlp_with_every_field() {
-        let scope = InstrumentationScope::builder("agentgate").build();
-        let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
-        let s = span_data(
-            SpanParts {
-                name: "GET /v1".into(),
-                kind: SpanKind::Server,
-                trace_id: [7; 16],
-                span_id: [8; 8],
-                parent: Some(([9; 8], true)),
-                sampled: true,
-                start,
-                end: start + Duration::from_millis(5),
-                error: Some("upstream_timeout"),
-                attributes: vec![
-                    KeyValue::new("s", "text"),
-                    KeyValue::new("i", -42i64),
-                    KeyValue::new("b", true),
-                    KeyValue::new("f", 0.5f64),
-                ],
-            },
-            &scope,
+        let mut entries = entry(
+            &["GET", " ", "/v1"],
+            Some(([9; 8], true)),
+            Some("upstream_timeout"),
         );
-        let mut enc = Encoder::default();
-        let bytes = enc.encode("svc", "1.2.3", &[s]).to_vec();
+        entries.extend(entry(&["GET"], None, None));
+        let mut bytes = Vec::new();
+        export_request(&mut bytes, "svc", "1.2.3", &entries);
         let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
         let rs = &req.resource_spans[0];
         let service = &rs.resource.as_ref().unwrap().attributes[0];
@@ -240,6 +305,7 @@ mod tests {
         let ss = &rs.scope_spans[0];
         assert_eq!(ss.scope.as_ref().unwrap().name, "agentgate");
         assert_eq!(ss.scope.as_ref().unwrap().version, "1.2.3");
+        assert_eq!(ss.spans.len(), 2);
         let p = &ss.spans[0];
         assert_eq!(p.trace_id, vec![7; 16]);
         assert_eq!(p.span_id, vec![8; 8]);
@@ -263,10 +329,31 @@ mod tests {
             values,
             vec![
                 ("s", Some(Pv::StringValue("text".into()))),
+                (
+                    "joined",
+                    Some(Pv::StringValue("http://10.0.0.1:80/p".into()))
+                ),
                 ("i", Some(Pv::IntValue(-42))),
                 ("b", Some(Pv::BoolValue(true))),
-                ("f", Some(Pv::DoubleValue(0.5))),
+                ("pre", Some(Pv::StringValue("built".into()))),
+                ("port", Some(Pv::IntValue(8080))),
             ]
         );
+        let root = &ss.spans[1];
+        assert!(root.parent_span_id.is_empty());
+        assert!(root.status.is_none());
+        assert_eq!(root.flags, 0x101);
+    }
+
+    #[test]
+    fn splits_between_entries() {
+        let one = entry(&["a"], None, None);
+        let mut three = one.clone();
+        three.extend(&one);
+        three.extend(&one);
+        assert_eq!(split_entries(&three, one.len() * 2), (2, one.len() * 2));
+        assert_eq!(split_entries(&three, 1), (1, one.len()));
+        assert_eq!(split_entries(&three, usize::MAX), (3, three.len()));
+        assert_eq!(split_entries(&[], 10), (0, 0));
     }
 }

@@ -1,222 +1,223 @@
-//! Span export over OTLP/HTTP (protobuf) with the opentelemetry crates' data model.
+//! Span export over OTLP/HTTP (protobuf).
 //!
-//! Spans are built directly as `SpanData` with the ids the gateway already propagates
-//! (no tracer on the hot path, nothing at all for unsampled requests), handed to a
-//! bounded queue, and exported in batches from a dedicated thread that owns the
-//! blocking HTTP client. A full queue drops and counts; a dead or slow collector costs
-//! the proxy nothing.
+//! Spans are encoded on the proxy thread straight into that thread's buffer (see
+//! `otlp` and `shards`): nothing at all for unsampled requests, no tracer, no span
+//! objects, no channel send. A dedicated thread that owns the blocking HTTP client
+//! collects the buffers every few milliseconds and posts them in batches. A full buffer
+//! drops and counts; a dead or slow collector costs the proxy nothing.
 
-use std::borrow::Cow;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::time::{Duration, Instant, SystemTime};
-
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-};
-use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::metrics;
-use super::otlp::Encoder;
+use super::otlp;
+use super::shards::{lock, Shards};
 
-const QUEUE: usize = 8192;
-const BATCH: usize = 512;
+/// Encoded spans one proxy thread may have waiting (about 20,000 spans).
+const THREAD_BUFFER: usize = 8 << 20;
+/// Largest request body sent to the collector.
+const BATCH_BYTES: usize = 1 << 20;
+/// Longest a span waits before it is sent while traffic is light.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
+const BUSY_NAP: Duration = Duration::from_millis(5);
+const IDLE_NAP: Duration = Duration::from_millis(50);
 
-enum Msg {
-    Span(Box<SpanData>),
-    Flush(SyncSender<()>),
+thread_local! {
+    /// Scratch space for one span body, reused by every span this thread encodes.
+    static SPAN_BODY: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
+
+struct Shared {
+    shards: Shards,
+    flush_waiters: Mutex<Vec<SyncSender<()>>>,
+    stop: AtomicBool,
 }
 
 pub struct SpanSink {
-    tx: SyncSender<Msg>,
-    scope: InstrumentationScope,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Writes the spans of one request: each `span` call appends one entry.
+pub struct SpanBatch<'a> {
+    out: &'a mut Vec<u8>,
+    body: &'a mut Vec<u8>,
+}
+
+impl SpanBatch<'_> {
+    pub fn span(&mut self, head: &otlp::SpanHead<'_>, attrs: impl FnOnce(&mut Vec<u8>)) {
+        otlp::span_entry(self.out, self.body, head, attrs);
+    }
 }
 
 impl SpanSink {
     /// Starts the exporter thread for `endpoint` (an OTLP/HTTP traces URL).
     pub fn start(endpoint: &str, service_name: &str) -> std::io::Result<SpanSink> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let shared = Arc::new(Shared {
+            shards: Shards::new(THREAD_BUFFER),
+            flush_waiters: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let for_thread = Arc::clone(&shared);
         let endpoint = endpoint.to_string();
         let service = service_name.to_string();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("agentgate-spans".into())
-            .spawn(move || export_loop(rx, &endpoint, &service))?;
+            .spawn(move || export_loop(&for_thread, &endpoint, &service))?;
         Ok(SpanSink {
-            tx,
-            scope: InstrumentationScope::builder("agentgate")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
+            shared,
+            thread: Mutex::new(Some(thread)),
         })
     }
 
-    pub fn scope(&self) -> &InstrumentationScope {
-        &self.scope
-    }
-
-    /// Queues a finished span; drops and counts it when the queue is full.
-    pub fn submit(&self, span: SpanData) {
-        match self.tx.try_send(Msg::Span(Box::new(span))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                metrics::spans_dropped(1)
+    /// Encodes the `spans` spans `write` produces into this thread's buffer; when the
+    /// buffer is full they are dropped and counted.
+    pub fn record(&self, spans: u64, write: impl FnOnce(&mut SpanBatch<'_>)) {
+        SPAN_BODY.with(|body| {
+            let mut body = body.borrow_mut();
+            let appended = self.shared.shards.append(|out| {
+                write(&mut SpanBatch {
+                    out,
+                    body: &mut body,
+                });
+            });
+            if !appended {
+                metrics::spans_dropped(spans);
             }
-        }
+        });
     }
 
-    /// Exports everything queued so far (at shutdown), waiting at most `timeout`.
+    /// Exports everything recorded so far (at shutdown), waiting at most `timeout`.
     pub fn flush(&self, timeout: Duration) {
         let (done_tx, done_rx) = mpsc::sync_channel(1);
-        if self.tx.send(Msg::Flush(done_tx)).is_ok() {
-            let _ = done_rx.recv_timeout(timeout);
+        lock(&self.shared.flush_waiters).push(done_tx);
+        let _ = done_rx.recv_timeout(timeout);
+    }
+}
+
+impl Drop for SpanSink {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
         }
     }
 }
 
-fn export_loop(rx: Receiver<Msg>, endpoint: &str, service: &str) {
+/// Posts batches to the collector; counts and (rate-limited) logs failures.
+struct Exporter<'a> {
+    client: Option<reqwest::blocking::Client>,
+    endpoint: &'a str,
+    service: &'a str,
+    body: Vec<u8>,
+    last_error_log: Option<Instant>,
+}
+
+impl Exporter<'_> {
+    /// Sends `entries` in requests of at most `BATCH_BYTES`.
+    fn export(&mut self, mut entries: &[u8]) {
+        while !entries.is_empty() {
+            let (count, bytes) = otlp::split_entries(entries, BATCH_BYTES);
+            let (batch, rest) = entries.split_at(bytes);
+            entries = rest;
+            otlp::export_request(
+                &mut self.body,
+                self.service,
+                env!("CARGO_PKG_VERSION"),
+                batch,
+            );
+            let body = std::mem::take(&mut self.body);
+            if let Err(e) = self.post(body) {
+                metrics::spans_dropped(count as u64);
+                // One line per 30 s at most: a dead collector must not flood the log.
+                if self
+                    .last_error_log
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
+                {
+                    log::warn!(
+                        "span export to {} failed, {count} spans dropped: {e}",
+                        self.endpoint
+                    );
+                    self.last_error_log = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn post(&self, body: Vec<u8>) -> Result<(), String> {
+        let Some(client) = &self.client else {
+            return Err("no HTTP client".into());
+        };
+        let response = client
+            .post(self.endpoint)
+            .header("content-type", "application/x-protobuf")
+            .body(body)
+            .send()
+            .map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("collector answered {}", response.status()))
+        }
+    }
+}
+
+fn export_loop(shared: &Shared, endpoint: &str, service: &str) {
     // The blocking client lives on this thread only: no runtime of pingora's is involved.
     let client = match reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
     {
-        Ok(c) => c,
+        Ok(c) => Some(c),
         Err(e) => {
             log::error!("span export disabled: cannot build the HTTP client for {endpoint}: {e}");
-            while let Ok(msg) = rx.recv() {
-                match msg {
-                    Msg::Span(_) => metrics::spans_dropped(1),
-                    Msg::Flush(done) => {
-                        let _ = done.send(());
-                    }
-                }
-            }
-            return;
+            None
         }
     };
-    let mut encoder = Encoder::default();
-    let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH);
-    let mut last_export = Instant::now();
-    let mut last_error_log: Option<Instant> = None;
-    let mut export = |batch: &mut Vec<SpanData>| {
-        if batch.is_empty() {
-            return;
-        }
-        let n = batch.len() as u64;
-        let body = encoder
-            .encode(service, env!("CARGO_PKG_VERSION"), batch)
-            .to_vec();
-        batch.clear();
-        let result = client
-            .post(endpoint)
-            .header("content-type", "application/x-protobuf")
-            .body(body)
-            .send()
-            .map_err(|e| e.to_string())
-            .and_then(|r| {
-                if r.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("collector answered {}", r.status()))
-                }
-            });
-        if let Err(e) = result {
-            metrics::spans_dropped(n);
-            // One line per 30 s at most: a dead collector must not flood the log.
-            if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
-                log::warn!("span export to {endpoint} failed, {n} spans dropped: {e}");
-                last_error_log = Some(Instant::now());
-            }
-        }
+    let mut exporter = Exporter {
+        client,
+        endpoint,
+        service,
+        body: Vec::new(),
+        last_error_log: None,
     };
-    let mut poll = super::line_writer::Poller::default();
+    let mut pending: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
+    let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut oldest: Option<Instant> = None;
+    let mut nap = BUSY_NAP;
     loop {
-        // While spans flow, nap between drains (no wake-up syscall per span for the
-        // proxy threads); export at least every FLUSH_EVERY.
-        let msg = if batch.is_empty() {
-            poll.next(&rx).ok_or(RecvTimeoutError::Disconnected)
+        let stopping = shared.stop.load(Ordering::Acquire);
+        let waiters = std::mem::take(&mut *lock(&shared.flush_waiters));
+        let got = shared
+            .shards
+            .drain(&mut spare, |entries| pending.extend_from_slice(entries));
+        if got && oldest.is_none() {
+            oldest = Some(Instant::now());
+        }
+        let due = pending.len() >= BATCH_BYTES
+            || oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY)
+            || !waiters.is_empty()
+            || stopping;
+        if due && !pending.is_empty() {
+            exporter.export(&pending);
+            pending.clear();
+            oldest = None;
+        }
+        for w in waiters {
+            let _ = w.send(());
+        }
+        if stopping {
+            return;
+        }
+        nap = if got {
+            BUSY_NAP
         } else {
-            rx.try_recv().map_err(|e| match e {
-                std::sync::mpsc::TryRecvError::Empty => {
-                    std::thread::sleep(Duration::from_millis(2));
-                    RecvTimeoutError::Timeout
-                }
-                std::sync::mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-            })
+            (nap * 2).min(IDLE_NAP)
         };
-        match msg {
-            Ok(Msg::Span(span)) => {
-                batch.push(*span);
-                if batch.len() >= BATCH {
-                    export(&mut batch);
-                    last_export = Instant::now();
-                }
-            }
-            Ok(Msg::Flush(done)) => {
-                while let Ok(Msg::Span(span)) = rx.try_recv() {
-                    batch.push(*span);
-                }
-                export(&mut batch);
-                let _ = done.send(());
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                export(&mut batch);
-                return;
-            }
-        }
-        if last_export.elapsed() >= FLUSH_EVERY {
-            export(&mut batch);
-            last_export = Instant::now();
-        }
-    }
-}
-
-/// What a span needs besides its attributes.
-pub struct SpanParts<'a> {
-    pub name: Cow<'static, str>,
-    pub kind: SpanKind,
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub parent: Option<([u8; 8], bool)>,
-    pub sampled: bool,
-    pub start: SystemTime,
-    pub end: SystemTime,
-    pub error: Option<&'a str>,
-    pub attributes: Vec<KeyValue>,
-}
-
-pub fn span_data(parts: SpanParts<'_>, scope: &InstrumentationScope) -> SpanData {
-    let flags = if parts.sampled {
-        TraceFlags::SAMPLED
-    } else {
-        TraceFlags::default()
-    };
-    let (parent_id, parent_remote) = match parts.parent {
-        Some((id, remote)) => (SpanId::from_bytes(id), remote),
-        None => (SpanId::INVALID, false),
-    };
-    SpanData {
-        span_context: SpanContext::new(
-            TraceId::from_bytes(parts.trace_id),
-            SpanId::from_bytes(parts.span_id),
-            flags,
-            false,
-            TraceState::default(),
-        ),
-        parent_span_id: parent_id,
-        parent_span_is_remote: parent_remote,
-        span_kind: parts.kind,
-        name: parts.name,
-        start_time: parts.start,
-        end_time: parts.end,
-        attributes: parts.attributes,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: match parts.error {
-            Some(e) => Status::error(e.to_string()),
-            None => Status::Unset,
-        },
-        instrumentation_scope: scope.clone(),
+        std::thread::sleep(nap);
     }
 }

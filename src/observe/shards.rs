@@ -1,0 +1,138 @@
+//! Per-thread append buffers drained by one background thread: how the access log, the
+//! process log and span export take records off the request path.
+//!
+//! Each producing thread appends into a buffer of its own (a mutex only that thread and
+//! the draining thread ever touch, so it is uncontended), encoding straight into it: no
+//! allocation, no copy through an intermediate record, no wake-up per record. The
+//! drainer swaps each buffer for an empty one every few milliseconds. A buffer at its
+//! cap (a slow disk, a dead collector) refuses further records, which the caller counts
+//! as dropped, rather than stall a request. Records from one thread keep their order.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+type Shard = Arc<Mutex<Vec<u8>>>;
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// This thread's buffer in each shard set it has appended to, by set id.
+    static MINE: RefCell<Vec<(usize, Shard)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One set of per-thread buffers.
+pub struct Shards {
+    id: usize,
+    all: Mutex<Vec<Shard>>,
+    /// Bytes one thread may have waiting before its records are refused.
+    cap_bytes: usize,
+}
+
+/// Capacity a new thread buffer starts with.
+const INITIAL: usize = 64 * 1024;
+
+impl Shards {
+    pub fn new(cap_bytes: usize) -> Shards {
+        Shards {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            all: Mutex::new(Vec::new()),
+            cap_bytes,
+        }
+    }
+
+    /// Appends one record that `encode` writes into this thread's buffer. Returns false
+    /// (and leaves the buffer as it was) when the buffer is at its cap.
+    pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+        MINE.with(|mine| {
+            let mut mine = mine.borrow_mut();
+            let shard = match mine.iter().position(|(id, _)| *id == self.id) {
+                Some(i) => &mine[i].1,
+                None => {
+                    let shard: Shard = Arc::new(Mutex::new(Vec::with_capacity(INITIAL)));
+                    lock(&self.all).push(Arc::clone(&shard));
+                    mine.push((self.id, shard));
+                    &mine[mine.len() - 1].1
+                }
+            };
+            let mut buf = lock(shard);
+            let before = buf.len();
+            if before >= self.cap_bytes {
+                return false;
+            }
+            encode(&mut buf);
+            if buf.len() > self.cap_bytes {
+                buf.truncate(before);
+                return false;
+            }
+            true
+        })
+    }
+
+    /// Hands every non-empty thread buffer to `each`, leaving it empty. `spare` is the
+    /// empty buffer swapped in (the drained one comes back as the next spare).
+    pub fn drain(&self, spare: &mut Vec<u8>, mut each: impl FnMut(&[u8])) -> bool {
+        let shards = lock(&self.all).clone();
+        let mut any = false;
+        for shard in shards {
+            {
+                let mut buf = lock(&shard);
+                if buf.is_empty() {
+                    continue;
+                }
+                std::mem::swap(&mut *buf, spare);
+            }
+            each(spare);
+            spare.clear();
+            any = true;
+        }
+        any
+    }
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_cap_records_are_refused_whole() {
+        let shards = Shards::new(100);
+        assert!(shards.append(|b| b.extend_from_slice(&[1; 60])));
+        assert!(!shards.append(|b| b.extend_from_slice(&[2; 60])));
+        let mut spare = Vec::new();
+        let mut seen = Vec::new();
+        shards.drain(&mut spare, |b| seen.extend_from_slice(b));
+        assert_eq!(seen, vec![1; 60]);
+        assert!(shards.append(|b| b.extend_from_slice(&[3; 60])));
+    }
+
+    #[test]
+    fn every_thread_gets_its_own_buffer() {
+        let shards = Arc::new(Shards::new(1 << 20));
+        let handles: Vec<_> = (0..3u8)
+            .map(|t| {
+                let s = Arc::clone(&shards);
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        s.append(|b| b.push(t));
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let mut spare = Vec::new();
+        let mut chunks = Vec::new();
+        shards.drain(&mut spare, |b| chunks.push(b.to_vec()));
+        assert_eq!(chunks.len(), 3);
+        for c in chunks {
+            assert_eq!(c.len(), 100);
+            assert!(c.iter().all(|b| *b == c[0]));
+        }
+    }
+}
