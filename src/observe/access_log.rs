@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use super::json::{self, field_bool, field_opt_str, field_str, field_u64, push_key};
+use super::json;
 use crate::config::{LogFormat, LogSettings};
 
 /// Everything one access log line says.
@@ -14,7 +14,9 @@ pub struct AccessRecord<'a> {
     pub trace: Option<([u8; 16], [u8; 8])>,
     pub route: &'a str,
     pub method: &'a str,
-    pub path_and_query: &'a str,
+    pub path: &'a str,
+    /// The query string with redacted values already replaced.
+    pub query: Option<&'a str>,
     pub status: u16,
     pub upstream: Option<&'a str>,
     pub backend: Option<&'a str>,
@@ -32,69 +34,88 @@ pub struct AccessRecord<'a> {
 
 /// Formats one line (without its newline) in the configured format into `out`.
 pub fn format_into(out: &mut Vec<u8>, record: &AccessRecord<'_>, settings: &LogSettings) {
-    let path = redact_query(record.path_and_query, &settings.redact_query_params);
     if settings.format == LogFormat::Pretty {
-        format_pretty(out, record, &path);
+        format_pretty(out, record);
         return;
     }
-    out.push(b'{');
-    push_key(out, "ts");
-    out.push(b'"');
+    // Keys and punctuation between values are written as whole constant fragments.
+    out.extend_from_slice(b"{\"ts\":\"");
     json::push_timestamp(out, SystemTime::now());
-    out.push(b'"');
-    field_str(out, "level", "info");
-    field_str(out, "msg", "request");
-    field_str(out, "request_id", record.request_id);
-    push_key(out, "trace_id");
-    out.push(b'"');
+    out.extend_from_slice(b"\",\"level\":\"info\",\"msg\":\"request\",\"request_id\":");
+    json::push_str(out, record.request_id);
+    out.extend_from_slice(b",\"trace_id\":\"");
     if let Some((trace_id, _)) = &record.trace {
         json::push_hex(out, trace_id);
     }
-    out.push(b'"');
-    push_key(out, "span_id");
-    out.push(b'"');
+    out.extend_from_slice(b"\",\"span_id\":\"");
     if let Some((_, span_id)) = &record.trace {
         json::push_hex(out, span_id);
     }
-    out.push(b'"');
-    field_str(out, "route", record.route);
-    field_str(out, "method", record.method);
-    field_str(out, "path", &path);
-    field_u64(out, "status", record.status as u64);
-    field_opt_str(out, "upstream", record.upstream);
-    field_opt_str(out, "backend", record.backend);
-    push_key(out, "duration_ms");
+    out.extend_from_slice(b"\",\"route\":");
+    json::push_str(out, record.route);
+    out.extend_from_slice(b",\"method\":");
+    json::push_str(out, record.method);
+    out.extend_from_slice(b",\"path\":");
+    match record.query {
+        Some(q) => json::push_str_parts(out, &[record.path, "?", q]),
+        None => json::push_str(out, record.path),
+    }
+    out.extend_from_slice(b",\"status\":");
+    json::push_u64(out, record.status as u64);
+    out.extend_from_slice(b",\"upstream\":");
+    push_opt_str(out, record.upstream);
+    out.extend_from_slice(b",\"backend\":");
+    push_opt_str(out, record.backend);
+    out.extend_from_slice(b",\"duration_ms\":");
     json::push_millis(out, record.duration);
-    push_key(out, "upstream_first_byte_ms");
+    out.extend_from_slice(b",\"upstream_first_byte_ms\":");
     match record.upstream_first_byte {
         Some(d) => json::push_millis(out, d),
         None => out.extend_from_slice(b"null"),
     }
-    field_u64(out, "bytes_in", record.bytes_in);
-    field_u64(out, "bytes_out", record.bytes_out);
-    push_key(out, "client_ip");
-    out.push(b'"');
+    out.extend_from_slice(b",\"bytes_in\":");
+    json::push_u64(out, record.bytes_in);
+    out.extend_from_slice(b",\"bytes_out\":");
+    json::push_u64(out, record.bytes_out);
+    out.extend_from_slice(b",\"client_ip\":\"");
     if let Some(ip) = record.client_ip {
         json::push_ip(out, ip);
     }
-    out.push(b'"');
-    field_u64(out, "retries", record.retries as u64);
-    field_bool(out, "rate_limited", record.rate_limited);
-    field_opt_str(out, "pagination", record.pagination);
-    field_opt_str(out, "error", record.error);
-    field_opt_str(out, "key_id", record.key_id);
+    out.extend_from_slice(b"\",\"retries\":");
+    json::push_u64(out, record.retries as u64);
+    out.extend_from_slice(b",\"rate_limited\":");
+    out.extend_from_slice(if record.rate_limited {
+        b"true"
+    } else {
+        b"false"
+    });
+    out.extend_from_slice(b",\"pagination\":");
+    push_opt_str(out, record.pagination);
+    out.extend_from_slice(b",\"error\":");
+    push_opt_str(out, record.error);
+    out.extend_from_slice(b",\"key_id\":");
+    push_opt_str(out, record.key_id);
     out.push(b'}');
 }
 
+fn push_opt_str(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(v) => json::push_str(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
 /// `<ts> INFO request GET /path 200 1.2ms route=.. backend=.. request_id=.. trace_id=..`
-fn format_pretty(out: &mut Vec<u8>, record: &AccessRecord<'_>, path: &str) {
+fn format_pretty(out: &mut Vec<u8>, record: &AccessRecord<'_>) {
     use std::io::Write;
     json::push_timestamp(out, SystemTime::now());
     let _ = write!(
         out,
-        " INFO request {} {} {} {:.1}ms route={} backend={} request_id={} trace_id=",
+        " INFO request {} {}{}{} {} {:.1}ms route={} backend={} request_id={} trace_id=",
         record.method,
-        path,
+        record.path,
+        if record.query.is_some() { "?" } else { "" },
+        record.query.unwrap_or(""),
         record.status,
         record.duration.as_secs_f64() * 1000.0,
         record.route,
@@ -123,10 +144,12 @@ pub fn redact_query<'a>(path_and_query: &'a str, redact: &[String]) -> std::borr
 
 /// Like `redact_query`, for a bare query string (no path, no `?`).
 pub fn redact_query_string<'a>(query: &'a str, redact: &[String]) -> std::borrow::Cow<'a, str> {
-    let needs = query.split('&').any(|pair| {
-        let name = pair.split('=').next().unwrap_or("");
-        redact.iter().any(|r| param_name_matches(name, r))
-    });
+    if redact.is_empty() || query.is_empty() {
+        return query.into();
+    }
+    let needs = query
+        .split('&')
+        .any(|pair| is_redacted(pair.split('=').next().unwrap_or(""), redact));
     if !needs {
         return query.into();
     }
@@ -136,7 +159,7 @@ pub fn redact_query_string<'a>(query: &'a str, redact: &[String]) -> std::borrow
             out.push('&');
         }
         let name = pair.split('=').next().unwrap_or("");
-        if redact.iter().any(|r| param_name_matches(name, r)) {
+        if is_redacted(name, redact) {
             out.push_str(name);
             out.push_str("=REDACTED");
         } else {
@@ -146,18 +169,19 @@ pub fn redact_query_string<'a>(query: &'a str, redact: &[String]) -> std::borrow
     out.into()
 }
 
-/// Compares a raw (possibly percent-encoded) parameter name with a configured one.
-fn param_name_matches(raw: &str, wanted: &str) -> bool {
-    if raw.eq_ignore_ascii_case(wanted) {
+/// Does a raw (possibly percent-encoded) parameter name match a configured one?
+fn is_redacted(raw: &str, redact: &[String]) -> bool {
+    if redact.iter().any(|r| raw.eq_ignore_ascii_case(r)) {
         return true;
     }
-    if !raw.contains('%') && !raw.contains('+') {
+    // Only an encoded name can differ from its decoded form.
+    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
         return false;
     }
     let decoded = percent_encoding::percent_decode_str(&raw.replace('+', " "))
         .decode_utf8_lossy()
         .into_owned();
-    decoded.eq_ignore_ascii_case(wanted)
+    redact.iter().any(|r| decoded.eq_ignore_ascii_case(r))
 }
 
 #[cfg(test)]

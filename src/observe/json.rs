@@ -15,6 +15,20 @@ fn needs_escape(b: u8) -> bool {
 /// Appends `s` as a JSON string literal. Runs of plain bytes are copied whole.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
+    push_escaped(out, s);
+    out.push(b'"');
+}
+
+/// Appends the concatenation of `parts` as one JSON string literal.
+pub fn push_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
+    out.push(b'"');
+    for p in parts {
+        push_escaped(out, p);
+    }
+    out.push(b'"');
+}
+
+fn push_escaped(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut plain_from = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -38,7 +52,6 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
         }
     }
     out.extend_from_slice(&bytes[plain_from..]);
-    out.push(b'"');
 }
 
 /// Appends `"key":` (key must not need escaping), with the comma a previous field needs.

@@ -24,7 +24,6 @@ use access_log::AccessRecord;
 use line_writer::{LineWriter, Sink};
 use otlp::{Kind, PrebuiltValue, SpanHead};
 use spans::SpanSink;
-use trace_context::TraceContext;
 
 /// Records finished requests: metrics, access log line, spans.
 pub struct Observer {
@@ -161,13 +160,19 @@ impl Observer {
         }
         self.record_alert_windows(&runtime, route_rt, ctx, elapsed);
 
-        if let (Some(sink), Some(trace)) = (&self.spans, ctx.trace) {
-            if trace.sampled {
-                self.export_spans(sink, &runtime, req, ctx, trace, elapsed);
-            }
+        let writer = self.access_log.load_full();
+        let span_sink = self
+            .spans
+            .as_ref()
+            .filter(|_| ctx.trace.is_some_and(|t| t.sampled));
+        if writer.is_none() && span_sink.is_none() {
+            return;
         }
-
-        let Some(writer) = self.access_log.load_full() else {
+        let query = redacted_query(req, &runtime);
+        if let Some(sink) = span_sink {
+            self.export_spans(sink, &runtime, req, query.as_deref(), ctx, elapsed);
+        }
+        let Some(writer) = writer else {
             return;
         };
         let upstream = route_rt.map(|r| runtime.config.upstreams[r.route.upstream].name.as_str());
@@ -179,11 +184,6 @@ impl Observer {
                 .map(|b| b.label.as_str()),
             _ => None,
         };
-        let path = req
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or_else(|| req.uri.path());
         let record = AccessRecord {
             request_id: ctx.request_id_str(),
             trace: ctx.trace.map(|t| (t.trace_id, t.span_id)),
@@ -191,7 +191,8 @@ impl Observer {
                 .map(|r| r.route.name.as_str())
                 .unwrap_or("unmatched"),
             method: req.method.as_str(),
-            path_and_query: path,
+            path: req.uri.path(),
+            query: query.as_deref(),
             status: ctx.status,
             upstream,
             backend,
@@ -245,11 +246,12 @@ impl Observer {
         sink: &SpanSink,
         runtime: &crate::state::Runtime,
         req: &pingora::http::RequestHeader,
+        query: Option<&str>,
         ctx: &RequestCtx,
-        trace: TraceContext,
         elapsed: std::time::Duration,
     ) {
-        let (Some(start_wall), Some(start)) = (ctx.start_wall, ctx.start) else {
+        let (Some(start_wall), Some(start), Some(trace)) = (ctx.start_wall, ctx.start, ctx.trace)
+        else {
             return;
         };
         let start_ns = unix_nanos(start_wall);
@@ -262,10 +264,6 @@ impl Observer {
             m => m,
         };
         let error = ctx.error_code();
-        let query = req
-            .uri
-            .query()
-            .map(|q| access_log::redact_query_string(q, &runtime.config.log.redact_query_params));
         let backend = match (route_rt, ctx.backend) {
             (Some(r), Some(b)) => runtime.upstreams[r.route.upstream]
                 .backend_span_attrs
@@ -304,7 +302,7 @@ impl Observer {
                 otlp::str_attr(b, "agentgate.request_id", ctx.request_id_str());
                 otlp::int_attr(b, "agentgate.retries", ctx.tries.saturating_sub(1) as i64);
                 otlp::bool_attr(b, "agentgate.rate_limited", ctx.rate_limited);
-                if let Some(q) = &query {
+                if let Some(q) = query {
                     otlp::str_attr(b, "url.query", q);
                 }
                 if let Some(ip) = ctx.client_ip {
@@ -346,7 +344,7 @@ impl Observer {
             spans.span(&client, |b| {
                 otlp::str_attr(b, "http.request.method", method);
                 b.extend_from_slice(&backend.address_port);
-                match &query {
+                match query {
                     Some(q) => otlp::str_parts_attr(
                         b,
                         "url.full",
@@ -365,6 +363,16 @@ impl Observer {
             });
         });
     }
+}
+
+/// The request's query with redacted parameter values replaced (borrowed when none is).
+fn redacted_query<'a>(
+    req: &'a pingora::http::RequestHeader,
+    runtime: &crate::state::Runtime,
+) -> Option<std::borrow::Cow<'a, str>> {
+    req.uri
+        .query()
+        .map(|q| access_log::redact_query_string(q, &runtime.config.log.redact_query_params))
 }
 
 fn unix_nanos(t: std::time::SystemTime) -> u64 {

@@ -36,7 +36,7 @@ pub async fn admit(
     ctx.peer_ip = Some(peer);
     ctx.client_ip = Some(headers::client_ip(
         peer,
-        session.req_header().headers.get("x-forwarded-for"),
+        &session.req_header().headers,
         &config.server.trusted_proxies,
     ));
 
@@ -262,7 +262,8 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
     let peer = ctx.peer_ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let xff = headers::forwarded_for(&req.headers, peer, trusted);
     req.insert_header("x-forwarded-for", xff)?;
-    if !(headers::is_trusted(peer, trusted) && req.headers.contains_key("x-forwarded-proto")) {
+    if !(headers::is_trusted(peer, trusted) && req.headers.contains_key(headers::X_FORWARDED_PROTO))
+    {
         req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
     }
     if let Some(id) = &ctx.request_id {
@@ -271,7 +272,7 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
     if let Some(trace) = &ctx.trace {
         if trace.parent_span_id.is_none() {
             // A new trace: an incoming tracestate belonged to a context we did not accept.
-            req.remove_header("tracestate");
+            req.remove_header(&headers::TRACESTATE);
         }
         req.insert_header(
             "traceparent",

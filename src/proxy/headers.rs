@@ -6,6 +6,16 @@ use std::net::IpAddr;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 use ipnet::IpNet;
 
+use crate::observe::json::IpText;
+
+/// Header names the gateway looks up on every request, parsed once at compile time (a
+/// lookup by `&str` parses and validates the name each time).
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway. Transfer-Encoding
 /// is not listed: pingora re-frames bodies itself and needs to see it.
 const HOP_BY_HOP: [&str; 7] = [
@@ -52,34 +62,58 @@ impl EditHeaders for HeaderMap {
     }
 }
 
-/// Is this one of the fixed hop-by-hop headers? Standard names compare as enum values,
-/// so the common case (none present) costs one pass over the header names.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+/// Which fixed hop-by-hop header this is, as an index into `HOP_BY_HOP` (with `trailer`
+/// last). Standard names compare as enum values, so the usual case costs one pass over
+/// the header names.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     use http::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE};
-    *name == CONNECTION
-        || *name == TE
-        || *name == UPGRADE
-        || *name == TRAILER
-        || *name == PROXY_AUTHENTICATE
-        || *name == PROXY_AUTHORIZATION
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+    Some(if *name == CONNECTION {
+        0
+    } else if *name == TE {
+        5
+    } else if *name == UPGRADE {
+        6
+    } else if *name == TRAILER {
+        7
+    } else if *name == PROXY_AUTHENTICATE {
+        3
+    } else if *name == PROXY_AUTHORIZATION {
+        4
+    } else if name.as_str() == "keep-alive" {
+        1
+    } else if name.as_str() == "proxy-connection" {
+        2
+    } else {
+        return None;
+    })
 }
 
 /// Removes hop-by-hop headers and every header the `Connection` header nominates.
 pub fn strip_hop_by_hop<H: EditHeaders>(headers: &mut H) {
-    if !headers.header_map().keys().any(is_hop_by_hop) {
+    let mut present = 0u8;
+    for name in headers.header_map().keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    if let Some(nominated) = connection_nominated(headers.header_map()) {
-        for name in nominated {
-            if name != "transfer-encoding" && name != "content-length" {
-                headers.remove(&name);
+    if present & 1 != 0 {
+        if let Some(nominated) = connection_nominated(headers.header_map()) {
+            for name in nominated {
+                if name != "transfer-encoding" && name != "content-length" {
+                    headers.remove(&name);
+                }
             }
         }
     }
-    for name in HOP_BY_HOP.iter().chain(std::iter::once(&"trailer")) {
-        if headers.header_map().contains_key(*name) {
+    for (i, name) in HOP_BY_HOP
+        .iter()
+        .chain(std::iter::once(&"trailer"))
+        .enumerate()
+    {
+        if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }
@@ -119,11 +153,11 @@ pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
 
 /// The client address: the peer itself, or, behind trusted proxies, the right-most
 /// address in `x-forwarded-for` that is not itself a trusted proxy.
-pub fn client_ip(peer: IpAddr, xff: Option<&HeaderValue>, trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     if !is_trusted(peer, trusted) {
         return peer;
     }
-    let Some(text) = xff.and_then(|v| v.to_str().ok()) else {
+    let Some(text) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) else {
         return peer;
     };
     for part in text.rsplit(',') {
@@ -138,21 +172,23 @@ pub fn client_ip(peer: IpAddr, xff: Option<&HeaderValue>, trusted: &[IpNet]) -> 
 
 /// The `x-forwarded-for` the upstream receives: appended to a trusted proxy's list,
 /// replaced when the peer is not trusted (a client cannot forge its address).
-pub fn forwarded_for(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> String {
-    let peer_text = peer.to_string();
+pub fn forwarded_for(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> HeaderValue {
+    let peer_text = IpText::new(peer);
+    let only_peer =
+        || HeaderValue::from_str(peer_text.as_str()).unwrap_or(HeaderValue::from_static("unknown"));
     if !is_trusted(peer, trusted) {
-        return peer_text;
+        return only_peer();
     }
     let previous: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
     if previous.is_empty() {
-        peer_text
-    } else {
-        format!("{}, {peer_text}", previous.join(", "))
+        return only_peer();
     }
+    let joined = format!("{}, {}", previous.join(", "), peer_text.as_str());
+    HeaderValue::from_str(&joined).unwrap_or_else(|_| only_peer())
 }
 
 #[cfg(test)]
@@ -192,19 +228,27 @@ mod tests {
             forwarded_for(&h, "10.1.1.1".parse().unwrap(), &trusted),
             "1.2.3.4, 10.1.1.1"
         );
+        assert_eq!(
+            forwarded_for(&HeaderMap::new(), "::1".parse().unwrap(), &trusted),
+            "::1"
+        );
     }
 
     #[test]
     fn client_ip_behind_proxies() {
         let trusted = nets(&["10.0.0.0/8"]);
-        let xff = HeaderValue::from_static("9.9.9.9, 1.2.3.4, 10.0.0.2");
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("9.9.9.9, 1.2.3.4, 10.0.0.2"),
+        );
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         assert_eq!(
-            client_ip(peer, Some(&xff), &trusted),
+            client_ip(peer, &h, &trusted),
             "1.2.3.4".parse::<IpAddr>().unwrap()
         );
         let outsider: IpAddr = "8.8.8.8".parse().unwrap();
-        assert_eq!(client_ip(outsider, Some(&xff), &trusted), outsider);
+        assert_eq!(client_ip(outsider, &h, &trusted), outsider);
     }
 
     #[test]

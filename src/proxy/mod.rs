@@ -48,11 +48,11 @@ impl Gateway {
         let incoming = session
             .req_header()
             .headers
-            .get("traceparent")
+            .get(headers::TRACEPARENT)
             .and_then(|v| parse_traceparent(v.as_bytes()));
         let trace = TraceContext::from_incoming(incoming, runtime.config.trace.sample_ratio);
         ctx.upstream_span_id = crate::observe::trace_context::random_span_id();
-        ctx.request_id = match session.req_header().headers.get("x-request-id") {
+        ctx.request_id = match session.req_header().headers.get(headers::X_REQUEST_ID) {
             Some(v) if headers::sane_request_id(v.as_bytes()) => Some(v.clone()),
             _ => HeaderValue::from_bytes(&trace.trace_id_hex()).ok(),
         };

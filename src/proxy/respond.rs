@@ -1,9 +1,8 @@
 //! Responses the gateway writes or decorates: JSON errors and the headers every
 //! response carries (`x-request-id`, `server-timing`, rate-limit and pagination notes).
 
-use std::io::Write;
-
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -49,9 +48,9 @@ pub fn decorate_response(header: &mut ResponseHeader, ctx: &RequestCtx) -> Resul
     }
     header.insert_header("server-timing", server_timing(ctx))?;
     if let Some((limit, remaining, reset)) = ctx.rate_limit_headers {
-        header.insert_header("ratelimit-limit", limit.to_string())?;
-        header.insert_header("ratelimit-remaining", remaining.to_string())?;
-        header.insert_header("ratelimit-reset", reset.to_string())?;
+        header.insert_header("ratelimit-limit", HeaderValue::from(limit))?;
+        header.insert_header("ratelimit-remaining", HeaderValue::from(remaining))?;
+        header.insert_header("ratelimit-reset", HeaderValue::from(reset))?;
     }
     if let Some((asked, max)) = ctx.pagination_clamped {
         header.insert_header("x-pagination-clamped", format!("{asked}->{max}"))?;
@@ -61,43 +60,69 @@ pub fn decorate_response(header: &mut ResponseHeader, ctx: &RequestCtx) -> Resul
 
 /// `gateway;dur=<ms>, upstream;dur=<ms>`: upstream is the wait for the response header,
 /// gateway is the rest of the time so far.
-fn server_timing(ctx: &RequestCtx) -> Vec<u8> {
+fn server_timing(ctx: &RequestCtx) -> HeaderValue {
     let total = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
     let upstream = ctx.first_byte_wait().unwrap_or_default();
     let gateway = total.saturating_sub(upstream);
-    let mut out = Vec::with_capacity(48);
-    out.extend_from_slice(b"gateway;dur=");
-    push_millis(&mut out, gateway);
-    out.extend_from_slice(b", upstream;dur=");
-    push_millis(&mut out, upstream);
-    out
+    let mut out = [0u8; 80];
+    let mut text = Cursor(&mut out, 0);
+    text.put(b"gateway;dur=");
+    text.millis(gateway);
+    text.put(b", upstream;dur=");
+    text.millis(upstream);
+    let len = text.1;
+    HeaderValue::from_bytes(&out[..len]).unwrap_or(HeaderValue::from_static("gateway;dur=0"))
 }
 
-/// Milliseconds with three decimals, without going through float formatting (hot path).
-fn push_millis(out: &mut Vec<u8>, d: std::time::Duration) {
-    let micros = d.as_micros() as u64;
-    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+/// Writes header text on the stack (no allocation besides the header value itself).
+struct Cursor<'a>(&'a mut [u8], usize);
+
+impl Cursor<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let end = (self.1 + bytes.len()).min(self.0.len());
+        self.0[self.1..end].copy_from_slice(&bytes[..end - self.1]);
+        self.1 = end;
+    }
+
+    /// Milliseconds with three decimals, without float formatting.
+    fn millis(&mut self, d: std::time::Duration) {
+        let micros = d.as_micros() as u64;
+        let mut whole = itoa::Buffer::new();
+        self.put(whole.format(micros / 1000).as_bytes());
+        let frac = (micros % 1000) as u32;
+        self.put(&[
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
+    }
 }
 
 /// Is this a response that streams (SSE, or chunked without a length)?
 pub fn is_streaming(header: &ResponseHeader) -> bool {
     let sse = header
         .headers
-        .get("content-type")
+        .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    sse || !header.headers.contains_key("content-length")
+    sse || !header.headers.contains_key(http::header::CONTENT_LENGTH)
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn millis_have_three_decimals() {
-        let mut out = Vec::new();
-        super::push_millis(&mut out, std::time::Duration::from_micros(12_345));
-        assert_eq!(out, b"12.345");
-        out.clear();
-        super::push_millis(&mut out, std::time::Duration::from_micros(7));
-        assert_eq!(out, b"0.007");
+        for (micros, text) in [
+            (12_345, &b"12.345"[..]),
+            (7, b"0.007"),
+            (999_999, b"999.999"),
+        ] {
+            let mut out = [0u8; 32];
+            let mut cursor = super::Cursor(&mut out, 0);
+            cursor.millis(std::time::Duration::from_micros(micros));
+            let len = cursor.1;
+            assert_eq!(&out[..len], text);
+        }
     }
 }
