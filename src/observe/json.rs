@@ -31,27 +31,56 @@ pub fn push_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
 fn push_escaped(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut plain_from = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if !needs_escape(b) {
-            continue;
-        }
-        out.extend_from_slice(&bytes[plain_from..i]);
-        plain_from = i + 1;
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            c => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[(c >> 4) as usize]);
-                out.push(HEX[(c & 0xf) as usize]);
+    let mut i = 0;
+    while i < bytes.len() {
+        // Skip eight plain bytes at a time; most values have nothing to escape.
+        while let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if any_needs_escape(u64::from_le_bytes(word)) {
+                break;
             }
+            i += 8;
         }
+        let Some(&b) = bytes.get(i) else { break };
+        if needs_escape(b) {
+            out.extend_from_slice(&bytes[plain_from..i]);
+            plain_from = i + 1;
+            push_escape(out, b);
+        }
+        i += 1;
     }
     out.extend_from_slice(&bytes[plain_from..]);
+}
+
+/// Does any byte of `w` need escaping (below 0x20, `"` or `\\`)? The classic
+/// "has a zero byte" test, exact for the question "any byte?", applied three times.
+#[inline]
+fn any_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let q = w ^ (ONES * b'"' as u64);
+    let quote = q.wrapping_sub(ONES) & !q & HIGH;
+    let bs = w ^ (ONES * b'\\' as u64);
+    let backslash = bs.wrapping_sub(ONES) & !bs & HIGH;
+    (below_space | quote | backslash) != 0
+}
+
+fn push_escape(out: &mut Vec<u8>, b: u8) {
+    match b {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        c => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(c >> 4) as usize]);
+            out.push(HEX[(c & 0xf) as usize]);
+        }
+    }
 }
 
 /// Appends `"key":` (key must not need escaping), with the comma a previous field needs.
@@ -256,6 +285,26 @@ mod tests {
         let later = t + Duration::from_micros(500_000);
         assert_eq!(timestamp_string(t), "2026-11-27T09:10:31.123456Z");
         assert_eq!(timestamp_string(later), "2026-11-27T09:10:31.623456Z");
+    }
+
+    #[test]
+    fn escapes_every_position_of_a_word() {
+        // each special byte at each offset of the 8-byte fast path, and plain text
+        // around it, decodes back to the original
+        for special in ["\"", "\\", "\n", "\u{0}", "\u{1f}"] {
+            for at in 0..20 {
+                let text = format!("{}{special}{}", "a".repeat(at), "é".repeat(5));
+                let mut s = Vec::new();
+                push_str(&mut s, &text);
+                let back: String = serde_json::from_slice(&s).unwrap();
+                assert_eq!(back, text);
+            }
+        }
+        // bytes that the word test must not flag: 0x20, 0x7f and above, `!` `#` `[` `]`
+        let plain = " \u{7f}!#[]~ü€".repeat(3);
+        let mut s = Vec::new();
+        push_str(&mut s, &plain);
+        assert_eq!(s.len(), plain.len() + 2);
     }
 
     #[test]
