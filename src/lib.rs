@@ -3,7 +3,7 @@
 //! Layout by concern: `config` (file model, validation, runtime model), `proxy` (the
 //! pingora phases and what runs in them), `balance` (backend choice and health),
 //! `ratelimit`, `pagination`, `auth`, `observe` (metrics, logs, traces), `alerts`,
-//! `admin` (the admin listener), `demo` (demo agents), `server` (bootstrap and shutdown),
+//! `admin` (the admin listener), `demo` (demo agents), `clock` (cheap hot-path time), `server` (bootstrap and shutdown),
 //! `reload` (hot reload), `state` (what the pieces share).
 
 pub mod admin;
@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod auth;
 pub mod balance;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod observe;

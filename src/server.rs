@@ -197,7 +197,11 @@ impl BackgroundService for MetricsUpkeep {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = tick.tick() => metrics::upkeep(),
+                _ = tick.tick() => {
+                    metrics::upkeep();
+                    // Follow wall-clock steps in span and log timestamps.
+                    crate::clock::sync_wall();
+                }
             }
         }
     }

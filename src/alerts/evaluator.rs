@@ -11,7 +11,7 @@ use pingora::services::background::BackgroundService;
 use super::notify::{AmAlert, Notification, Notifier};
 use super::window::quantile;
 use super::{AlertState, AlertStatus};
-use crate::balance::clock::now_ms;
+use crate::clock::now_ms;
 use crate::config::{Signal, Threshold};
 use crate::observe::{logger, metrics};
 use crate::state::{Runtime, Shared};

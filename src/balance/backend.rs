@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::clock::now_ms;
+use crate::clock::now_ms;
 
 #[derive(Debug)]
 pub struct BackendState {

@@ -14,7 +14,7 @@ use pingora::services::background::BackgroundService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::clock::now_ms;
+use crate::clock::now_ms;
 use crate::observe::metrics;
 use crate::state::Shared;
 

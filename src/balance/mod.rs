@@ -2,7 +2,6 @@
 //! by power of two choices), active health checks and passive ejection.
 
 pub mod backend;
-pub mod clock;
 pub mod health;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,9 +9,9 @@ use std::sync::Arc;
 
 use rand::Rng;
 
+use crate::clock::{now_ms, recent_ms};
 use crate::config::{BalanceMode, Upstream};
 pub use backend::{BackendRegistry, BackendState, InFlightGuard};
-use clock::now_ms;
 
 /// Upstreams may list at most this many backends (tried backends are a bit set).
 pub const MAX_BACKENDS: usize = 64;
@@ -53,7 +52,7 @@ impl UpstreamPool {
     /// Chooses a backend index. `tried` is a bit set of indexes already tried for this
     /// request: they are avoided while any other healthy backend remains.
     pub fn select(&self, tried: u64) -> Result<usize, NoBackend> {
-        let now = now_ms();
+        let now = recent_ms();
         let n = self.backends.len().min(MAX_BACKENDS);
         let mut available: u64 = 0;
         for (i, b) in self.backends.iter().take(n).enumerate() {

@@ -9,6 +9,8 @@ use crate::config::{LogFormat, LogSettings};
 
 /// Everything one access log line says.
 pub struct AccessRecord<'a> {
+    /// When the request finished (the line's `ts`).
+    pub finished: SystemTime,
     pub request_id: &'a str,
     /// Trace and span id; absent before the request was identified.
     pub trace: Option<([u8; 16], [u8; 8])>,
@@ -40,7 +42,7 @@ pub fn format_into(out: &mut Vec<u8>, record: &AccessRecord<'_>, settings: &LogS
     }
     // Keys and punctuation between values are written as whole constant fragments.
     out.extend_from_slice(b"{\"ts\":\"");
-    json::push_timestamp(out, SystemTime::now());
+    json::push_timestamp(out, record.finished);
     out.extend_from_slice(b"\",\"level\":\"info\",\"msg\":\"request\",\"request_id\":");
     json::push_str(out, record.request_id);
     out.extend_from_slice(b",\"trace_id\":\"");
@@ -108,7 +110,7 @@ fn push_opt_str(out: &mut Vec<u8>, value: Option<&str>) {
 /// `<ts> INFO request GET /path 200 1.2ms route=.. backend=.. request_id=.. trace_id=..`
 fn format_pretty(out: &mut Vec<u8>, record: &AccessRecord<'_>) {
     use std::io::Write;
-    json::push_timestamp(out, SystemTime::now());
+    json::push_timestamp(out, record.finished);
     let _ = write!(
         out,
         " INFO request {} {}{}{} {} {:.1}ms route={} backend={} request_id={} trace_id=",

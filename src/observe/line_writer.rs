@@ -34,8 +34,9 @@ pub struct LineWriter {
     on_drop: fn(),
 }
 
-/// Sweep interval while lines flow, and the longest nap when idle.
-const BUSY_NAP: Duration = Duration::from_millis(2);
+/// Sweep interval while lines flow (a few hundred KiB per worker at full load), and the
+/// longest nap when idle.
+const BUSY_NAP: Duration = Duration::from_millis(10);
 const IDLE_NAP: Duration = Duration::from_millis(50);
 
 impl LineWriter {

@@ -185,6 +185,7 @@ impl Observer {
             _ => None,
         };
         let record = AccessRecord {
+            finished: crate::clock::system_time_at(start + elapsed),
             request_id: ctx.request_id_str(),
             trace: ctx.trace.map(|t| (t.trace_id, t.span_id)),
             route: route_rt
@@ -231,7 +232,11 @@ impl Observer {
             latency_s: elapsed.as_secs_f64(),
             first_byte_s,
         };
-        let now_s = crate::balance::clock::now_ms() / 1000;
+        let now_s = ctx
+            .start
+            .map(|s| crate::clock::ms_at(s + elapsed))
+            .unwrap_or_else(crate::clock::now_ms)
+            / 1000;
         if let Some(w) = route_window {
             w.record(now_s, outcome);
         }
@@ -250,11 +255,10 @@ impl Observer {
         ctx: &RequestCtx,
         elapsed: std::time::Duration,
     ) {
-        let (Some(start_wall), Some(start), Some(trace)) = (ctx.start_wall, ctx.start, ctx.trace)
-        else {
+        let (Some(start), Some(trace)) = (ctx.start, ctx.trace) else {
             return;
         };
-        let start_ns = unix_nanos(start_wall);
+        let start_ns = crate::clock::unix_nanos_at(start);
         let at =
             |t: std::time::Instant| start_ns + t.saturating_duration_since(start).as_nanos() as u64;
         let route_rt = ctx.route.map(|r| &runtime.routes[r]);
@@ -373,10 +377,4 @@ fn redacted_query<'a>(
     req.uri
         .query()
         .map(|q| access_log::redact_query_string(q, &runtime.config.log.redact_query_params))
-}
-
-fn unix_nanos(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }

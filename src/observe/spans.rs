@@ -23,7 +23,9 @@ const THREAD_BUFFER: usize = 8 << 20;
 const BATCH_BYTES: usize = 1 << 20;
 /// Longest a span waits before it is sent while traffic is light.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
-const BUSY_NAP: Duration = Duration::from_millis(5);
+/// Sweep interval while spans flow: long enough that the sweeps' context switches on
+/// the workers' cores stay rare, short enough that a buffer never nears its cap.
+const BUSY_NAP: Duration = Duration::from_millis(20);
 const IDLE_NAP: Duration = Duration::from_millis(50);
 
 thread_local! {
@@ -121,7 +123,14 @@ impl Exporter<'_> {
     /// Sends `entries` in requests of at most `BATCH_BYTES`.
     fn export(&mut self, mut entries: &[u8]) {
         while !entries.is_empty() {
-            let (count, bytes) = otlp::split_entries(entries, BATCH_BYTES);
+            // Walking the entries is only needed to split an oversized batch, or to count
+            // what a failed post dropped.
+            let (count, bytes) = if entries.len() <= BATCH_BYTES {
+                (None, entries.len())
+            } else {
+                let (count, bytes) = otlp::split_entries(entries, BATCH_BYTES);
+                (Some(count), bytes)
+            };
             let (batch, rest) = entries.split_at(bytes);
             entries = rest;
             otlp::export_request(
@@ -132,6 +141,7 @@ impl Exporter<'_> {
             );
             let body = std::mem::take(&mut self.body);
             if let Err(e) = self.post(body) {
+                let count = count.unwrap_or_else(|| otlp::split_entries(batch, usize::MAX).0);
                 metrics::spans_dropped(count as u64);
                 // One line per 30 s at most: a dead collector must not flood the log.
                 if self

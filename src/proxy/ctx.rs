@@ -15,8 +15,6 @@ use crate::state::Runtime;
 #[derive(Default)]
 pub struct RequestCtx {
     pub start: Option<Instant>,
-    /// Wall-clock time at `start`, for span timestamps.
-    pub start_wall: Option<std::time::SystemTime>,
     /// The runtime this request started on; it finishes on it even across a reload.
     pub runtime: Option<Arc<Runtime>>,
     /// Index into `runtime.routes`.

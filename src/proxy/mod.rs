@@ -22,7 +22,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::balance::clock::now_ms;
+use crate::clock::now_ms;
 use crate::observe::metrics::{self, TryOutcome};
 use crate::observe::trace_context::{parse_traceparent, TraceContext};
 use crate::observe::Observer;
@@ -177,8 +177,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.start = Some(Instant::now());
-        ctx.start_wall = Some(std::time::SystemTime::now());
+        let start = Instant::now();
+        crate::clock::note_request_start(start);
+        ctx.start = Some(start);
         let runtime = self.shared.runtime.load_full();
         ctx.runtime = Some(runtime);
         self.identify(session, ctx);

@@ -61,7 +61,13 @@ pub fn decorate_response(header: &mut ResponseHeader, ctx: &RequestCtx) -> Resul
 /// `gateway;dur=<ms>, upstream;dur=<ms>`: upstream is the wait for the response header,
 /// gateway is the rest of the time so far.
 fn server_timing(ctx: &RequestCtx) -> HeaderValue {
-    let total = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
+    // Right after the agent's response header (first_byte_at) when there is one: no
+    // second clock read.
+    let now = ctx.first_byte_at.unwrap_or_else(std::time::Instant::now);
+    let total = ctx
+        .start
+        .map(|s| now.saturating_duration_since(s))
+        .unwrap_or_default();
     let upstream = ctx.first_byte_wait().unwrap_or_default();
     let gateway = total.saturating_sub(upstream);
     let mut out = [0u8; 80];

@@ -19,7 +19,7 @@ use dashmap::DashMap;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use crate::balance::clock::now_ms;
+use crate::clock::now_ms;
 use crate::config::{OnUnavailable, RateLimitKey, RateLimitRule, RateLimitScope};
 use local::LocalLimiter;
 use store::RedisStore;
