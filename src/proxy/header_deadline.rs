@@ -5,7 +5,10 @@
 //! unread (the proxy's first phase marks it read through a task-local flag).
 
 use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +24,32 @@ tokio::task_local! {
 /// Called by the proxy once a request header has been read.
 pub fn mark_header_read() {
     let _ = HEADER_READ.try_with(|flag| flag.set(true));
+}
+
+/// The request against the header timer. The timer is polled only while the header is
+/// still unread; after that the request runs alone (no timer work on every wake-up of
+/// a request that is already being proxied). `None` means the timer won.
+struct HeaderRace<'a, R, T> {
+    request: Pin<&'a mut R>,
+    timer: Option<Pin<&'a mut T>>,
+}
+
+impl<R: Future, T: Future> Future for HeaderRace<'_, R, T> {
+    type Output = Option<R::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(done) = self.request.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        if HEADER_READ.try_with(Cell::get).unwrap_or(true) {
+            self.timer = None;
+            return Poll::Pending;
+        }
+        match self.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(_)) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    }
 }
 
 pub struct HeaderDeadline<A> {
@@ -52,22 +81,23 @@ where
         HEADER_READ
             .scope(Cell::new(false), async move {
                 let request = inner.process_new_http(session, shutdown);
+                // pingora's timer: coalesced per deadline, far cheaper than a tokio timer
+                // per request.
+                let timer = pingora::prelude::fast_timeout::fast_sleep(timeout);
                 tokio::pin!(request);
-                tokio::select! {
-                    biased;
-                    done = &mut request => done,
-                    // pingora's timer: coalesced per deadline, far cheaper than a tokio
-                    // timer per request.
-                    _ = pingora::prelude::fast_timeout::fast_sleep(timeout) => {
-                        if HEADER_READ.with(Cell::get) {
-                            request.await
-                        } else {
-                            // Header incomplete: dropping the future closes the connection.
-                            log::debug!("no complete request header within {timeout:?}: connection dropped");
-                            None
-                        }
-                    }
+                tokio::pin!(timer);
+                let raced = HeaderRace {
+                    request,
+                    timer: Some(timer),
                 }
+                .await;
+                raced.unwrap_or_else(|| {
+                    // Header incomplete: dropping the request closes the connection.
+                    log::debug!(
+                        "no complete request header within {timeout:?}: connection dropped"
+                    );
+                    None
+                })
             })
             .await
     }
