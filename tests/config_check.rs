@@ -101,6 +101,14 @@ fn bad_duration() {
 }
 
 #[test]
+fn an_https_collector_is_refused_with_the_way_out() {
+    // Spans go over plain OTLP/HTTP: TLS belongs to a collector beside the gateway.
+    let text =
+        format!("{GOOD}\n[trace]\notlp_endpoint = \"https://collector.example:4318/v1/traces\"\n");
+    assert_error(&text, "13:17", "not a plain http:// URL");
+}
+
+#[test]
 fn route_naming_a_missing_upstream() {
     assert_error(
         &GOOD.replace("upstream = \"agents\"", "upstream = \"agnets\""),

@@ -2,6 +2,7 @@
 //! export. `Observer::finish_request` is the one place a finished request is recorded.
 
 pub mod access_log;
+pub mod collector;
 pub mod json;
 pub mod line_writer;
 pub mod logger;

@@ -204,6 +204,19 @@ fn read_entry_header(bytes: &[u8]) -> Option<(usize, usize)> {
 /// Writes an `ExportTraceServiceRequest` with one resource (`service.name`) and one
 /// scope (`agentgate` at `scope_version`) holding `entries` (from `span_entry`).
 pub fn export_request(out: &mut Vec<u8>, service_name: &str, scope_version: &str, entries: &[u8]) {
+    export_request_head(out, service_name, scope_version, entries.len());
+    out.extend_from_slice(entries);
+}
+
+/// Writes everything of `export_request` that comes before the entries, for
+/// `entries_len` bytes of them: the body is this head followed by the entries as they
+/// are (no copy of the entries into a new buffer).
+pub fn export_request_head(
+    out: &mut Vec<u8>,
+    service_name: &str,
+    scope_version: &str,
+    entries_len: usize,
+) {
     // Resource { attributes = 1: KeyValue service.name }
     let mut resource = Vec::with_capacity(32 + service_name.len());
     let value_len = 1 + varint_len(service_name.len() as u64) + service_name.len();
@@ -215,7 +228,7 @@ pub fn export_request(out: &mut Vec<u8>, service_name: &str, scope_version: &str
     bytes_field(&mut scope, 1, b"agentgate");
     bytes_field(&mut scope, 2, scope_version.as_bytes());
     // ScopeSpans { scope = 1, spans = 2 (the entries, already framed) }
-    let scope_spans_len = 1 + varint_len(scope.len() as u64) + scope.len() + entries.len();
+    let scope_spans_len = 1 + varint_len(scope.len() as u64) + scope.len() + entries_len;
     // ResourceSpans { resource = 1, scope_spans = 2 }
     let resource_spans_len = 1
         + varint_len(resource.len() as u64)
@@ -224,14 +237,12 @@ pub fn export_request(out: &mut Vec<u8>, service_name: &str, scope_version: &str
         + varint_len(scope_spans_len as u64)
         + scope_spans_len;
     out.clear();
-    out.reserve(resource_spans_len + 8);
     tag(out, 1, LEN);
     varint(out, resource_spans_len as u64);
     bytes_field(out, 1, &resource);
     tag(out, 2, LEN);
     varint(out, scope_spans_len as u64);
     bytes_field(out, 1, &scope);
-    out.extend_from_slice(entries);
 }
 
 /// Encodes config-only attributes once, to be appended as bytes per span.

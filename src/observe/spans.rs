@@ -2,9 +2,10 @@
 //!
 //! Spans are encoded on the proxy thread straight into that thread's buffer (see
 //! `otlp` and `shards`): nothing at all for unsampled requests, no tracer, no span
-//! objects, no channel send. A dedicated thread that owns the blocking HTTP client
-//! collects the buffers every few milliseconds and posts them in batches. A full buffer
-//! drops and counts; a dead or slow collector costs the proxy nothing.
+//! objects, no channel send. A dedicated thread collects the buffers every few
+//! milliseconds and posts them in batches over one kept-alive connection (see
+//! `collector`). A full buffer drops and counts; a dead or slow collector costs the
+//! proxy nothing.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::collector::{Collector, Endpoint};
 use super::metrics;
 use super::otlp;
 use super::shards::{lock, Shards};
@@ -112,10 +114,10 @@ impl Drop for SpanSink {
 
 /// Posts batches to the collector; counts and (rate-limited) logs failures.
 struct Exporter<'a> {
-    client: Option<reqwest::blocking::Client>,
+    collector: Result<Collector, String>,
     endpoint: &'a str,
     service: &'a str,
-    body: Vec<u8>,
+    head: Vec<u8>,
     last_error_log: Option<Instant>,
 }
 
@@ -133,14 +135,17 @@ impl Exporter<'_> {
             };
             let (batch, rest) = entries.split_at(bytes);
             entries = rest;
-            otlp::export_request(
-                &mut self.body,
+            otlp::export_request_head(
+                &mut self.head,
                 self.service,
                 env!("CARGO_PKG_VERSION"),
-                batch,
+                batch.len(),
             );
-            let body = std::mem::take(&mut self.body);
-            if let Err(e) = self.post(body) {
+            let result = match &mut self.collector {
+                Ok(c) => c.post(&[&self.head, batch]),
+                Err(e) => Err(e.clone()),
+            };
+            if let Err(e) = result {
                 let count = count.unwrap_or_else(|| otlp::split_entries(batch, usize::MAX).0);
                 metrics::spans_dropped(count as u64);
                 // One line per 30 s at most: a dead collector must not flood the log.
@@ -157,42 +162,19 @@ impl Exporter<'_> {
             }
         }
     }
-
-    fn post(&self, body: Vec<u8>) -> Result<(), String> {
-        let Some(client) = &self.client else {
-            return Err("no HTTP client".into());
-        };
-        let response = client
-            .post(self.endpoint)
-            .header("content-type", "application/x-protobuf")
-            .body(body)
-            .send()
-            .map_err(|e| e.to_string())?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("collector answered {}", response.status()))
-        }
-    }
 }
 
 fn export_loop(shared: &Shared, endpoint: &str, service: &str) {
-    // The blocking client lives on this thread only: no runtime of pingora's is involved.
-    let client = match reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-    {
-        Ok(c) => Some(c),
-        Err(e) => {
-            log::error!("span export disabled: cannot build the HTTP client for {endpoint}: {e}");
-            None
-        }
-    };
+    // Blocking I/O on this thread only: no runtime of pingora's is involved.
+    let collector = Endpoint::parse(endpoint).map(|e| Collector::new(e, Duration::from_secs(5)));
+    if let Err(e) = &collector {
+        log::error!("span export disabled: {e}");
+    }
     let mut exporter = Exporter {
-        client,
+        collector,
         endpoint,
         service,
-        body: Vec::new(),
+        head: Vec::with_capacity(128),
         last_error_log: None,
     };
     let mut pending: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
