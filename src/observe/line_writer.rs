@@ -36,7 +36,7 @@ pub struct LineWriter {
 
 /// Sweep interval while lines flow (a few hundred KiB per worker at full load), and the
 /// longest nap when idle.
-const BUSY_NAP: Duration = Duration::from_millis(10);
+const BUSY_NAP: Duration = Duration::from_millis(5);
 const IDLE_NAP: Duration = Duration::from_millis(50);
 
 impl LineWriter {
@@ -99,6 +99,7 @@ impl Drop for LineWriter {
 }
 
 fn write_loop(shared: &Shared, out: Box<dyn Write + Send>) {
+    super::shards::yield_to_workers();
     let mut out = BufWriter::with_capacity(256 * 1024, out);
     let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut nap = BUSY_NAP;

@@ -90,6 +90,18 @@ impl Shards {
     }
 }
 
+/// Lowers the calling thread's scheduling priority (nice 10). The threads that drain
+/// the buffers share cores with the proxy workers; at a lower weight the scheduler lets
+/// a worker that wakes up run first instead of waiting behind a batch write, and the
+/// drainers still get the few percent of a core they need under full load.
+pub fn yield_to_workers() {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -21,13 +21,13 @@ use super::shards::{lock, Shards};
 
 /// Encoded spans one proxy thread may have waiting (about 20,000 spans).
 const THREAD_BUFFER: usize = 8 << 20;
-/// Largest request body sent to the collector.
-const BATCH_BYTES: usize = 1 << 20;
+/// Largest request body sent to the collector (small batches keep each send short).
+const BATCH_BYTES: usize = 256 << 10;
 /// Longest a span waits before it is sent while traffic is light.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// Sweep interval while spans flow: long enough that the sweeps' context switches on
 /// the workers' cores stay rare, short enough that a buffer never nears its cap.
-const BUSY_NAP: Duration = Duration::from_millis(20);
+const BUSY_NAP: Duration = Duration::from_millis(10);
 const IDLE_NAP: Duration = Duration::from_millis(50);
 
 thread_local! {
@@ -165,6 +165,7 @@ impl Exporter<'_> {
 }
 
 fn export_loop(shared: &Shared, endpoint: &str, service: &str) {
+    super::shards::yield_to_workers();
     // Blocking I/O on this thread only: no runtime of pingora's is involved.
     let collector = Endpoint::parse(endpoint).map(|e| Collector::new(e, Duration::from_secs(5)));
     if let Err(e) = &collector {
@@ -190,7 +191,7 @@ fn export_loop(shared: &Shared, endpoint: &str, service: &str) {
         if got && oldest.is_none() {
             oldest = Some(Instant::now());
         }
-        let due = pending.len() >= BATCH_BYTES
+        let due = pending.len() >= BATCH_BYTES / 2
             || oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY)
             || !waiters.is_empty()
             || stopping;
