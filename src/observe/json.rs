@@ -125,10 +125,16 @@ pub fn push_u64(out: &mut Vec<u8>, value: u64) {
 
 /// Milliseconds with three decimals (microsecond precision), e.g. `12.345`.
 pub fn push_millis(out: &mut Vec<u8>, d: Duration) {
+    millis_text(d, |text| out.extend_from_slice(text));
+}
+
+/// The text of `push_millis`, handed to `put` in pieces (for writers other than a Vec).
+pub fn millis_text(d: Duration, mut put: impl FnMut(&[u8])) {
     let micros = d.as_micros() as u64;
-    push_u64(out, micros / 1000);
+    let mut whole = itoa::Buffer::new();
+    put(whole.format(micros / 1000).as_bytes());
     let frac = (micros % 1000) as u32;
-    out.extend_from_slice(&[
+    put(&[
         b'.',
         b'0' + (frac / 100) as u8,
         b'0' + (frac / 10 % 10) as u8,

@@ -92,16 +92,7 @@ impl Cursor<'_> {
 
     /// Milliseconds with three decimals, without float formatting.
     fn millis(&mut self, d: std::time::Duration) {
-        let micros = d.as_micros() as u64;
-        let mut whole = itoa::Buffer::new();
-        self.put(whole.format(micros / 1000).as_bytes());
-        let frac = (micros % 1000) as u32;
-        self.put(&[
-            b'.',
-            b'0' + (frac / 100) as u8,
-            b'0' + (frac / 10 % 10) as u8,
-            b'0' + (frac % 10) as u8,
-        ]);
+        crate::observe::json::millis_text(d, |text| self.put(text));
     }
 }
 
