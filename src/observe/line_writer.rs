@@ -6,13 +6,9 @@
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::shards::{lock, Shards};
+use super::shards::{Drain, DrainThread};
 
 /// Where lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,22 +18,26 @@ pub enum Sink {
     File(PathBuf),
 }
 
-struct Shared {
-    shards: Shards,
-    flush_waiters: Mutex<Vec<SyncSender<()>>>,
-    stop: AtomicBool,
-}
-
 pub struct LineWriter {
-    shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: DrainThread,
     on_drop: fn(),
 }
 
-/// Sweep interval while lines flow (a few hundred KiB per worker at full load), and the
-/// longest nap when idle.
+/// Sweep interval while lines flow (a few hundred KiB per worker at full load).
 const BUSY_NAP: Duration = Duration::from_millis(5);
-const IDLE_NAP: Duration = Duration::from_millis(50);
+
+/// Lines go to the sink as they are taken, flushed at the end of every sweep.
+struct WriteOut(BufWriter<Box<dyn Write + Send>>);
+
+impl Drain for WriteOut {
+    fn take(&mut self, lines: &[u8]) {
+        let _ = self.0.write_all(lines);
+    }
+
+    fn end_sweep(&mut self, _took_any: bool, _urgent: bool) {
+        let _ = self.0.flush();
+    }
+}
 
 impl LineWriter {
     /// Starts the writer thread. `cap_bytes` bounds what one thread may have waiting;
@@ -48,18 +48,9 @@ impl LineWriter {
             Sink::Stderr => Box::new(io::stderr()),
             Sink::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
         };
-        let shared = Arc::new(Shared {
-            shards: Shards::new(cap_bytes),
-            flush_waiters: Mutex::new(Vec::new()),
-            stop: AtomicBool::new(false),
-        });
-        let for_thread = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("agentgate-log".into())
-            .spawn(move || write_loop(&for_thread, out))?;
+        let drain = WriteOut(BufWriter::with_capacity(256 * 1024, out));
         Ok(LineWriter {
-            shared,
-            thread: Mutex::new(Some(thread)),
+            thread: DrainThread::start("agentgate-log", cap_bytes, BUSY_NAP, drain)?,
             on_drop,
         })
     }
@@ -72,7 +63,7 @@ impl LineWriter {
     /// Appends the line `format` writes (without its newline) straight into this thread's
     /// buffer; drops it when the buffer is full.
     pub fn write_with(&self, format: impl FnOnce(&mut Vec<u8>)) {
-        let appended = self.shared.shards.append(|buf| {
+        let appended = self.thread.append(|buf| {
             format(buf);
             buf.push(b'\n');
         });
@@ -83,52 +74,15 @@ impl LineWriter {
 
     /// Waits until everything appended so far is written (used at shutdown).
     pub fn flush(&self) {
-        let (done_tx, done_rx) = mpsc::sync_channel(1);
-        lock(&self.shared.flush_waiters).push(done_tx);
-        let _ = done_rx.recv_timeout(Duration::from_secs(5));
-    }
-}
-
-impl Drop for LineWriter {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        if let Some(t) = lock(&self.thread).take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn write_loop(shared: &Shared, out: Box<dyn Write + Send>) {
-    super::shards::yield_to_workers();
-    let mut out = BufWriter::with_capacity(256 * 1024, out);
-    let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut nap = BUSY_NAP;
-    loop {
-        let stopping = shared.stop.load(Ordering::Acquire);
-        let waiters = std::mem::take(&mut *lock(&shared.flush_waiters));
-        let wrote = shared.shards.drain(&mut spare, |lines| {
-            let _ = out.write_all(lines);
-        });
-        let _ = out.flush();
-        for w in waiters {
-            let _ = w.send(());
-        }
-        if stopping {
-            return;
-        }
-        nap = if wrote {
-            BUSY_NAP
-        } else {
-            (nap * 2).min(IDLE_NAP)
-        };
-        std::thread::sleep(nap);
+        self.thread.flush(Duration::from_secs(5));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     static DROPPED: AtomicUsize = AtomicUsize::new(0);
     fn count_drop() {

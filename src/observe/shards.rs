@@ -7,10 +7,15 @@
 //! drainer swaps each buffer for an empty one every few milliseconds. A buffer at its
 //! cap (a slow disk, a dead collector) refuses further records, which the caller counts
 //! as dropped, rather than stall a request. Records from one thread keep their order.
+//! `DrainThread` is that thread: it sweeps while records flow, backs off when idle,
+//! answers flush requests and stops on drop; a `Drain` says what the records become.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 type Shard = Arc<Mutex<Vec<u8>>>;
 
@@ -90,11 +95,107 @@ impl Shards {
     }
 }
 
+/// What a drain thread does with the records it collects.
+pub trait Drain: Send + 'static {
+    /// Takes the records one producing thread appended since the last sweep.
+    fn take(&mut self, records: &[u8]);
+    /// Ends a sweep. `urgent`: a flush was asked for or the thread is stopping, so
+    /// everything taken must go out now.
+    fn end_sweep(&mut self, took_any: bool, urgent: bool);
+}
+
+/// Per-thread buffers and the thread that empties them into a `Drain`.
+pub struct DrainThread {
+    shared: Arc<DrainShared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct DrainShared {
+    shards: Shards,
+    flush_waiters: Mutex<Vec<SyncSender<()>>>,
+    stop: AtomicBool,
+}
+
+/// The longest nap of an idle drain thread.
+const IDLE_NAP: Duration = Duration::from_millis(50);
+
+impl DrainThread {
+    /// Starts thread `name`, sweeping every `busy_nap` while records flow. `cap_bytes`
+    /// bounds what one producing thread may have waiting.
+    pub fn start(
+        name: &str,
+        cap_bytes: usize,
+        busy_nap: Duration,
+        drain: impl Drain,
+    ) -> std::io::Result<DrainThread> {
+        let shared = Arc::new(DrainShared {
+            shards: Shards::new(cap_bytes),
+            flush_waiters: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let for_thread = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || drain_loop(&for_thread, busy_nap, drain))?;
+        Ok(DrainThread {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// See `Shards::append`.
+    pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+        self.shared.shards.append(encode)
+    }
+
+    /// Waits, at most `timeout`, until everything appended so far has gone out.
+    pub fn flush(&self, timeout: Duration) {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        lock(&self.shared.flush_waiters).push(done_tx);
+        let _ = done_rx.recv_timeout(timeout);
+    }
+}
+
+impl Drop for DrainThread {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn drain_loop(shared: &DrainShared, busy_nap: Duration, mut drain: impl Drain) {
+    yield_to_workers();
+    let mut spare: Vec<u8> = Vec::with_capacity(INITIAL);
+    let mut nap = busy_nap;
+    loop {
+        let stopping = shared.stop.load(Ordering::Acquire);
+        let waiters = std::mem::take(&mut *lock(&shared.flush_waiters));
+        let took_any = shared
+            .shards
+            .drain(&mut spare, |records| drain.take(records));
+        drain.end_sweep(took_any, stopping || !waiters.is_empty());
+        for w in waiters {
+            let _ = w.send(());
+        }
+        if stopping {
+            return;
+        }
+        nap = if took_any {
+            busy_nap
+        } else {
+            (nap * 2).min(IDLE_NAP)
+        };
+        std::thread::sleep(nap);
+    }
+}
+
 /// Lowers the calling thread's scheduling priority (nice 10). The threads that drain
 /// the buffers share cores with the proxy workers; at a lower weight the scheduler lets
 /// a worker that wakes up run first instead of waiting behind a batch write, and the
 /// drainers still get the few percent of a core they need under full load.
-pub fn yield_to_workers() {
+fn yield_to_workers() {
     // SAFETY: plain syscalls on the calling thread's own id.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;

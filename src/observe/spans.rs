@@ -8,16 +8,12 @@
 //! proxy nothing.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::collector::{Collector, Endpoint};
 use super::metrics;
 use super::otlp;
-use super::shards::{lock, Shards};
+use super::shards::{Drain, DrainThread};
 
 /// Encoded spans one proxy thread may have waiting (about 20,000 spans).
 const THREAD_BUFFER: usize = 8 << 20;
@@ -28,22 +24,14 @@ const FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// Sweep interval while spans flow: long enough that the sweeps' context switches on
 /// the workers' cores stay rare, short enough that a buffer never nears its cap.
 const BUSY_NAP: Duration = Duration::from_millis(10);
-const IDLE_NAP: Duration = Duration::from_millis(50);
 
 thread_local! {
     /// Scratch space for one span body, reused by every span this thread encodes.
     static SPAN_BODY: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
 }
 
-struct Shared {
-    shards: Shards,
-    flush_waiters: Mutex<Vec<SyncSender<()>>>,
-    stop: AtomicBool,
-}
-
 pub struct SpanSink {
-    shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: DrainThread,
 }
 
 /// Writes the spans of one request: each `span` call appends one entry.
@@ -61,20 +49,26 @@ impl SpanBatch<'_> {
 impl SpanSink {
     /// Starts the exporter thread for `endpoint` (an OTLP/HTTP traces URL).
     pub fn start(endpoint: &str, service_name: &str) -> std::io::Result<SpanSink> {
-        let shared = Arc::new(Shared {
-            shards: Shards::new(THREAD_BUFFER),
-            flush_waiters: Mutex::new(Vec::new()),
-            stop: AtomicBool::new(false),
-        });
-        let for_thread = Arc::clone(&shared);
-        let endpoint = endpoint.to_string();
-        let service = service_name.to_string();
-        let thread = std::thread::Builder::new()
-            .name("agentgate-spans".into())
-            .spawn(move || export_loop(&for_thread, &endpoint, &service))?;
+        // The collector connection is made on the export thread: blocking I/O there
+        // only, no runtime of pingora's involved.
+        let collector =
+            Endpoint::parse(endpoint).map(|e| Collector::new(e, Duration::from_secs(5)));
+        if let Err(e) = &collector {
+            log::error!("span export disabled: {e}");
+        }
+        let exporter = Exporter {
+            poster: Poster {
+                collector,
+                endpoint: endpoint.to_string(),
+                service: service_name.to_string(),
+                head: Vec::with_capacity(128),
+                last_error_log: None,
+            },
+            pending: Vec::with_capacity(BATCH_BYTES),
+            oldest: None,
+        };
         Ok(SpanSink {
-            shared,
-            thread: Mutex::new(Some(thread)),
+            thread: DrainThread::start("agentgate-spans", THREAD_BUFFER, BUSY_NAP, exporter)?,
         })
     }
 
@@ -83,7 +77,7 @@ impl SpanSink {
     pub fn record(&self, spans: u64, write: impl FnOnce(&mut SpanBatch<'_>)) {
         SPAN_BODY.with(|body| {
             let mut body = body.borrow_mut();
-            let appended = self.shared.shards.append(|out| {
+            let appended = self.thread.append(|out| {
                 write(&mut SpanBatch {
                     out,
                     body: &mut body,
@@ -97,31 +91,47 @@ impl SpanSink {
 
     /// Exports everything recorded so far (at shutdown), waiting at most `timeout`.
     pub fn flush(&self, timeout: Duration) {
-        let (done_tx, done_rx) = mpsc::sync_channel(1);
-        lock(&self.shared.flush_waiters).push(done_tx);
-        let _ = done_rx.recv_timeout(timeout);
+        self.thread.flush(timeout);
     }
 }
 
-impl Drop for SpanSink {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        if let Some(t) = lock(&self.thread).take() {
-            let _ = t.join();
+/// Collects span entries from the workers' buffers and sends them in batches.
+struct Exporter {
+    poster: Poster,
+    /// Entries taken, not yet sent.
+    pending: Vec<u8>,
+    /// When the oldest pending entry was taken.
+    oldest: Option<Instant>,
+}
+
+impl Drain for Exporter {
+    fn take(&mut self, entries: &[u8]) {
+        self.pending.extend_from_slice(entries);
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    fn end_sweep(&mut self, _took_any: bool, urgent: bool) {
+        let due = urgent
+            || self.pending.len() >= BATCH_BYTES / 2
+            || self.oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
+        if due && !self.pending.is_empty() {
+            self.poster.export(&self.pending);
+            self.pending.clear();
+            self.oldest = None;
         }
     }
 }
 
 /// Posts batches to the collector; counts and (rate-limited) logs failures.
-struct Exporter<'a> {
+struct Poster {
     collector: Result<Collector, String>,
-    endpoint: &'a str,
-    service: &'a str,
+    endpoint: String,
+    service: String,
     head: Vec<u8>,
     last_error_log: Option<Instant>,
 }
 
-impl Exporter<'_> {
+impl Poster {
     /// Sends `entries` in requests of at most `BATCH_BYTES`.
     fn export(&mut self, mut entries: &[u8]) {
         while !entries.is_empty() {
@@ -137,7 +147,7 @@ impl Exporter<'_> {
             entries = rest;
             otlp::export_request_head(
                 &mut self.head,
-                self.service,
+                &self.service,
                 env!("CARGO_PKG_VERSION"),
                 batch.len(),
             );
@@ -161,56 +171,5 @@ impl Exporter<'_> {
                 }
             }
         }
-    }
-}
-
-fn export_loop(shared: &Shared, endpoint: &str, service: &str) {
-    super::shards::yield_to_workers();
-    // Blocking I/O on this thread only: no runtime of pingora's is involved.
-    let collector = Endpoint::parse(endpoint).map(|e| Collector::new(e, Duration::from_secs(5)));
-    if let Err(e) = &collector {
-        log::error!("span export disabled: {e}");
-    }
-    let mut exporter = Exporter {
-        collector,
-        endpoint,
-        service,
-        head: Vec::with_capacity(128),
-        last_error_log: None,
-    };
-    let mut pending: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
-    let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut oldest: Option<Instant> = None;
-    let mut nap = BUSY_NAP;
-    loop {
-        let stopping = shared.stop.load(Ordering::Acquire);
-        let waiters = std::mem::take(&mut *lock(&shared.flush_waiters));
-        let got = shared
-            .shards
-            .drain(&mut spare, |entries| pending.extend_from_slice(entries));
-        if got && oldest.is_none() {
-            oldest = Some(Instant::now());
-        }
-        let due = pending.len() >= BATCH_BYTES / 2
-            || oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY)
-            || !waiters.is_empty()
-            || stopping;
-        if due && !pending.is_empty() {
-            exporter.export(&pending);
-            pending.clear();
-            oldest = None;
-        }
-        for w in waiters {
-            let _ = w.send(());
-        }
-        if stopping {
-            return;
-        }
-        nap = if got {
-            BUSY_NAP
-        } else {
-            (nap * 2).min(IDLE_NAP)
-        };
-        std::thread::sleep(nap);
     }
 }
