@@ -20,11 +20,16 @@ upstream = "agents"
 "#;
 
 fn check(text: &str) -> (i32, String, String) {
+    with_config("check", text)
+}
+
+/// Runs `agentgate <command> --config FILE` on `text`; the file's path reads as PATH.
+fn with_config(command: &str, text: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, text).unwrap();
     let out = Command::new(BIN)
-        .args(["check", "--config"])
+        .args([command, "--config"])
         .arg(&path)
         .output()
         .unwrap();
@@ -182,16 +187,9 @@ fn syntax_errors_are_located() {
 
 #[test]
 fn run_refuses_a_bad_config() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(&path, GOOD.replace("listen =", "lisen =")).unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(":2:1: unknown field"));
+    let (code, _, stderr) = with_config("run", &GOOD.replace("listen =", "lisen ="));
+    assert_eq!(code, 2);
+    assert!(stderr.contains(":2:1: unknown field"), "{stderr}");
 }
 
 #[test]
@@ -209,21 +207,12 @@ fn a_missing_file_is_named() {
 fn run_refuses_an_address_already_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("busy.toml");
-    std::fs::write(
-        &path,
-        GOOD.replace("127.0.0.1:18080", &format!("127.0.0.1:{port}")),
-    )
-    .unwrap();
     let started = std::time::Instant::now();
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, _, stderr) = with_config(
+        "run",
+        &GOOD.replace("127.0.0.1:18080", &format!("127.0.0.1:{port}")),
+    );
+    assert_eq!(code, 2);
     assert!(
         stderr.contains(&format!("server.listen 127.0.0.1:{port} cannot be bound")),
         "{stderr}"
