@@ -99,24 +99,6 @@ pub fn field_str(out: &mut Vec<u8>, key: &str, value: &str) {
     push_str(out, value);
 }
 
-pub fn field_opt_str(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
-    push_key(out, key);
-    match value {
-        Some(v) => push_str(out, v),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-pub fn field_u64(out: &mut Vec<u8>, key: &str, value: u64) {
-    push_key(out, key);
-    push_u64(out, value);
-}
-
-pub fn field_bool(out: &mut Vec<u8>, key: &str, value: bool) {
-    push_key(out, key);
-    out.extend_from_slice(if value { b"true" } else { b"false" });
-}
-
 #[inline]
 pub fn push_u64(out: &mut Vec<u8>, value: u64) {
     let mut buf = itoa::Buffer::new();
@@ -318,7 +300,8 @@ mod tests {
         let text = "x\"y\\\n\u{1}\u{1f} é plain";
         let mut s = b"{".to_vec();
         field_str(&mut s, "a", text);
-        field_u64(&mut s, "n", u64::MAX);
+        push_key(&mut s, "n");
+        push_u64(&mut s, u64::MAX);
         push_key(&mut s, "ms");
         push_millis(&mut s, Duration::from_micros(12_005));
         for (key, ip) in [("ip", "10.0.255.1"), ("ip6", "::1")] {
