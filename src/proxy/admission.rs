@@ -3,7 +3,7 @@
 //! agent sends back.
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderMap, CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -253,33 +253,41 @@ fn check_declared_length(req: &RequestHeader, limit: u64) -> Result<(), GatewayE
 /// Edits the request the agent receives: forwarding and trace headers, hop-by-hop
 /// headers removed.
 pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-    headers::strip_hop_by_hop(req);
+    headers::edit_request(req, |map| prepare_upstream_headers(map, ctx));
+    Ok(())
+}
+
+fn prepare_upstream_headers(map: &mut HeaderMap, ctx: &RequestCtx) {
+    headers::strip_hop_by_hop(map);
     let Some(runtime) = &ctx.runtime else {
-        return Ok(());
+        return;
     };
+    // Room for the four headers below: the map grows once, not on every insert.
+    map.reserve(4);
     let trusted = &runtime.config.server.trusted_proxies;
     // Resolved once in `admit`.
     let peer = ctx.peer_ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-    let xff = headers::forwarded_for(&req.headers, peer, trusted);
-    req.insert_header("x-forwarded-for", xff)?;
-    if !(headers::is_trusted(peer, trusted) && req.headers.contains_key(headers::X_FORWARDED_PROTO))
-    {
-        req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
+    let xff = headers::forwarded_for(map, peer, trusted);
+    map.insert(headers::X_FORWARDED_FOR, xff);
+    if !(headers::is_trusted(peer, trusted) && map.contains_key(headers::X_FORWARDED_PROTO)) {
+        map.insert(
+            headers::X_FORWARDED_PROTO,
+            http::HeaderValue::from_static("http"),
+        );
     }
     if let Some(id) = &ctx.request_id {
-        req.insert_header("x-request-id", id.clone())?;
+        map.insert(headers::X_REQUEST_ID, id.clone());
     }
     if let Some(trace) = &ctx.trace {
         if trace.parent_span_id.is_none() {
             // A new trace: an incoming tracestate belonged to a context we did not accept.
-            req.remove_header(&headers::TRACESTATE);
+            map.remove(headers::TRACESTATE);
         }
-        req.insert_header(
-            "traceparent",
-            trace.traceparent_for(&ctx.upstream_span_id).to_vec(),
-        )?;
+        let traceparent = trace.traceparent_for(&ctx.upstream_span_id);
+        if let Ok(value) = http::HeaderValue::from_bytes(&traceparent) {
+            map.insert(headers::TRACEPARENT, value);
+        }
     }
-    Ok(())
 }
 
 /// Checks the agent's response header before it reaches the client: a list response

@@ -167,6 +167,11 @@ impl ProxyHttp for Gateway {
         RequestCtx::default()
     }
 
+    /// No downstream modules: pingora's default adds a (disabled) compression module that
+    /// is still built and consulted on every request, and agent responses, streams above
+    /// all, are never compressed by the gateway.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn early_request_filter(
         &self,
         _session: &mut Session,
@@ -255,7 +260,11 @@ impl ProxyHttp for Gateway {
         let mut peer = HttpPeer::new(backend.addr, false, String::new());
         peer.options.connection_timeout = Some(cfg.connect_timeout);
         peer.options.read_timeout = Some(cfg.first_byte_timeout.max(cfg.idle_timeout));
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        // No idle timer on pooled connections: pingora already watches every idle one
+        // and drops it when the agent closes it, and a timer here would be armed and
+        // cancelled on every request. A connection the network dropped silently costs
+        // one retry (`error_while_proxy` allows an extra try on a reused connection).
+        peer.options.idle_timeout = None;
         Ok(Box::new(peer))
     }
 
@@ -384,8 +393,10 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        headers::strip_hop_by_hop(upstream_response);
-        respond::decorate_response(upstream_response, ctx)?;
+        headers::edit_response(upstream_response, |map| {
+            headers::strip_hop_by_hop(map);
+            respond::decorate_response(map, ctx);
+        });
         ctx.status = upstream_response.status.as_u16();
         if respond::is_streaming(upstream_response) {
             ctx.streaming = true;

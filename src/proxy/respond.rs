@@ -2,6 +2,7 @@
 //! response carries (`x-request-id`, `server-timing`, rate-limit and pagination notes).
 
 use bytes::Bytes;
+use http::header::{HeaderMap, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -9,6 +10,7 @@ use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
 use super::errors::{json_body, ErrorKind, GatewayError};
+use super::headers;
 
 /// Writes a JSON error response and records it in the context.
 pub async fn send_error(
@@ -18,14 +20,19 @@ pub async fn send_error(
 ) -> Result<()> {
     let status = err.kind.status();
     let body = json_body(&err, ctx.request_id_str());
-    let mut header = ResponseHeader::build(status, Some(8))?;
-    header.insert_header("content-type", "application/json")?;
-    header.insert_header("content-length", body.len().to_string())?;
-    header.insert_header("cache-control", "no-store")?;
-    if err.kind == ErrorKind::RateLimited {
-        header.insert_header("retry-after", ctx.retry_after_s.max(1).to_string())?;
-    }
-    decorate_response(&mut header, ctx)?;
+    let mut header = ResponseHeader::build_no_case(status, Some(10))?;
+    headers::edit_response(&mut header, |map| {
+        map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        map.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        map.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if err.kind == ErrorKind::RateLimited {
+            map.insert(
+                headers::RETRY_AFTER,
+                HeaderValue::from(ctx.retry_after_s.max(1)),
+            );
+        }
+        decorate_response(map, ctx);
+    });
     ctx.status = status;
     ctx.error = Some(err);
     // Written directly, so the body filters that count bytes never see it.
@@ -42,20 +49,23 @@ pub async fn send_error(
 }
 
 /// Adds the headers every response carries.
-pub fn decorate_response(header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+pub fn decorate_response(map: &mut HeaderMap, ctx: &RequestCtx) {
+    // Room for everything below: the map grows once, not on every insert.
+    map.reserve(6);
     if let Some(id) = &ctx.request_id {
-        header.insert_header("x-request-id", id.clone())?;
+        map.insert(headers::X_REQUEST_ID, id.clone());
     }
-    header.insert_header("server-timing", server_timing(ctx))?;
+    map.insert(headers::SERVER_TIMING, server_timing(ctx));
     if let Some((limit, remaining, reset)) = ctx.rate_limit_headers {
-        header.insert_header("ratelimit-limit", HeaderValue::from(limit))?;
-        header.insert_header("ratelimit-remaining", HeaderValue::from(remaining))?;
-        header.insert_header("ratelimit-reset", HeaderValue::from(reset))?;
+        map.insert(headers::RATELIMIT_LIMIT, HeaderValue::from(limit));
+        map.insert(headers::RATELIMIT_REMAINING, HeaderValue::from(remaining));
+        map.insert(headers::RATELIMIT_RESET, HeaderValue::from(reset));
     }
     if let Some((asked, max)) = ctx.pagination_clamped {
-        header.insert_header("x-pagination-clamped", format!("{asked}->{max}"))?;
+        if let Ok(value) = HeaderValue::from_str(&format!("{asked}->{max}")) {
+            map.insert(headers::X_PAGINATION_CLAMPED, value);
+        }
     }
-    Ok(())
 }
 
 /// `gateway;dur=<ms>, upstream;dur=<ms>`: upstream is the wait for the response header,
