@@ -139,13 +139,32 @@ pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 }
 
 /// The text of an IP address, on the stack.
+#[derive(Clone, Copy)]
 pub struct IpText {
     buf: [u8; 48],
     len: usize,
 }
 
+thread_local! {
+    /// The address this thread formatted last: a request formats its client's address
+    /// up to three times (forwarding header, log line, span), and consecutive requests
+    /// often come from the same address (a load balancer, a kept-alive client).
+    static LAST_IP: Cell<Option<(IpAddr, IpText)>> = const { Cell::new(None) };
+}
+
 impl IpText {
     pub fn new(ip: IpAddr) -> IpText {
+        if let Some((last, text)) = LAST_IP.get() {
+            if last == ip {
+                return text;
+            }
+        }
+        let text = Self::format(ip);
+        LAST_IP.set(Some((ip, text)));
+        text
+    }
+
+    fn format(ip: IpAddr) -> IpText {
         let mut text = IpText {
             buf: [0; 48],
             len: 0,

@@ -110,7 +110,7 @@ impl Observer {
         _e: Option<&Error>,
         ctx: &mut RequestCtx,
     ) {
-        let Some(runtime) = ctx.runtime.clone() else {
+        let Some(runtime) = ctx.runtime.as_ref() else {
             return;
         };
         let Some(start) = ctx.start else { return };
@@ -159,9 +159,9 @@ impl Observer {
         if ctx.rate_limited {
             route_metrics.rate_limited.increment(1);
         }
-        self.record_alert_windows(&runtime, route_rt, ctx, elapsed);
+        self.record_alert_windows(runtime, route_rt, ctx, elapsed);
 
-        let writer = self.access_log.load_full();
+        let writer = self.access_log.load();
         let span_sink = self
             .spans
             .as_ref()
@@ -169,11 +169,11 @@ impl Observer {
         if writer.is_none() && span_sink.is_none() {
             return;
         }
-        let query = redacted_query(req, &runtime);
+        let query = redacted_query(req, runtime);
         if let Some(sink) = span_sink {
-            self.export_spans(sink, &runtime, req, query.as_deref(), ctx, elapsed);
+            self.export_spans(sink, runtime, req, query.as_deref(), ctx, elapsed);
         }
-        let Some(writer) = writer else {
+        let Some(writer) = writer.as_ref() else {
             return;
         };
         let upstream = route_rt.map(|r| runtime.config.upstreams[r.route.upstream].name.as_str());

@@ -51,14 +51,9 @@ fn invalid(rule: &PaginationRule, detail: &str) -> GatewayError {
 /// Applies the rule to a request's query string.
 pub fn enforce(rule: &PaginationRule, query: Option<&str>) -> Result<Enforced, GatewayError> {
     let query = query.unwrap_or("");
-    let pairs: Vec<&str> = if query.is_empty() {
-        Vec::new()
-    } else {
-        query.split('&').collect()
-    };
     let mut found: Option<(usize, &str)> = None;
-    for (i, pair) in pairs.iter().enumerate() {
-        if decoded(name_of(pair)) == rule.limit_param.as_str() {
+    for (i, pair) in query.split('&').enumerate() {
+        if !pair.is_empty() && decoded(name_of(pair)) == rule.limit_param.as_str() {
             if found.is_some() {
                 return Err(invalid(
                     rule,
@@ -69,14 +64,20 @@ pub fn enforce(rule: &PaginationRule, query: Option<&str>) -> Result<Enforced, G
         }
     }
     let Some((index, raw_value)) = found else {
-        let injected = format!("{}={}", rule.limit_param, rule.default_limit);
-        let query = if query.is_empty() {
-            injected
-        } else {
-            format!("{query}&{injected}")
-        };
+        // One allocation: this runs on every list request that leaves the limit out.
+        let mut digits = itoa::Buffer::new();
+        let default = digits.format(rule.default_limit);
+        let mut with_default =
+            String::with_capacity(query.len() + 2 + rule.limit_param.len() + default.len());
+        if !query.is_empty() {
+            with_default.push_str(query);
+            with_default.push('&');
+        }
+        with_default.push_str(&rule.limit_param);
+        with_default.push('=');
+        with_default.push_str(default);
         return Ok(Enforced {
-            query: Some(query),
+            query: Some(with_default),
             action: Some(PaginationAction::Defaulted),
             clamped: None,
         });
@@ -113,6 +114,7 @@ pub fn enforce(rule: &PaginationRule, query: Option<&str>) -> Result<Enforced, G
             &format!("`{}={asked}` is over the maximum", rule.limit_param),
         )),
         OnExceed::Clamp => {
+            let pairs: Vec<&str> = query.split('&').collect();
             let name = name_of(pairs[index]);
             let replaced = format!("{name}={}", rule.max_limit);
             let query = pairs

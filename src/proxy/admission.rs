@@ -157,7 +157,11 @@ fn paginate(
     ctx.pagination = enforced.action;
     ctx.pagination_clamped = enforced.clamped;
     if let Some(query) = enforced.query {
-        let target = format!("{}?{query}", uri.path());
+        let path = uri.path();
+        let mut target = String::with_capacity(path.len() + 1 + query.len());
+        target.push_str(path);
+        target.push('?');
+        target.push_str(&query);
         let new_uri = http::Uri::builder()
             .path_and_query(target)
             .build()

@@ -23,16 +23,18 @@ pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset
 pub const X_PAGINATION_CLAMPED: HeaderName = HeaderName::from_static("x-pagination-clamped");
 pub const RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway. Transfer-Encoding
-/// is not listed: pingora re-frames bodies itself and needs to see it.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "upgrade",
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway, with `trailer`
+/// last. Transfer-Encoding is not listed: pingora re-frames bodies itself and needs to
+/// see it.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::UPGRADE,
+    http::header::TRAILER,
 ];
 
 /// Edits a request header as a plain `http` header map.
@@ -83,9 +85,8 @@ pub fn edit_response<R>(resp: &mut ResponseHeader, edit: impl FnOnce(&mut Header
     out
 }
 
-/// Which fixed hop-by-hop header this is, as an index into `HOP_BY_HOP` (with `trailer`
-/// last). Standard names compare as enum values, so the usual case costs one pass over
-/// the header names.
+/// Which fixed hop-by-hop header this is, as an index into `HOP_BY_HOP`. Standard names
+/// compare as enum values, so the usual case costs one pass over the header names.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     use http::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE};
     Some(if *name == CONNECTION {
@@ -129,13 +130,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for (i, name) in HOP_BY_HOP
-        .iter()
-        .chain(std::iter::once(&"trailer"))
-        .enumerate()
-    {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
-            headers.remove(*name);
+            headers.remove(name);
         }
     }
 }

@@ -361,7 +361,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.first_byte_at = Some(Instant::now());
+        let now = Instant::now();
+        ctx.first_byte_at = Some(now);
         if let Some(w) = &ctx.watchdog {
             if w.phase == Phase::FirstByte {
                 ctx.watchdog = None;
@@ -381,7 +382,7 @@ impl ProxyHttp for Gateway {
             (&ctx.runtime, ctx.route, ctx.upstream_sent_at)
         {
             if let Some(h) = &runtime.routes[route].metrics.first_byte {
-                h.record(sent.elapsed().as_secs_f64());
+                h.record(now.saturating_duration_since(sent).as_secs_f64());
             }
         }
         admission::check_upstream_response(upstream_response, ctx)
