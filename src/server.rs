@@ -19,7 +19,7 @@ use crate::alerts::evaluator::{instance_name, AlertEvaluator};
 use crate::balance::health::HealthService;
 use crate::config::Config;
 use crate::observe::{logger, metrics, Observer};
-use crate::proxy::header_deadline::HeaderDeadline;
+use crate::proxy::deadlines::Deadlines;
 use crate::proxy::Gateway;
 use crate::ratelimit::store::StoreProbe;
 use crate::reload::ReloadOnHangup;
@@ -90,7 +90,7 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
     );
     let mut proxy = Service::new(
         "agentgate proxy".to_string(),
-        HeaderDeadline::new(proxy_app, header_timeout),
+        Deadlines::new(proxy_app, header_timeout),
     );
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);

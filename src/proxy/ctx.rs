@@ -6,7 +6,6 @@ use std::time::Instant;
 use http::HeaderValue;
 
 use super::errors::GatewayError;
-use super::watchdog::Watchdog;
 use crate::balance::InFlightGuard;
 use crate::observe::metrics::{PaginationAction, TryOutcome};
 use crate::observe::trace_context::TraceContext;
@@ -40,8 +39,9 @@ pub struct RequestCtx {
     pub upstream_sent_at: Option<Instant>,
     pub first_byte_at: Option<Instant>,
     pub response_done_at: Option<Instant>,
-    pub watchdog: Option<Watchdog>,
+    /// The upstream connection of the current try, for its deadlines.
     pub connect_fd: Option<std::os::fd::RawFd>,
+    pub connect_local: Option<std::net::SocketAddr>,
 
     pub status: u16,
     /// Status the agent answered with, when it answered.

@@ -4,12 +4,11 @@
 
 pub mod admission;
 pub mod ctx;
+pub mod deadlines;
 pub mod errors;
-pub mod header_deadline;
 pub mod headers;
 pub mod respond;
 pub mod routing;
-pub mod watchdog;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +28,6 @@ use crate::observe::Observer;
 use crate::state::Shared;
 pub use ctx::RequestCtx;
 use errors::{ErrorKind, GatewayError};
-use watchdog::{Phase, Watchdog};
 
 /// The agentgate proxy service.
 pub struct Gateway {
@@ -109,7 +107,7 @@ impl Gateway {
         if let Some(err) = &ctx.error {
             return Some(err.clone());
         }
-        if ctx.watchdog.as_ref().is_some_and(|w| w.fired()) {
+        if deadlines::upstream_fired() {
             return Some(timeout_error(ctx));
         }
         let kind = match e.etype() {
@@ -139,11 +137,18 @@ impl Gateway {
         Some(GatewayError::new(kind, message))
     }
 
-    /// Arms the tighter of first-byte / idle timeouts when pingora's read timeout is the
-    /// looser one (see `watchdog`).
-    fn upstream_limits(ctx: &RequestCtx) -> Option<(Duration, Duration)> {
-        let u = ctx.upstream_settings()?;
-        Some((u.first_byte_timeout, u.idle_timeout))
+    /// Starts the upstream deadline for the current phase: first byte until the
+    /// response header, idle after it (see `deadlines`).
+    fn arm_upstream_deadline(ctx: &RequestCtx, header_seen: bool) {
+        let (Some(fd), Some(u)) = (ctx.connect_fd, ctx.upstream_settings()) else {
+            return;
+        };
+        let limit = if header_seen {
+            u.idle_timeout
+        } else {
+            u.first_byte_timeout
+        };
+        deadlines::arm_upstream(fd, ctx.connect_local, limit);
     }
 }
 
@@ -177,7 +182,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        header_deadline::mark_header_read();
+        deadlines::mark_header_read();
         Ok(())
     }
 
@@ -259,7 +264,9 @@ impl ProxyHttp for Gateway {
         ctx.in_flight = Some(backend.begin_request());
         let mut peer = HttpPeer::new(backend.addr, false, String::new());
         peer.options.connection_timeout = Some(cfg.connect_timeout);
-        peer.options.read_timeout = Some(cfg.first_byte_timeout.max(cfg.idle_timeout));
+        // No per-read timeout: first_byte_timeout and idle_timeout are request deadlines
+        // (`deadlines`), which cost no timer per read.
+        peer.options.read_timeout = None;
         // No idle timer on pooled connections: pingora already watches every idle one
         // and drops it when the agent closes it, and a timer here would be armed and
         // cancelled on every request. A connection the network dropped silently costs
@@ -274,15 +281,17 @@ impl ProxyHttp for Gateway {
         _reused: bool,
         _peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
-        _digest: Option<&pingora::protocols::Digest>,
+        digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.connect_fd = Some(fd);
-        if let Some((first_byte, idle)) = Self::upstream_limits(ctx) {
-            if first_byte < idle {
-                ctx.watchdog = Watchdog::arm(fd, Phase::FirstByte, first_byte);
-            }
-        }
+        // Cached per connection by pingora: a syscall only on a new connection.
+        ctx.connect_local = digest
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|s| s.local_addr())
+            .and_then(|a| a.as_inet())
+            .copied();
+        Self::arm_upstream_deadline(ctx, false);
         Ok(())
     }
 
@@ -300,6 +309,7 @@ impl ProxyHttp for Gateway {
         };
         self.record_try(ctx, outcome);
         ctx.in_flight = None;
+        deadlines::disarm_upstream();
         let retries = Self::retries(ctx);
         // A connect failure never reached the agent: always safe to try another backend.
         e.set_retry(ctx.tries <= retries);
@@ -316,8 +326,8 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("backend {peer}"));
         if matches!(e.esource(), ErrorSource::Upstream) {
-            let timed_out = matches!(e.etype(), ErrorType::ReadTimedout)
-                || ctx.watchdog.as_ref().is_some_and(|w| w.fired());
+            let timed_out =
+                matches!(e.etype(), ErrorType::ReadTimedout) || deadlines::upstream_fired();
             self.record_try(
                 ctx,
                 if timed_out {
@@ -336,8 +346,8 @@ impl ProxyHttp for Gateway {
         // A stale pooled connection gets one extra try: the agent never saw the request.
         let allowed = ctx.tries <= retries || (client_reused && ctx.tries <= retries + 1);
         e.set_retry(safe && allowed);
+        deadlines::disarm_upstream();
         if e.retry() {
-            ctx.watchdog = None;
             ctx.in_flight = None;
         }
         e
@@ -363,11 +373,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let now = Instant::now();
         ctx.first_byte_at = Some(now);
-        if let Some(w) = &ctx.watchdog {
-            if w.phase == Phase::FirstByte {
-                ctx.watchdog = None;
-            }
-        }
+        Self::arm_upstream_deadline(ctx, true);
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
         self.record_try(
@@ -417,16 +423,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         if end_of_stream {
-            ctx.watchdog = None;
+            deadlines::disarm_upstream();
             ctx.response_done_at = Some(Instant::now());
-        } else if let Some(w) = &ctx.watchdog {
-            w.touch();
-        } else if let (Some(fd), Some((first_byte, idle))) =
-            (ctx.connect_fd, Self::upstream_limits(ctx))
-        {
-            if idle < first_byte {
-                ctx.watchdog = Watchdog::arm(fd, Phase::Idle, idle);
-            }
+        } else {
+            // A chunk arrived: the silence starts again.
+            Self::arm_upstream_deadline(ctx, true);
         }
         admission::check_upstream_body(body, end_of_stream, ctx)?;
         Ok(None)
@@ -452,7 +453,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let err = self.classify(e, ctx);
-        ctx.watchdog = None;
+        deadlines::disarm_upstream();
         ctx.in_flight = None;
         let Some(err) = err else {
             // The client went away: nothing to answer.
@@ -481,7 +482,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        ctx.watchdog = None;
+        deadlines::disarm_upstream();
         ctx.in_flight = None;
         if ctx.response_done_at.is_none() {
             ctx.response_done_at = Some(Instant::now());
