@@ -1,6 +1,8 @@
 //! Responses the gateway writes or decorates: JSON errors and the headers every
 //! response carries (`x-request-id`, `server-timing`, rate-limit and pagination notes).
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
 use http::header::{HeaderMap, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderValue;
@@ -57,15 +59,33 @@ pub fn decorate_response(map: &mut HeaderMap, ctx: &RequestCtx) {
     }
     map.insert(headers::SERVER_TIMING, server_timing(ctx));
     if let Some((limit, remaining, reset)) = ctx.rate_limit_headers {
-        map.insert(headers::RATELIMIT_LIMIT, HeaderValue::from(limit));
+        map.insert(headers::RATELIMIT_LIMIT, count_value(0, limit.into()));
         map.insert(headers::RATELIMIT_REMAINING, HeaderValue::from(remaining));
-        map.insert(headers::RATELIMIT_RESET, HeaderValue::from(reset));
+        map.insert(headers::RATELIMIT_RESET, count_value(1, reset));
     }
     if let Some((asked, max)) = ctx.pagination_clamped {
         if let Ok(value) = HeaderValue::from_str(&format!("{asked}->{max}")) {
             map.insert(headers::X_PAGINATION_CLAMPED, value);
         }
     }
+}
+
+thread_local! {
+    /// The last value of each slowly changing count header, formatted: a route's limit
+    /// never changes and its reset seconds rarely do, so most responses clone a shared
+    /// value instead of formatting and allocating a new one.
+    static LAST_COUNTS: RefCell<[(u64, HeaderValue); 2]> =
+        RefCell::new([(0, HeaderValue::from_static("0")), (0, HeaderValue::from_static("0"))]);
+}
+
+fn count_value(slot: usize, n: u64) -> HeaderValue {
+    LAST_COUNTS.with(|last| {
+        let mut last = last.borrow_mut();
+        if last[slot].0 != n {
+            last[slot] = (n, HeaderValue::from(n));
+        }
+        last[slot].1.clone()
+    })
 }
 
 /// `gateway;dur=<ms>, upstream;dur=<ms>`: upstream is the wait for the response header,
