@@ -74,8 +74,9 @@ thread_local! {
     /// The last value of each slowly changing count header, formatted: a route's limit
     /// never changes and its reset seconds rarely do, so most responses clone a shared
     /// value instead of formatting and allocating a new one.
-    static LAST_COUNTS: RefCell<[(u64, HeaderValue); 2]> =
-        RefCell::new([(0, HeaderValue::from_static("0")), (0, HeaderValue::from_static("0"))]);
+    static LAST_COUNTS: RefCell<[(u64, HeaderValue); 2]> = const {
+        RefCell::new([(0, HeaderValue::from_static("0")), (0, HeaderValue::from_static("0"))])
+    };
 }
 
 fn count_value(slot: usize, n: u64) -> HeaderValue {
