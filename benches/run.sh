@@ -309,11 +309,11 @@ fds() { ls "/proc/$1/fd" | wc -l; }
 
 run_sse() {
   local agent=127.0.0.1:18201 tokens=20
-  # The gateway holds three descriptors per stream: the client connection, the agent
-  # connection, and the idle-timeout watchdog's duplicate of the latter.
+  # The gateway holds two descriptors per stream: the client connection and the agent
+  # connection.
   local fd_limit; fd_limit=$(ulimit -n)
-  if [ $(( STREAMS * 3 + 1000 )) -gt "$fd_limit" ]; then
-    local fit=$(( (fd_limit - 1000) / 3 ))
+  if [ $(( STREAMS * 2 + 1000 )) -gt "$fd_limit" ]; then
+    local fit=$(( (fd_limit - 1000) / 2 ))
     echo "open-file limit is $fd_limit (raise it with ulimit -n); holding $fit streams instead of $STREAMS" >&2
     STREAMS=$fit
   fi
