@@ -79,6 +79,12 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
         graceful_shutdown_timeout_seconds: Some(1),
         // Tries per request are bounded by each upstream's `retries`; this is only a cap.
         max_retries: 16,
+        // Every pingora timeout of a second or more (connect, the read of a new
+        // connection's first request) goes on tokio's timer wheel. pingora's "fast"
+        // timers need a clock thread that wakes every millisecond for the life of the
+        // process, a standing tax on the cores that serve requests; the gateway's own
+        // deadlines use neither (see `proxy::deadlines`).
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -410,3 +410,35 @@ async fn chunked_response_streams_chunk_by_chunk() {
         "first to last chunk {spread:?}: buffered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_millisecond_clock_thread_runs_beside_the_workers() {
+    // pingora's fast timers start a thread that wakes every millisecond for good; the
+    // gateway keeps its timeouts off them, so serving traffic must not start it.
+    let a = Backend::start("a").await;
+    let body = format!(
+        "{}{}",
+        upstream("u", &[a.addr.to_string()], ""),
+        route("r", "/", "u")
+    );
+    let gw = Gateway::start("", &body);
+    for _ in 0..5 {
+        // a fresh client each time: new downstream and upstream connections
+        let r = client().get(gw.url("/echo")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let pid = gw.child.as_ref().unwrap().id();
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("agentgate-dead")),
+        "the deadline sweeper runs: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n == "Timer thread"),
+        "pingora's clock thread started: {names:?}"
+    );
+}
