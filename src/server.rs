@@ -85,10 +85,10 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
         // process, a standing tax on the cores that serve requests; the gateway's own
         // deadlines use neither (see `proxy::deadlines`).
         fast_timeout_to_tokio_threshold_seconds: Some(0),
-        // One single-threaded runtime per worker thread (nginx's model): a connection
-        // stays on the thread that accepted it, and waking a task needs no cross-thread
-        // queue. Requests are stateless and short, so stealing buys little balance.
-        work_stealing: false,
+        // Idle upstream connections kept for reuse. pingora's default of 128 is below
+        // the concurrency one worker sees with a few hundred clients: every release past
+        // it closes a connection the next request has to open again.
+        upstream_keepalive_pool_size: 1024,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
