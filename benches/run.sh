@@ -46,6 +46,7 @@ CORES=$(nproc)
 if [ "$CORES" -ge 2 ]; then PROXY_CPU="taskset -c 0"; LOAD_CPU="taskset -c 1"; else PROXY_CPU=""; LOAD_CPU=""; fi
 
 BACKEND=127.0.0.1:18001
+SINK=127.0.0.1:18009
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && { exec 3>&- 3<&-; return 0; }; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
 start_backend() {
@@ -64,13 +65,39 @@ http {
   server {
     listen $BACKEND reuseport backlog=65535;
     location / { default_type application/json; return 200 '{"items":[{"id":"conv-0001","title":"hello"}],"next_cursor":null}'; }
-    location /v1/traces { return 200 ''; }
   }
 }
 NGX
   $LOAD_CPU "$NGINX" -p "$W/backend" -c "$W/backend/nginx.conf" &
   PIDS+=($!)
   wait_port 18001
+  start_span_sink
+}
+
+# The OTLP span sink: a process of its own, as a collector is, so reading span batches
+# never holds up the backend's answers (it shares the load core with them).
+start_span_sink() {
+  mkdir -p "$W/sink"
+  cat > "$W/sink/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $W/sink/nginx.pid;
+error_log $W/sink/error.log crit;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $W/sink/tmp; proxy_temp_path $W/sink/tmp;
+  fastcgi_temp_path $W/sink/tmp; uwsgi_temp_path $W/sink/tmp; scgi_temp_path $W/sink/tmp;
+  keepalive_requests 10000000;
+  server {
+    listen $SINK backlog=1024;
+    location /v1/traces { return 200 ''; }
+  }
+}
+NGX
+  $LOAD_CPU "$NGINX" -p "$W/sink" -c "$W/sink/nginx.conf" &
+  PIDS+=($!)
+  wait_port "${SINK#*:}"
 }
 
 start_nginx_proxy() { # port threads
@@ -120,7 +147,7 @@ agentgate_config() { # port admin threads kind(off|on|local|global) backend
     echo "level = \"warn\""
     if [ "$kind" = on ]; then echo "access_log = \"$W/agentgate-$port-access.log\""; else echo "access_log = \"off\""; fi
     echo "[trace]"
-    if [ "$kind" = on ]; then echo "otlp_endpoint = \"http://$BACKEND/v1/traces\""; echo "sample_ratio = 1.0"; else echo "sample_ratio = 0.0"; fi
+    if [ "$kind" = on ]; then echo "otlp_endpoint = \"http://$SINK/v1/traces\""; echo "sample_ratio = 1.0"; else echo "sample_ratio = 0.0"; fi
     echo "[upstreams.agents]"
     echo "backends = [\"$backend\"]"
     echo "[upstreams.agents.health]"
@@ -317,6 +344,7 @@ run_sse() {
     echo "open-file limit is $fd_limit (raise it with ulimit -n); holding $fit streams instead of $STREAMS" >&2
     STREAMS=$fit
   fi
+  start_span_sink
   "$BIN" demo-agent --listen "$agent" --name bench-agent --token-delay 1s >/dev/null 2>&1 &
   PIDS+=($!)
   wait_port 18201
