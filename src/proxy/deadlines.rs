@@ -325,7 +325,8 @@ impl<R: Future> Future for Race<'_, R> {
         }
         match UPSTREAM_ASK.with(Cell::get) {
             UpstreamAsk::Keep => {
-                if was_waiting_for_header && self.upstream.is_none() {
+                // The header deadline is met; nothing upstream is armed yet.
+                if was_waiting_for_header {
                     self.release();
                 }
             }

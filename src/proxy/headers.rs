@@ -21,12 +21,11 @@ pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit
 pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 pub const X_PAGINATION_CLAMPED: HeaderName = HeaderName::from_static("x-pagination-clamped");
-pub const RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway, with `trailer`
 /// last. Transfer-Encoding is not listed: pingora re-frames bodies itself and needs to
 /// see it.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -88,26 +87,7 @@ pub fn edit_response<R>(resp: &mut ResponseHeader, edit: impl FnOnce(&mut Header
 /// Which fixed hop-by-hop header this is, as an index into `HOP_BY_HOP`. Standard names
 /// compare as enum values, so the usual case costs one pass over the header names.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    use http::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE};
-    Some(if *name == CONNECTION {
-        0
-    } else if *name == TE {
-        5
-    } else if *name == UPGRADE {
-        6
-    } else if *name == TRAILER {
-        7
-    } else if *name == PROXY_AUTHENTICATE {
-        3
-    } else if *name == PROXY_AUTHORIZATION {
-        4
-    } else if name.as_str() == "keep-alive" {
-        1
-    } else if name.as_str() == "proxy-connection" {
-        2
-    } else {
-        return None;
-    })
+    HOP_BY_HOP.iter().position(|hop| hop == name)
 }
 
 /// Removes hop-by-hop headers and every header the `Connection` header nominates.

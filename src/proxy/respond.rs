@@ -29,7 +29,7 @@ pub async fn send_error(
         map.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if err.kind == ErrorKind::RateLimited {
             map.insert(
-                headers::RETRY_AFTER,
+                http::header::RETRY_AFTER,
                 HeaderValue::from(ctx.retry_after_s.max(1)),
             );
         }
