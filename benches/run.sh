@@ -49,55 +49,43 @@ BACKEND=127.0.0.1:18001
 SINK=127.0.0.1:18009
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && { exec 3>&- 3<&-; return 0; }; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
-start_backend() {
-  mkdir -p "$W/backend"
-  cat > "$W/backend/nginx.conf" <<NGX
+# serve_nginx NAME LISTEN CONNECTIONS LOCATIONS: a one-worker nginx on the load core that
+# answers from LOCATIONS itself (no access log, no upstream).
+serve_nginx() {
+  local dir="$W/$1"; mkdir -p "$dir"
+  cat > "$dir/nginx.conf" <<NGX
 worker_processes 1;
 daemon off;
-pid $W/backend/nginx.pid;
-error_log $W/backend/error.log crit;
-events { worker_connections 65536; }
+pid $dir/nginx.pid;
+error_log $dir/error.log crit;
+events { worker_connections $3; }
 http {
   access_log off;
-  client_body_temp_path $W/backend/tmp; proxy_temp_path $W/backend/tmp;
-  fastcgi_temp_path $W/backend/tmp; uwsgi_temp_path $W/backend/tmp; scgi_temp_path $W/backend/tmp;
+  client_body_temp_path $dir/tmp; proxy_temp_path $dir/tmp;
+  fastcgi_temp_path $dir/tmp; uwsgi_temp_path $dir/tmp; scgi_temp_path $dir/tmp;
   keepalive_requests 10000000;
   server {
-    listen $BACKEND reuseport backlog=65535;
-    location / { default_type application/json; return 200 '{"items":[{"id":"conv-0001","title":"hello"}],"next_cursor":null}'; }
+    listen $2;
+    $4
   }
 }
 NGX
-  $LOAD_CPU "$NGINX" -p "$W/backend" -c "$W/backend/nginx.conf" &
+  $LOAD_CPU "$NGINX" -p "$dir" -c "$dir/nginx.conf" &
   PIDS+=($!)
-  wait_port 18001
+  local addr="${2%% *}"
+  wait_port "${addr#*:}"
+}
+
+start_backend() {
+  serve_nginx backend "$BACKEND reuseport backlog=65535" 65536 \
+    "location / { default_type application/json; return 200 '{\"items\":[{\"id\":\"conv-0001\",\"title\":\"hello\"}],\"next_cursor\":null}'; }"
   start_span_sink
 }
 
 # The OTLP span sink: a process of its own, as a collector is, so reading span batches
 # never holds up the backend's answers (it shares the load core with them).
 start_span_sink() {
-  mkdir -p "$W/sink"
-  cat > "$W/sink/nginx.conf" <<NGX
-worker_processes 1;
-daemon off;
-pid $W/sink/nginx.pid;
-error_log $W/sink/error.log crit;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $W/sink/tmp; proxy_temp_path $W/sink/tmp;
-  fastcgi_temp_path $W/sink/tmp; uwsgi_temp_path $W/sink/tmp; scgi_temp_path $W/sink/tmp;
-  keepalive_requests 10000000;
-  server {
-    listen $SINK backlog=1024;
-    location /v1/traces { return 200 ''; }
-  }
-}
-NGX
-  $LOAD_CPU "$NGINX" -p "$W/sink" -c "$W/sink/nginx.conf" &
-  PIDS+=($!)
-  wait_port "${SINK#*:}"
+  serve_nginx sink "$SINK backlog=1024" 1024 "location /v1/traces { return 200 ''; }"
 }
 
 start_nginx_proxy() { # port threads
