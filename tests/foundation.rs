@@ -23,6 +23,11 @@ fn route(name: &str, prefix: &str, upstream: &str) -> String {
     )
 }
 
+/// Upstream `u` over `backends` (with `extra` settings) and one route sending `/` to it.
+fn one_route(backends: &[String], extra: &str) -> String {
+    format!("{}{}", upstream("u", backends, extra), route("r", "/", "u"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_longest_prefix_and_answers_404_as_json() {
     let a = Backend::start("a").await;
@@ -70,11 +75,7 @@ async fn routes_by_longest_prefix_and_answers_404_as_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_headers_and_strips_hop_by_hop() {
     let a = Backend::start("a").await;
-    let body = format!(
-        "{}{}",
-        upstream("u", &[a.addr.to_string()], ""),
-        route("r", "/", "u")
-    );
+    let body = one_route(&[a.addr.to_string()], "");
     let gw = Gateway::start("", &body);
     let r = client()
         .get(gw.url("/echo?q=1"))
@@ -126,14 +127,7 @@ async fn round_robin_and_random_spread_over_three_backends() {
         Backend::start("c").await,
     ];
     let addrs: Vec<String> = bs.iter().map(|b| b.addr.to_string()).collect();
-    let gw = Gateway::start(
-        "",
-        &format!(
-            "{}{}",
-            upstream("u", &addrs, "balance = \"round_robin\""),
-            route("r", "/", "u")
-        ),
-    );
+    let gw = Gateway::start("", &one_route(&addrs, "balance = \"round_robin\""));
     let counts = spread(&gw, 30).await;
     assert_eq!(counts.len(), 3, "{counts:?}");
     assert!(
@@ -142,14 +136,7 @@ async fn round_robin_and_random_spread_over_three_backends() {
     );
     drop(gw);
 
-    let gw = Gateway::start(
-        "",
-        &format!(
-            "{}{}",
-            upstream("u", &addrs, "balance = \"random\""),
-            route("r", "/", "u")
-        ),
-    );
+    let gw = Gateway::start("", &one_route(&addrs, "balance = \"random\""));
     let counts = spread(&gw, 90).await;
     assert_eq!(counts.len(), 3, "{counts:?}");
     assert!(
@@ -171,14 +158,7 @@ async fn least_in_flight_avoids_a_backend_holding_slow_requests() {
         fast1.addr.to_string(),
         fast2.addr.to_string(),
     ];
-    let gw = Gateway::start(
-        "",
-        &format!(
-            "{}{}",
-            upstream("u", &addrs, "balance = \"least_in_flight\""),
-            route("r", "/", "u")
-        ),
-    );
+    let gw = Gateway::start("", &one_route(&addrs, "balance = \"least_in_flight\""));
     let c = client();
     let total = 120;
     let started = Instant::now();
@@ -276,11 +256,7 @@ async fn connect_failure_is_retried_on_another_backend() {
     let extra = "balance = \"round_robin\"\nretries = 1\n[upstreams.u.health]\ninterval = \"60s\"\neject_after = 0\n";
     let gw = Gateway::start(
         "",
-        &format!(
-            "{}{}",
-            upstream("u", &[dead.to_string(), live.addr.to_string()], extra),
-            route("r", "/", "u")
-        ),
+        &one_route(&[dead.to_string(), live.addr.to_string()], extra),
     );
     let c = client();
     for _ in 0..10 {
@@ -309,14 +285,7 @@ async fn every_try_failing_is_502_and_no_healthy_backend_is_503() {
     let dead = [free_addr().to_string(), free_addr().to_string()];
     // health checks too slow to notice: the tries themselves fail
     let slow_checks = "retries = 1\n[upstreams.u.health]\ninterval = \"60s\"\neject_after = 0\n";
-    let gw = Gateway::start(
-        "",
-        &format!(
-            "{}{}",
-            upstream("u", &dead, slow_checks),
-            route("r", "/", "u")
-        ),
-    );
+    let gw = Gateway::start("", &one_route(&dead, slow_checks));
     let r = client().get(gw.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     let v: serde_json::Value = r.json().await.unwrap();
@@ -325,14 +294,7 @@ async fn every_try_failing_is_502_and_no_healthy_backend_is_503() {
 
     let fast_checks =
         "[upstreams.u.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_after = 1\n";
-    let gw = Gateway::start(
-        "",
-        &format!(
-            "{}{}",
-            upstream("u", &dead, fast_checks),
-            route("r", "/", "u")
-        ),
-    );
+    let gw = Gateway::start("", &one_route(&dead, fast_checks));
     let c = client();
     wait_for(
         Duration::from_secs(5),
@@ -354,14 +316,7 @@ async fn every_try_failing_is_502_and_no_healthy_backend_is_503() {
 async fn a_backend_that_never_answers_is_504() {
     let b = Backend::start("b").await;
     let extra = "first_byte_timeout = \"500ms\"\nidle_timeout = \"500ms\"\nretries = 0\n";
-    let gw = Gateway::start(
-        "",
-        &format!(
-            "{}{}",
-            upstream("u", &[b.addr.to_string()], extra),
-            route("r", "/", "u")
-        ),
-    );
+    let gw = Gateway::start("", &one_route(&[b.addr.to_string()], extra));
     let started = Instant::now();
     let r = client().get(gw.url("/hang")).send().await.unwrap();
     let took = started.elapsed();
@@ -377,14 +332,7 @@ async fn a_backend_that_never_answers_is_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_response_streams_chunk_by_chunk() {
     let b = Backend::start("b").await;
-    let gw = Gateway::start(
-        "",
-        &format!(
-            "{}{}",
-            upstream("u", &[b.addr.to_string()], ""),
-            route("r", "/", "u")
-        ),
-    );
+    let gw = Gateway::start("", &one_route(&[b.addr.to_string()], ""));
     let r = client()
         .get(gw.url("/chunked/50/5/200"))
         .send()
@@ -416,11 +364,7 @@ async fn no_millisecond_clock_thread_runs_beside_the_workers() {
     // pingora's fast timers start a thread that wakes every millisecond for good; the
     // gateway keeps its timeouts off them, so serving traffic must not start it.
     let a = Backend::start("a").await;
-    let body = format!(
-        "{}{}",
-        upstream("u", &[a.addr.to_string()], ""),
-        route("r", "/", "u")
-    );
+    let body = one_route(&[a.addr.to_string()], "");
     let gw = Gateway::start("", &body);
     for _ in 0..5 {
         // a fresh client each time: new downstream and upstream connections
