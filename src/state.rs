@@ -13,6 +13,7 @@ use crate::alerts::window::Ring;
 use crate::alerts::AlertBoard;
 use crate::balance::{BackendRegistry, UpstreamPool};
 use crate::config::{Config, OnUnavailable, RateLimitScope, Route, Signal};
+use crate::observe::json::LogName;
 use crate::observe::metrics::{BackendMetrics, RouteMetrics};
 use crate::observe::otlp::{self, PrebuiltValue};
 use crate::ratelimit::store::RedisStore;
@@ -27,6 +28,9 @@ pub struct RouteRuntime {
     pub window: Option<Ring>,
     /// Span attributes that only depend on the route, encoded once (OTLP protobuf).
     pub span_attrs: Vec<u8>,
+    /// The route's name and its upstream's name for the access log, escaped once.
+    pub log_route: LogName,
+    pub log_upstream: LogName,
 }
 
 /// An upstream pool with its per-backend metric handles (same order as `pool.backends`).
@@ -35,6 +39,8 @@ pub struct UpstreamRuntime {
     pub backend_metrics: Vec<BackendMetrics>,
     /// Span attributes of each backend (same order as `pool.backends`).
     pub backend_span_attrs: Vec<BackendSpanAttrs>,
+    /// Each backend's label for the access log (same order as `pool.backends`).
+    pub backend_log_names: Vec<LogName>,
 }
 
 /// What a span says about a backend, encoded once per config (OTLP protobuf).
@@ -140,6 +146,8 @@ impl Runtime {
                         PrebuiltValue::Str(&config.upstreams[r.upstream].name),
                     ),
                 ]),
+                log_route: LogName::new(&r.name),
+                log_upstream: LogName::new(&config.upstreams[r.upstream].name),
             })
             .collect();
         let mut upstreams = Vec::new();
@@ -165,10 +173,16 @@ impl Runtime {
                     origin: Arc::from(format!("http://{}", b.addr)),
                 })
                 .collect();
+            let backend_log_names = pool
+                .backends
+                .iter()
+                .map(|b| LogName::new(&b.label))
+                .collect();
             upstreams.push(UpstreamRuntime {
                 pool,
                 backend_metrics,
                 backend_span_attrs,
+                backend_log_names,
             });
         }
         let keep: Vec<_> = config
@@ -192,6 +206,8 @@ pub struct Shared {
     pub carry: Carryover,
     /// Unmatched requests count here (route="unmatched").
     pub unmatched_metrics: RouteMetrics,
+    /// `unmatched` as the access log's route name.
+    pub unmatched_log_name: LogName,
     pub alerts: AlertBoard,
     draining: AtomicBool,
 }
@@ -207,6 +223,7 @@ impl Shared {
             runtime: ArcSwap::from_pointee(runtime),
             carry,
             unmatched_metrics: RouteMetrics::new("unmatched", None),
+            unmatched_log_name: LogName::new("unmatched"),
             draining: AtomicBool::new(false),
         })
     }

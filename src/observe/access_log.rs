@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use super::json;
+use super::json::{self, LogName};
 use crate::config::{LogFormat, LogSettings};
 
 /// Everything one access log line says.
@@ -14,14 +14,14 @@ pub struct AccessRecord<'a> {
     pub request_id: &'a str,
     /// Trace and span id; absent before the request was identified.
     pub trace: Option<([u8; 16], [u8; 8])>,
-    pub route: &'a str,
+    pub route: &'a LogName,
     pub method: &'a str,
     pub path: &'a str,
     /// The query string with redacted values already replaced.
     pub query: Option<&'a str>,
     pub status: u16,
-    pub upstream: Option<&'a str>,
-    pub backend: Option<&'a str>,
+    pub upstream: Option<&'a LogName>,
+    pub backend: Option<&'a LogName>,
     pub duration: Duration,
     pub upstream_first_byte: Option<Duration>,
     pub bytes_in: u64,
@@ -44,7 +44,7 @@ pub fn format_into(out: &mut Vec<u8>, record: &AccessRecord<'_>, settings: &LogS
     out.extend_from_slice(b"{\"ts\":\"");
     json::push_timestamp(out, record.finished);
     out.extend_from_slice(b"\",\"level\":\"info\",\"msg\":\"request\",\"request_id\":");
-    json::push_str(out, record.request_id);
+    json::push_plain_str(out, record.request_id);
     out.extend_from_slice(b",\"trace_id\":\"");
     if let Some((trace_id, _)) = &record.trace {
         json::push_hex(out, trace_id);
@@ -54,9 +54,9 @@ pub fn format_into(out: &mut Vec<u8>, record: &AccessRecord<'_>, settings: &LogS
         json::push_hex(out, span_id);
     }
     out.extend_from_slice(b"\",\"route\":");
-    json::push_str(out, record.route);
+    out.extend_from_slice(&record.route.json);
     out.extend_from_slice(b",\"method\":");
-    json::push_str(out, record.method);
+    json::push_plain_str(out, record.method);
     out.extend_from_slice(b",\"path\":");
     match record.query {
         Some(q) => json::push_str_parts(out, &[record.path, "?", q]),
@@ -65,9 +65,9 @@ pub fn format_into(out: &mut Vec<u8>, record: &AccessRecord<'_>, settings: &LogS
     out.extend_from_slice(b",\"status\":");
     json::push_u64(out, record.status as u64);
     out.extend_from_slice(b",\"upstream\":");
-    push_opt_str(out, record.upstream);
+    push_opt_name(out, record.upstream);
     out.extend_from_slice(b",\"backend\":");
-    push_opt_str(out, record.backend);
+    push_opt_name(out, record.backend);
     out.extend_from_slice(b",\"duration_ms\":");
     json::push_millis(out, record.duration);
     out.extend_from_slice(b",\"upstream_first_byte_ms\":");
@@ -92,12 +92,27 @@ pub fn format_into(out: &mut Vec<u8>, record: &AccessRecord<'_>, settings: &LogS
         b"false"
     });
     out.extend_from_slice(b",\"pagination\":");
-    push_opt_str(out, record.pagination);
+    push_opt_plain(out, record.pagination);
     out.extend_from_slice(b",\"error\":");
-    push_opt_str(out, record.error);
+    push_opt_plain(out, record.error);
     out.extend_from_slice(b",\"key_id\":");
     push_opt_str(out, record.key_id);
     out.push(b'}');
+}
+
+/// Optional text that needs no escaping (the gateway's own codes).
+fn push_opt_plain(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(v) => json::push_plain_str(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_opt_name(out: &mut Vec<u8>, value: Option<&LogName>) {
+    match value {
+        Some(v) => out.extend_from_slice(&v.json),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 fn push_opt_str(out: &mut Vec<u8>, value: Option<&str>) {
@@ -120,8 +135,8 @@ fn format_pretty(out: &mut Vec<u8>, record: &AccessRecord<'_>) {
         record.query.unwrap_or(""),
         record.status,
         record.duration.as_secs_f64() * 1000.0,
-        record.route,
-        record.backend.unwrap_or("-"),
+        record.route.text,
+        record.backend.map_or("-", |b| b.text.as_str()),
         record.request_id,
     );
     if let Some((trace_id, _)) = &record.trace {
@@ -149,10 +164,15 @@ pub fn redact_query_string<'a>(query: &'a str, redact: &[String]) -> std::borrow
     if redact.is_empty() || query.is_empty() {
         return query.into();
     }
-    let needs = query
-        .split('&')
-        .any(|pair| is_redacted(pair.split('=').next().unwrap_or(""), redact));
-    if !needs {
+    // Byte-wise: the usual query names nothing to redact, and this check runs for
+    // every logged or traced request.
+    let names = || {
+        query
+            .as_bytes()
+            .split(|b| *b == b'&')
+            .map(|pair| pair.split(|b| *b == b'=').next().unwrap_or(b""))
+    };
+    if !names().any(|name| is_redacted(name, redact)) {
         return query.into();
     }
     let mut out = String::with_capacity(query.len());
@@ -161,7 +181,7 @@ pub fn redact_query_string<'a>(query: &'a str, redact: &[String]) -> std::borrow
             out.push('&');
         }
         let name = pair.split('=').next().unwrap_or("");
-        if is_redacted(name, redact) {
+        if is_redacted(name.as_bytes(), redact) {
             out.push_str(name);
             out.push_str("=REDACTED");
         } else {
@@ -172,17 +192,22 @@ pub fn redact_query_string<'a>(query: &'a str, redact: &[String]) -> std::borrow
 }
 
 /// Does a raw (possibly percent-encoded) parameter name match a configured one?
-fn is_redacted(raw: &str, redact: &[String]) -> bool {
-    if redact.iter().any(|r| raw.eq_ignore_ascii_case(r)) {
+fn is_redacted(raw: &[u8], redact: &[String]) -> bool {
+    if redact
+        .iter()
+        .any(|r| raw.eq_ignore_ascii_case(r.as_bytes()))
+    {
         return true;
     }
     // Only an encoded name can differ from its decoded form.
-    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
+    if !raw.iter().any(|b| *b == b'%' || *b == b'+') {
         return false;
     }
-    let decoded = percent_encoding::percent_decode_str(&raw.replace('+', " "))
-        .decode_utf8_lossy()
-        .into_owned();
+    let spaced: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == b'+' { b' ' } else { *b })
+        .collect();
+    let decoded = percent_encoding::percent_decode(&spaced).decode_utf8_lossy();
     redact.iter().any(|r| decoded.eq_ignore_ascii_case(r))
 }
 

@@ -19,6 +19,37 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// Appends `s` as a JSON string literal without looking for bytes to escape: for text
+/// whose alphabet cannot hold any (HTTP method tokens, request ids that passed
+/// `sane_request_id` or were generated as hex, the gateway's own codes).
+#[inline]
+pub fn push_plain_str(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(!s.bytes().any(needs_escape), "{s:?} needs escaping");
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+/// A name from the config (route, upstream, backend) with its JSON string literal,
+/// escaped once when the config is loaded instead of on every log line.
+#[derive(Debug, Clone)]
+pub struct LogName {
+    pub text: String,
+    /// `"text"`, escaped.
+    pub json: Box<[u8]>,
+}
+
+impl LogName {
+    pub fn new(text: &str) -> LogName {
+        let mut json = Vec::with_capacity(text.len() + 2);
+        push_str(&mut json, text);
+        LogName {
+            text: text.to_string(),
+            json: json.into_boxed_slice(),
+        }
+    }
+}
+
 /// Appends the concatenation of `parts` as one JSON string literal.
 pub fn push_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
     out.push(b'"');
@@ -135,7 +166,7 @@ pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// An IP address in its usual text form (IPv4 without going through `fmt`).
 pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    out.extend_from_slice(IpText::new(ip).as_str().as_bytes());
+    out.extend_from_slice(IpText::new(ip).as_bytes());
 }
 
 /// The text of an IP address, on the stack.
@@ -190,6 +221,11 @@ impl IpText {
             }
         }
         text
+    }
+
+    /// The text as bytes, for writers that take bytes (no UTF-8 check to pay).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 
     pub fn as_str(&self) -> &str {

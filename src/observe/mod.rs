@@ -176,13 +176,8 @@ impl Observer {
         let Some(writer) = writer.as_ref() else {
             return;
         };
-        let upstream = route_rt.map(|r| runtime.config.upstreams[r.route.upstream].name.as_str());
         let backend = match (route_rt, ctx.backend) {
-            (Some(r), Some(b)) => runtime.upstreams[r.route.upstream]
-                .pool
-                .backends
-                .get(b)
-                .map(|b| b.label.as_str()),
+            (Some(r), Some(b)) => runtime.upstreams[r.route.upstream].backend_log_names.get(b),
             _ => None,
         };
         let record = AccessRecord {
@@ -190,13 +185,13 @@ impl Observer {
             request_id: ctx.request_id_str(),
             trace: ctx.trace.map(|t| (t.trace_id, t.span_id)),
             route: route_rt
-                .map(|r| r.route.name.as_str())
-                .unwrap_or("unmatched"),
+                .map(|r| &r.log_route)
+                .unwrap_or(&shared.unmatched_log_name),
             method: req.method.as_str(),
             path: req.uri.path(),
             query: query.as_deref(),
             status: ctx.status,
-            upstream,
+            upstream: route_rt.map(|r| &r.log_upstream),
             backend,
             duration: elapsed,
             upstream_first_byte: ctx.first_byte_wait(),
@@ -311,7 +306,7 @@ impl Observer {
                     otlp::str_attr(b, "url.query", q);
                 }
                 if let Some(ip) = ctx.client_ip {
-                    otlp::str_attr(b, "client.address", json::IpText::new(ip).as_str());
+                    otlp::text_attr(b, "client.address", json::IpText::new(ip).as_bytes());
                 }
                 if let Some(r) = route_rt {
                     b.extend_from_slice(&r.span_attrs);

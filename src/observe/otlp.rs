@@ -24,6 +24,7 @@ const FIXED32: u64 = 5;
 /// `ScopeSpans.spans` (field 2, length-delimited): the tag every span entry starts with.
 const SPAN_ENTRY_TAG: u8 = (2 << 3) | LEN as u8;
 
+#[inline(always)]
 fn varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
@@ -32,6 +33,7 @@ fn varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
+#[inline(always)]
 fn varint_len(mut v: u64) -> usize {
     let mut n = 1;
     while v >= 0x80 {
@@ -41,10 +43,12 @@ fn varint_len(mut v: u64) -> usize {
     n
 }
 
+#[inline(always)]
 fn tag(buf: &mut Vec<u8>, field: u64, wire: u64) {
     varint(buf, (field << 3) | wire);
 }
 
+#[inline(always)]
 fn bytes_field(buf: &mut Vec<u8>, field: u64, data: &[u8]) {
     tag(buf, field, LEN);
     varint(buf, data.len() as u64);
@@ -52,6 +56,7 @@ fn bytes_field(buf: &mut Vec<u8>, field: u64, data: &[u8]) {
 }
 
 /// A `KeyValue` (as `field`) whose `AnyValue` body is `value_len` bytes written by `value`.
+#[inline(always)]
 fn key_value(
     buf: &mut Vec<u8>,
     field: u64,
@@ -70,11 +75,22 @@ fn key_value(
 }
 
 /// A string attribute of a span (`Span.attributes`, field 9).
+#[inline(always)]
 pub fn str_attr(buf: &mut Vec<u8>, key: &str, value: &str) {
-    str_parts_attr(buf, key, &[value]);
+    text_attr(buf, key, value.as_bytes());
+}
+
+/// A string attribute from bytes that are UTF-8 text (an address formatted on the stack).
+#[inline(always)]
+pub fn text_attr(buf: &mut Vec<u8>, key: &str, value: &[u8]) {
+    let n = value.len();
+    key_value(buf, 9, key, 1 + varint_len(n as u64) + n, |b| {
+        bytes_field(b, 1, value)
+    });
 }
 
 /// A string attribute whose value is the concatenation of `parts` (no joined copy).
+#[inline(always)]
 pub fn str_parts_attr(buf: &mut Vec<u8>, key: &str, parts: &[&str]) {
     let n: usize = parts.iter().map(|p| p.len()).sum();
     key_value(buf, 9, key, 1 + varint_len(n as u64) + n, |b| {
@@ -87,6 +103,7 @@ pub fn str_parts_attr(buf: &mut Vec<u8>, key: &str, parts: &[&str]) {
 }
 
 /// An integer attribute of a span.
+#[inline(always)]
 pub fn int_attr(buf: &mut Vec<u8>, key: &str, value: i64) {
     key_value(buf, 9, key, 1 + varint_len(value as u64), |b| {
         tag(b, 3, VARINT);
@@ -95,6 +112,7 @@ pub fn int_attr(buf: &mut Vec<u8>, key: &str, value: i64) {
 }
 
 /// A boolean attribute of a span.
+#[inline(always)]
 pub fn bool_attr(buf: &mut Vec<u8>, key: &str, value: bool) {
     key_value(buf, 9, key, 2, |b| {
         tag(b, 2, VARINT);
