@@ -14,7 +14,8 @@ use crate::proxy::errors::{ErrorKind, GatewayError};
 /// What enforcement did to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enforced {
-    /// The query the agent receives (`None`: unchanged).
+    /// The query the agent receives, after the prefix given to `enforce_after`
+    /// (`None`: unchanged).
     pub query: Option<String>,
     pub action: Option<PaginationAction>,
     /// `(asked, max)` when clamped.
@@ -50,7 +51,23 @@ fn invalid(rule: &PaginationRule, detail: &str) -> GatewayError {
 
 /// Applies the rule to a request's query string.
 pub fn enforce(rule: &PaginationRule, query: Option<&str>) -> Result<Enforced, GatewayError> {
+    enforce_after(rule, &[], query)
+}
+
+/// `enforce`, with a rewritten query written after `prefix` (the request path and `?`),
+/// so that the new request target is built in one allocation.
+pub fn enforce_after(
+    rule: &PaginationRule,
+    prefix: &[&str],
+    query: Option<&str>,
+) -> Result<Enforced, GatewayError> {
     let query = query.unwrap_or("");
+    let prefix_len: usize = prefix.iter().map(|p| p.len()).sum();
+    let start = |capacity: usize| {
+        let mut out = String::with_capacity(prefix_len + capacity);
+        prefix.iter().for_each(|p| out.push_str(p));
+        out
+    };
     let mut found: Option<(usize, &str)> = None;
     for (i, pair) in query.split('&').enumerate() {
         if !pair.is_empty() && decoded(name_of(pair)) == rule.limit_param.as_str() {
@@ -67,8 +84,7 @@ pub fn enforce(rule: &PaginationRule, query: Option<&str>) -> Result<Enforced, G
         // One allocation: this runs on every list request that leaves the limit out.
         let mut digits = itoa::Buffer::new();
         let default = digits.format(rule.default_limit);
-        let mut with_default =
-            String::with_capacity(query.len() + 2 + rule.limit_param.len() + default.len());
+        let mut with_default = start(query.len() + 2 + rule.limit_param.len() + default.len());
         if !query.is_empty() {
             with_default.push_str(query);
             with_default.push('&');
@@ -117,12 +133,13 @@ pub fn enforce(rule: &PaginationRule, query: Option<&str>) -> Result<Enforced, G
             let pairs: Vec<&str> = query.split('&').collect();
             let name = name_of(pairs[index]);
             let replaced = format!("{name}={}", rule.max_limit);
-            let query = pairs
-                .iter()
-                .enumerate()
-                .map(|(i, p)| if i == index { replaced.as_str() } else { p })
-                .collect::<Vec<_>>()
-                .join("&");
+            let mut query = start(query.len() + replaced.len());
+            for (i, pair) in pairs.iter().enumerate() {
+                if i > 0 {
+                    query.push('&');
+                }
+                query.push_str(if i == index { &replaced } else { pair });
+            }
             Ok(Enforced {
                 query: Some(query),
                 action: Some(PaginationAction::Clamped),

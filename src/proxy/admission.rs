@@ -3,14 +3,15 @@
 //! agent sends back.
 
 use bytes::Bytes;
-use http::header::{HeaderMap, CONTENT_LENGTH, TRANSFER_ENCODING};
-use pingora::http::{RequestHeader, ResponseHeader};
+use http::header::HeaderMap;
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
 use super::errors::{ErrorKind, GatewayError};
-use super::headers;
+use super::headers::{self, RequestScan};
+use super::respond::ResponseScan;
 use super::routing::find_route;
 use crate::config::{Config, PaginationRule, Route};
 use crate::observe::metrics::PaginationAction;
@@ -23,6 +24,7 @@ pub async fn admit(
     _shared: &Shared,
     session: &mut Session,
     ctx: &mut RequestCtx,
+    scan: &RequestScan,
 ) -> Result<(), GatewayError> {
     let Some(runtime) = ctx.runtime.clone() else {
         return Err(GatewayError::new(ErrorKind::BadRequest, "no config loaded"));
@@ -56,8 +58,8 @@ pub async fn admit(
     ctx.route = Some(route_index);
     runtime.routes[route_index].metrics.in_flight.increment(1.0);
 
-    check_framing(req, session.get_keepalive().is_none())?;
-    check_declared_length(req, config.server.max_request_body_bytes)?;
+    check_framing(req, scan, session.get_keepalive().is_none())?;
+    check_declared_length(scan, config.server.max_request_body_bytes)?;
 
     let route_rt = &runtime.routes[route_index];
     let route = &route_rt.route;
@@ -146,7 +148,8 @@ fn paginate(
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
     let uri = &session.req_header().uri;
-    let enforced = match crate::pagination::enforce(rule, uri.query()) {
+    let path = uri.path();
+    let enforced = match crate::pagination::enforce_after(rule, &[path, "?"], uri.query()) {
         Ok(e) => e,
         Err(e) => {
             ctx.pagination = Some(PaginationAction::Rejected);
@@ -156,15 +159,10 @@ fn paginate(
     ctx.response_cap = Some(ResponseCap::new(rule.max_response_bytes));
     ctx.pagination = enforced.action;
     ctx.pagination_clamped = enforced.clamped;
-    if let Some(query) = enforced.query {
-        let path = uri.path();
-        let mut target = String::with_capacity(path.len() + 1 + query.len());
-        target.push_str(path);
-        target.push('?');
-        target.push_str(&query);
-        let new_uri = http::Uri::builder()
-            .path_and_query(target)
-            .build()
+    if let Some(target) = enforced.query {
+        // `target` is the path and the rewritten query.
+        let new_uri = http::uri::PathAndQuery::from_maybe_shared(Bytes::from(target))
+            .map(http::Uri::from)
             .map_err(|_| {
                 GatewayError::new(
                     ErrorKind::BadRequest,
@@ -192,59 +190,44 @@ fn truncate(s: &str, max: usize) -> &str {
 /// pingora's parser drops Content-Length when Transfer-Encoding is also present and turns
 /// keep-alive off for that request (RFC 9112 §6.1). A chunked HTTP/1.1 request whose
 /// keep-alive is off without a `Connection: close` from the client therefore carried both.
-fn check_framing(req: &RequestHeader, keepalive_off: bool) -> Result<(), GatewayError> {
-    let mut lengths = req
-        .headers
-        .get_all(CONTENT_LENGTH)
-        .iter()
-        .map(|v| v.as_bytes());
-    let first_length = lengths.next();
-    let differing_lengths = first_length.is_some_and(|first| lengths.any(|l| l != first));
-    let has_te = req.headers.contains_key(TRANSFER_ENCODING);
-    let client_asked_close = req
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        });
-    let length_was_dropped =
-        has_te && keepalive_off && req.version == http::Version::HTTP_11 && !client_asked_close;
-    if has_te && (first_length.is_some() || length_was_dropped) {
+fn check_framing(
+    req: &RequestHeader,
+    scan: &RequestScan,
+    keepalive_off: bool,
+) -> Result<(), GatewayError> {
+    let has_te = scan.transfer_encoding;
+    let length_was_dropped = has_te
+        && keepalive_off
+        && req.version == http::Version::HTTP_11
+        && !scan.hop_by_hop.connection_close();
+    if has_te && (scan.content_length.is_some() || length_was_dropped) {
         return Err(GatewayError::new(
             ErrorKind::BadRequest,
             "a request may not carry both Content-Length and Transfer-Encoding",
         ));
     }
-    if differing_lengths {
+    if scan.content_lengths_differ {
         return Err(GatewayError::new(
             ErrorKind::BadRequest,
             "the request has differing Content-Length headers",
         ));
     }
-    if let Some(te) = req.headers.get(TRANSFER_ENCODING) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Err(GatewayError::new(
-                ErrorKind::BadRequest,
-                "only Transfer-Encoding: chunked is accepted",
-            ));
-        }
+    if has_te && !scan.only_chunked {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            "only Transfer-Encoding: chunked is accepted",
+        ));
     }
     Ok(())
 }
 
-fn check_declared_length(req: &RequestHeader, limit: u64) -> Result<(), GatewayError> {
-    let Some(v) = req.headers.get(CONTENT_LENGTH) else {
+fn check_declared_length(scan: &RequestScan, limit: u64) -> Result<(), GatewayError> {
+    let Some(parsed) = scan.content_length else {
         return Ok(());
     };
-    let declared = std::str::from_utf8(v.as_bytes())
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .ok_or_else(|| {
-            GatewayError::new(ErrorKind::BadRequest, "Content-Length is not a number")
-        })?;
+    let declared = parsed.ok_or_else(|| {
+        GatewayError::new(ErrorKind::BadRequest, "Content-Length is not a number")
+    })?;
     if declared > limit {
         return Err(GatewayError::new(
             ErrorKind::PayloadTooLarge,
@@ -262,7 +245,9 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
 }
 
 fn prepare_upstream_headers(map: &mut HeaderMap, ctx: &RequestCtx) {
-    headers::strip_hop_by_hop(map);
+    // The request's headers were scanned on arrival; a reused request header (a retry)
+    // was already stripped, and removing again what is gone is harmless.
+    ctx.request_hop_by_hop.strip(map);
     let Some(runtime) = &ctx.runtime else {
         return;
     };
@@ -283,7 +268,7 @@ fn prepare_upstream_headers(map: &mut HeaderMap, ctx: &RequestCtx) {
         map.insert(headers::X_REQUEST_ID, id.clone());
     }
     if let Some(trace) = &ctx.trace {
-        if trace.parent_span_id.is_none() {
+        if trace.parent_span_id.is_none() && ctx.incoming_tracestate {
             // A new trace: an incoming tracestate belonged to a context we did not accept.
             map.remove(headers::TRACESTATE);
         }
@@ -296,15 +281,11 @@ fn prepare_upstream_headers(map: &mut HeaderMap, ctx: &RequestCtx) {
 
 /// Checks the agent's response header before it reaches the client: a list response
 /// that declares more than the cap is refused whole (502) and its connection dropped.
-pub fn check_upstream_response(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+pub fn check_upstream_response(scan: &ResponseScan, ctx: &mut RequestCtx) -> Result<()> {
     let Some(cap) = ctx.response_cap else {
         return Ok(());
     };
-    let declared = resp
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(|s| s.trim().parse::<u64>().ok());
+    let declared = scan.content_length.flatten();
     if let Some(len) = declared {
         if len > cap.limit {
             ctx.pagination = Some(PaginationAction::Oversize);

@@ -27,6 +27,12 @@ pub struct RequestCtx {
     /// The client address: the peer, or the one trusted proxies forwarded.
     pub client_ip: Option<std::net::IpAddr>,
     pub key_id: Option<Arc<str>>,
+    /// Hop-by-hop headers the request arrived with.
+    pub request_hop_by_hop: super::headers::HopByHop,
+    /// The agent's response header as scanned on arrival (taken by `response_filter`).
+    pub response_scan: Option<super::respond::ResponseScan>,
+    /// The request arrived with a `tracestate`.
+    pub incoming_tracestate: bool,
 
     /// Backend index chosen for the current try.
     pub backend: Option<usize>,

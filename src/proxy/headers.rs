@@ -2,12 +2,16 @@
 //! headers, request ids.
 
 use std::net::IpAddr;
+use std::sync::LazyLock;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING,
+};
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::observe::json::IpText;
+use crate::observe::trace_context::{parse_traceparent, TraceParent};
 
 /// Header names the gateway looks up on every request, parsed once at compile time (a
 /// lookup by `&str` parses and validates the name each time).
@@ -84,37 +88,88 @@ pub fn edit_response<R>(resp: &mut ResponseHeader, edit: impl FnOnce(&mut Header
     out
 }
 
-/// Which fixed hop-by-hop header this is, as an index into `HOP_BY_HOP`. Standard names
-/// compare as enum values, so the usual case costs one pass over the header names.
+/// The text of each `HOP_BY_HOP` name: compared as text, a header that is none of them
+/// costs eight length comparisons (`HeaderName` equality costs several times that).
+static HOP_BY_HOP_TEXT: LazyLock<[&'static str; 8]> =
+    LazyLock::new(|| HOP_BY_HOP.each_ref().map(HeaderName::as_str));
+
+/// Which fixed hop-by-hop header this is, as an index into `HOP_BY_HOP`.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    HOP_BY_HOP.iter().position(|hop| hop == name)
+    let text = name.as_str();
+    HOP_BY_HOP_TEXT.iter().position(|hop| *hop == text)
+}
+
+/// The hop-by-hop headers of one message, found in a scan of its headers: which of
+/// `HOP_BY_HOP` are present, and what `Connection` says.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HopByHop {
+    /// Bits of `HOP_BY_HOP` indices.
+    present: u8,
+    /// `Connection` names a header beyond `close` and `keep-alive`.
+    nominates: bool,
+    /// `Connection` lists `close`.
+    close: bool,
+}
+
+impl HopByHop {
+    /// Scans a header map.
+    pub fn of(headers: &HeaderMap) -> HopByHop {
+        let mut found = HopByHop::default();
+        for (name, value) in headers {
+            found.note(name, value);
+        }
+        found
+    }
+
+    /// Notes one header of a scan; true when it is hop-by-hop.
+    pub fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> bool {
+        let Some(i) = hop_by_hop_index(name) else {
+            return false;
+        };
+        self.present |= 1 << i;
+        if HOP_BY_HOP[i] == CONNECTION {
+            for token in value.as_bytes().split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.nominates = true;
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether `Connection` lists `close`.
+    pub fn connection_close(&self) -> bool {
+        self.close
+    }
+
+    /// Removes what the scan found, and every header `Connection` nominates.
+    pub fn strip(self, headers: &mut HeaderMap) {
+        if self.present == 0 {
+            return;
+        }
+        if self.nominates {
+            if let Some(nominated) = connection_nominated(headers) {
+                for name in nominated {
+                    if name != "transfer-encoding" && name != "content-length" {
+                        headers.remove(&name);
+                    }
+                }
+            }
+        }
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            if self.present & (1 << i) != 0 {
+                headers.remove(name);
+            }
+        }
+    }
 }
 
 /// Removes hop-by-hop headers and every header the `Connection` header nominates.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = 0u8;
-    for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
-            present |= 1 << i;
-        }
-    }
-    if present == 0 {
-        return;
-    }
-    if present & 1 != 0 {
-        if let Some(nominated) = connection_nominated(headers) {
-            for name in nominated {
-                if name != "transfer-encoding" && name != "content-length" {
-                    headers.remove(&name);
-                }
-            }
-        }
-    }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(name);
-        }
-    }
+    HopByHop::of(headers).strip(headers);
 }
 
 /// Header names the `Connection` header nominates, lower-cased. Allocates only when it
@@ -134,6 +189,74 @@ fn connection_nominated(headers: &HeaderMap) -> Option<Vec<String>> {
         }
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// What the gateway reads from a request's headers, found in one pass over them. Each
+/// lookup by name hashes the name and probes the map; the pass replaces the nine
+/// lookups that admission, tracing and forwarding would make one by one.
+#[derive(Debug, Default)]
+pub struct RequestScan {
+    pub hop_by_hop: HopByHop,
+    /// The first `Content-Length`, parsed (`Some(None)` when it is not a number).
+    pub content_length: Option<Option<u64>>,
+    /// Another `Content-Length` says something else than the first.
+    pub content_lengths_differ: bool,
+    /// `Transfer-Encoding` is present; and whether every value of it is exactly `chunked`.
+    pub transfer_encoding: bool,
+    pub only_chunked: bool,
+    /// The first `traceparent`, when valid.
+    pub traceparent: Option<TraceParent>,
+    pub tracestate: bool,
+    /// The first `x-request-id`, when `sane_request_id` accepts it.
+    pub request_id: Option<HeaderValue>,
+}
+
+impl RequestScan {
+    pub fn of(headers: &HeaderMap) -> RequestScan {
+        let mut scan = RequestScan {
+            only_chunked: true,
+            ..RequestScan::default()
+        };
+        let mut first_length: Option<&HeaderValue> = None;
+        let mut seen_traceparent = false;
+        let mut seen_request_id = false;
+        for (name, value) in headers {
+            if scan.hop_by_hop.note(name, value) {
+                continue;
+            }
+            if name == CONTENT_LENGTH {
+                match first_length {
+                    None => {
+                        first_length = Some(value);
+                        scan.content_length = Some(parse_length(value));
+                    }
+                    Some(first) => scan.content_lengths_differ |= first != value,
+                }
+            } else if name == TRANSFER_ENCODING {
+                scan.transfer_encoding = true;
+                scan.only_chunked &= value.as_bytes().eq_ignore_ascii_case(b"chunked");
+            } else if name == TRACEPARENT {
+                if !seen_traceparent {
+                    seen_traceparent = true;
+                    scan.traceparent = parse_traceparent(value.as_bytes());
+                }
+            } else if name == TRACESTATE {
+                scan.tracestate = true;
+            } else if name == X_REQUEST_ID && !seen_request_id {
+                seen_request_id = true;
+                if sane_request_id(value.as_bytes()) {
+                    scan.request_id = Some(value.clone());
+                }
+            }
+        }
+        scan
+    }
+}
+
+pub fn parse_length(value: &HeaderValue) -> Option<u64> {
+    std::str::from_utf8(value.as_bytes())
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
 }
 
 /// Is a client's `x-request-id` safe to reuse (length and characters)?

@@ -23,11 +23,12 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::clock::now_ms;
 use crate::observe::metrics::{self, TryOutcome};
-use crate::observe::trace_context::{parse_traceparent, TraceContext};
+use crate::observe::trace_context::TraceContext;
 use crate::observe::Observer;
 use crate::state::Shared;
 pub use ctx::RequestCtx;
 use errors::{ErrorKind, GatewayError};
+use headers::RequestScan;
 
 /// The agentgate proxy service.
 pub struct Gateway {
@@ -41,20 +42,17 @@ impl Gateway {
     }
 
     /// Request id and trace context, set before anything can answer the request.
-    fn identify(&self, session: &Session, ctx: &mut RequestCtx) {
+    fn identify(&self, ctx: &mut RequestCtx, scan: &mut RequestScan) {
         let Some(runtime) = &ctx.runtime else { return };
-        let incoming = session
-            .req_header()
-            .headers
-            .get(headers::TRACEPARENT)
-            .and_then(|v| parse_traceparent(v.as_bytes()));
-        let trace = TraceContext::from_incoming(incoming, runtime.config.trace.sample_ratio);
+        let trace = TraceContext::from_incoming(scan.traceparent, runtime.config.trace.sample_ratio);
         ctx.upstream_span_id = crate::observe::trace_context::random_span_id();
-        ctx.request_id = match session.req_header().headers.get(headers::X_REQUEST_ID) {
-            Some(v) if headers::sane_request_id(v.as_bytes()) => Some(v.clone()),
-            _ => HeaderValue::from_bytes(&trace.trace_id_hex()).ok(),
-        };
+        ctx.request_id = scan
+            .request_id
+            .take()
+            .or_else(|| HeaderValue::from_bytes(&trace.trace_id_hex()).ok());
         ctx.trace = Some(trace);
+        ctx.request_hop_by_hop = scan.hop_by_hop;
+        ctx.incoming_tracestate = scan.tracestate;
     }
 
     /// Notes the result of one try against the chosen backend (metrics, passive health).
@@ -192,8 +190,9 @@ impl ProxyHttp for Gateway {
         ctx.start = Some(start);
         let runtime = self.shared.runtime.load_full();
         ctx.runtime = Some(runtime);
-        self.identify(session, ctx);
-        match admission::admit(&self.shared, session, ctx).await {
+        let mut scan = RequestScan::of(&session.req_header().headers);
+        self.identify(ctx, &mut scan);
+        match admission::admit(&self.shared, session, ctx, &scan).await {
             Ok(()) => Ok(false),
             Err(err) => {
                 respond::send_error(session, ctx, err).await?;
@@ -391,7 +390,9 @@ impl ProxyHttp for Gateway {
                 h.record(now.saturating_duration_since(sent).as_secs_f64());
             }
         }
-        admission::check_upstream_response(upstream_response, ctx)
+        let scan = respond::ResponseScan::of(&upstream_response.headers);
+        ctx.response_scan = Some(scan);
+        admission::check_upstream_response(&scan, ctx)
     }
 
     async fn response_filter(
@@ -400,12 +401,19 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        headers::edit_response(upstream_response, |map| {
-            headers::strip_hop_by_hop(map);
+        let streaming = headers::edit_response(upstream_response, |map| {
+            // Scanned on arrival (`upstream_response_filter`); a header that did not
+            // come from there is scanned now.
+            let scan = ctx
+                .response_scan
+                .take()
+                .unwrap_or_else(|| respond::ResponseScan::of(map));
+            scan.hop_by_hop.strip(map);
             respond::decorate_response(map, ctx);
+            scan.is_streaming()
         });
         ctx.status = upstream_response.status.as_u16();
-        if respond::is_streaming(upstream_response) {
+        if streaming {
             ctx.streaming = true;
             if let (Some(runtime), Some(route)) = (&ctx.runtime, ctx.route) {
                 runtime.routes[route].metrics.streams_active.increment(1.0);

@@ -127,14 +127,41 @@ impl Cursor<'_> {
     }
 }
 
-/// Is this a response that streams (SSE, or chunked without a length)?
-pub fn is_streaming(header: &ResponseHeader) -> bool {
-    let sse = header
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    sse || !header.headers.contains_key(http::header::CONTENT_LENGTH)
+/// What the gateway reads from an agent's response header, found in one pass.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseScan {
+    pub hop_by_hop: headers::HopByHop,
+    event_stream: bool,
+    /// The first `Content-Length`, parsed (`Some(None)` when it is not a number).
+    pub content_length: Option<Option<u64>>,
+}
+
+impl ResponseScan {
+    pub fn of(map: &HeaderMap) -> ResponseScan {
+        let mut scan = ResponseScan {
+            hop_by_hop: headers::HopByHop::default(),
+            event_stream: false,
+            content_length: None,
+        };
+        for (name, value) in map {
+            if scan.hop_by_hop.note(name, value) {
+                continue;
+            }
+            if name == CONTENT_LENGTH {
+                if scan.content_length.is_none() {
+                    scan.content_length = Some(headers::parse_length(value));
+                }
+            } else if name == CONTENT_TYPE && !scan.event_stream {
+                scan.event_stream = value.as_bytes().starts_with(b"text/event-stream");
+            }
+        }
+        scan
+    }
+
+    /// Passed through as it arrives: an event stream, or a body of unknown length.
+    pub fn is_streaming(&self) -> bool {
+        self.event_stream || self.content_length.is_none()
+    }
 }
 
 #[cfg(test)]
