@@ -85,6 +85,10 @@ async fn forwards_headers_and_strips_hop_by_hop() {
         .header("x-private-hop", "secret")
         .header("keep-alive", "timeout=5")
         .header("te", "trailers")
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+        .header("trailer", "x-checksum")
+        .header("proxy-connection", "keep-alive")
         .send()
         .await
         .unwrap();
@@ -99,8 +103,20 @@ async fn forwards_headers_and_strips_hop_by_hop() {
         h.get("x-private-hop").is_none(),
         "connection-nominated header leaked: {h}"
     );
-    assert!(h.get("keep-alive").is_none());
-    assert!(h.get("te").is_none());
+    for hop in [
+        "connection",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "http2-settings",
+        "trailer",
+        "proxy-connection",
+    ] {
+        assert!(
+            h.get(hop).is_none(),
+            "hop-by-hop {hop} reached the agent: {h}"
+        );
+    }
     let tp = h["traceparent"].as_str().unwrap();
     assert_eq!(tp.len(), 55);
     assert_eq!(v["target"], "/echo?q=1");

@@ -206,6 +206,9 @@ fn check_framing(
             "a request may not carry both Content-Length and Transfer-Encoding",
         ));
     }
+    if let Some(problem) = scan.hop_by_hop.connection_problem() {
+        return Err(GatewayError::new(ErrorKind::BadRequest, problem));
+    }
     if scan.content_lengths_differ {
         return Err(GatewayError::new(
             ErrorKind::BadRequest,

@@ -26,10 +26,10 @@ pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-r
 pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 pub const X_PAGINATION_CLAMPED: HeaderName = HeaderName::from_static("x-pagination-clamped");
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway, with `trailer`
-/// last. Transfer-Encoding is not listed: pingora re-frames bodies itself and needs to
-/// see it.
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the HTTP/2 upgrade's `http2-settings`)
+/// that never cross the gateway. Transfer-Encoding is not listed: pingora frames
+/// bodies itself from it (admission accepts only `chunked`).
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -38,7 +38,12 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     http::header::TE,
     http::header::UPGRADE,
     http::header::TRAILER,
+    HeaderName::from_static("http2-settings"),
 ];
+
+/// Most names one `Connection` header may nominate (a bound on the work a request can
+/// ask for; the same as pingora's).
+const MAX_NOMINATIONS: usize = 10;
 
 /// Edits a request header as a plain `http` header map.
 ///
@@ -89,8 +94,8 @@ pub fn edit_response<R>(resp: &mut ResponseHeader, edit: impl FnOnce(&mut Header
 }
 
 /// The text of each `HOP_BY_HOP` name: compared as text, a header that is none of them
-/// costs eight length comparisons (`HeaderName` equality costs several times that).
-static HOP_BY_HOP_TEXT: LazyLock<[&'static str; 8]> =
+/// costs nine length comparisons (`HeaderName` equality costs several times that).
+static HOP_BY_HOP_TEXT: LazyLock<[&'static str; 9]> =
     LazyLock::new(|| HOP_BY_HOP.each_ref().map(HeaderName::as_str));
 
 /// Which fixed hop-by-hop header this is, as an index into `HOP_BY_HOP`.
@@ -104,11 +109,16 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct HopByHop {
     /// Bits of `HOP_BY_HOP` indices.
-    present: u8,
+    present: u16,
     /// `Connection` names a header beyond `close` and `keep-alive`.
     nominates: bool,
     /// `Connection` lists `close`.
     close: bool,
+    /// Tokens `Connection` lists.
+    nominations: usize,
+    /// `Connection` lists something that is not a header name (RFC 9110 token), or
+    /// names a header the gateway itself sets (`host`, `x-forwarded-*`).
+    bad_nomination: bool,
 }
 
 impl HopByHop {
@@ -130,14 +140,33 @@ impl HopByHop {
         if HOP_BY_HOP[i] == CONNECTION {
             for token in value.as_bytes().split(|b| *b == b',') {
                 let token = token.trim_ascii();
+                if token.is_empty() {
+                    continue;
+                }
+                self.nominations += 1;
                 if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
                     self.nominates = true;
+                    self.bad_nomination |= !token.iter().all(|b| is_tchar(*b))
+                        || PROTECTED
+                            .iter()
+                            .any(|p| token.eq_ignore_ascii_case(p.as_bytes()));
                 }
             }
         }
         true
+    }
+
+    /// Why a request's `Connection` header cannot be honoured, when it cannot.
+    pub fn connection_problem(&self) -> Option<&'static str> {
+        if self.nominations > MAX_NOMINATIONS {
+            Some("the Connection header lists too many options")
+        } else if self.bad_nomination {
+            Some("the Connection header may only list header names, and not Host or X-Forwarded-*")
+        } else {
+            None
+        }
     }
 
     /// Whether `Connection` lists `close`.
@@ -153,7 +182,7 @@ impl HopByHop {
         if self.nominates {
             if let Some(nominated) = connection_nominated(headers) {
                 for name in nominated {
-                    if name != "transfer-encoding" && name != "content-length" {
+                    if !KEPT_WHEN_NOMINATED.contains(&name.as_str()) {
                         headers.remove(&name);
                     }
                 }
@@ -170,6 +199,30 @@ impl HopByHop {
 /// Removes hop-by-hop headers and every header the `Connection` header nominates.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     HopByHop::of(headers).strip(headers);
+}
+
+/// Headers a request's `Connection` may not nominate: the gateway sets them itself.
+const PROTECTED: [&str; 4] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
+/// Nominated headers that stay anyway: the body's framing, and the protected ones (a
+/// response may nominate them; only the request side refuses to).
+const KEPT_WHEN_NOMINATED: [&str; 6] = [
+    "transfer-encoding",
+    "content-length",
+    PROTECTED[0],
+    PROTECTED[1],
+    PROTECTED[2],
+    PROTECTED[3],
+];
+
+/// An RFC 9110 `tchar`: what a header name is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Header names the `Connection` header nominates, lower-cased. Allocates only when it

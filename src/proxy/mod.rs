@@ -19,6 +19,7 @@ use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::clock::now_ms;
@@ -44,7 +45,8 @@ impl Gateway {
     /// Request id and trace context, set before anything can answer the request.
     fn identify(&self, ctx: &mut RequestCtx, scan: &mut RequestScan) {
         let Some(runtime) = &ctx.runtime else { return };
-        let trace = TraceContext::from_incoming(scan.traceparent, runtime.config.trace.sample_ratio);
+        let trace =
+            TraceContext::from_incoming(scan.traceparent, runtime.config.trace.sample_ratio);
         ctx.upstream_span_id = crate::observe::trace_context::random_span_id();
         ctx.request_id = scan
             .request_id
@@ -271,6 +273,11 @@ impl ProxyHttp for Gateway {
         // cancelled on every request. A connection the network dropped silently costs
         // one retry (`error_while_proxy` allows an extra try on a reused connection).
         peer.options.idle_timeout = None;
+        // The gateway strips hop-by-hop and Connection-nominated headers itself, from
+        // the one scan of the request's headers made on arrival (`RequestScan`), and
+        // refuses the nominations pingora refuses. pingora's own pass would repeat that
+        // work with about a dozen header removals per request.
+        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::preserve();
         Ok(Box::new(peer))
     }
 
