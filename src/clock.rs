@@ -31,13 +31,15 @@ pub fn ms_at(t: Instant) -> u64 {
 
 static RECENT_MS: AtomicU64 = AtomicU64::new(0);
 
-/// Publishes a request's start as the freshest time the hot path knows.
-pub fn note_request_start(t: Instant) {
+/// Publishes a request's start as the freshest time the hot path knows; returns it as
+/// `ms_at(t)`.
+pub fn note_request_start(t: Instant) -> u64 {
     let ms = ms_at(t);
     // Written only when the millisecond moves on: no cache-line traffic per request.
     if ms > RECENT_MS.load(Ordering::Relaxed) {
         RECENT_MS.store(ms, Ordering::Relaxed);
     }
+    ms
 }
 
 /// `now_ms` as of the latest request start (never older than a running request's start).
@@ -67,11 +69,6 @@ pub fn unix_nanos_at(t: Instant) -> u64 {
         base = WALL_AT_EPOCH_NS.load(Ordering::Relaxed);
     }
     base + t.saturating_duration_since(epoch()).as_nanos() as u64
-}
-
-/// `unix_nanos_at` as a `SystemTime`.
-pub fn system_time_at(t: Instant) -> SystemTime {
-    UNIX_EPOCH + std::time::Duration::from_nanos(unix_nanos_at(t))
 }
 
 #[cfg(test)]

@@ -115,6 +115,7 @@ impl Observer {
         };
         let Some(start) = ctx.start else { return };
         let elapsed = start.elapsed();
+        let first_byte = ctx.first_byte_wait();
         let req = session.req_header();
         let route_rt = ctx.route.map(|r| &runtime.routes[r]);
         let route_metrics = route_rt
@@ -159,7 +160,7 @@ impl Observer {
         if ctx.rate_limited {
             route_metrics.rate_limited.increment(1);
         }
-        self.record_alert_windows(runtime, route_rt, ctx, elapsed);
+        self.record_alert_windows(runtime, route_rt, ctx, elapsed, first_byte);
 
         let writer = self.access_log.load();
         let span_sink = self
@@ -170,8 +171,12 @@ impl Observer {
             return;
         }
         let query = redacted_query(req, runtime);
+        let times = Times {
+            start_unix_ns: crate::clock::unix_nanos_at(start),
+            elapsed,
+        };
         if let Some(sink) = span_sink {
-            self.export_spans(sink, runtime, req, query.as_deref(), ctx, elapsed);
+            self.export_spans(sink, runtime, req, query.as_deref(), ctx, times);
         }
         let Some(writer) = writer.as_ref() else {
             return;
@@ -181,7 +186,7 @@ impl Observer {
             _ => None,
         };
         let record = AccessRecord {
-            finished: crate::clock::system_time_at(start + elapsed),
+            finished: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(times.end_unix_ns()),
             request_id: ctx.request_id_str(),
             trace: ctx.trace.map(|t| (t.trace_id, t.span_id)),
             route: route_rt
@@ -194,7 +199,7 @@ impl Observer {
             upstream: route_rt.map(|r| &r.log_upstream),
             backend,
             duration: elapsed,
-            upstream_first_byte: ctx.first_byte_wait(),
+            upstream_first_byte: first_byte,
             bytes_in: ctx.bytes_in,
             bytes_out: ctx.bytes_out,
             client_ip: ctx.client_ip,
@@ -216,23 +221,20 @@ impl Observer {
         route_rt: Option<&crate::state::RouteRuntime>,
         ctx: &RequestCtx,
         elapsed: std::time::Duration,
+        first_byte: Option<std::time::Duration>,
     ) {
         let route_window = route_rt.and_then(|r| r.window.as_ref());
         if route_window.is_none() && runtime.all_window.is_none() {
             return;
         }
-        let first_byte_s = ctx.first_byte_wait().map(|d| d.as_secs_f64());
+        let first_byte_s = first_byte.map(|d| d.as_secs_f64());
         let outcome = crate::alerts::window::Outcome {
             error: ctx.status >= 500 || ctx.error.as_ref().is_some_and(|e| e.kind.status() >= 500),
             rate_limited: ctx.rate_limited,
             latency_s: elapsed.as_secs_f64(),
             first_byte_s,
         };
-        let now_s = ctx
-            .start
-            .map(|s| crate::clock::ms_at(s + elapsed))
-            .unwrap_or_else(crate::clock::now_ms)
-            / 1000;
+        let now_s = (ctx.start_ms + elapsed.as_millis() as u64) / 1000;
         if let Some(w) = route_window {
             w.record(now_s, outcome);
         }
@@ -249,12 +251,12 @@ impl Observer {
         req: &pingora::http::RequestHeader,
         query: Option<&str>,
         ctx: &RequestCtx,
-        elapsed: std::time::Duration,
+        times: Times,
     ) {
         let (Some(start), Some(trace)) = (ctx.start, ctx.trace) else {
             return;
         };
-        let start_ns = crate::clock::unix_nanos_at(start);
+        let start_ns = times.start_unix_ns;
         let at =
             |t: std::time::Instant| start_ns + t.saturating_duration_since(start).as_nanos() as u64;
         let route_rt = ctx.route.map(|r| &runtime.routes[r]);
@@ -270,7 +272,7 @@ impl Observer {
                 .get(b),
             _ => None,
         };
-        let server_end = start_ns + elapsed.as_nanos() as u64;
+        let server_end = times.end_unix_ns();
         let client_span = match (ctx.upstream_sent_at, backend) {
             (Some(sent), Some(b)) => Some((sent, b)),
             _ => None,
@@ -362,6 +364,19 @@ impl Observer {
                 }
             });
         });
+    }
+}
+
+/// When a finished request ran, on the wall clock (its instants converted once).
+#[derive(Clone, Copy)]
+struct Times {
+    start_unix_ns: u64,
+    elapsed: std::time::Duration,
+}
+
+impl Times {
+    fn end_unix_ns(&self) -> u64 {
+        self.start_unix_ns + self.elapsed.as_nanos() as u64
     }
 }
 

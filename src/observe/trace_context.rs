@@ -115,13 +115,6 @@ impl TraceContext {
         }
     }
 
-    /// The trace id as 32 lower-case hex characters.
-    pub fn trace_id_hex(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        write_hex(&self.trace_id, &mut out);
-        out
-    }
-
     /// `traceparent` for a call whose parent is `span_id`.
     pub fn traceparent_for(&self, span_id: &[u8; 8]) -> [u8; 55] {
         let mut out = [b'-'; 55];

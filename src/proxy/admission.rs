@@ -275,9 +275,8 @@ fn prepare_upstream_headers(map: &mut HeaderMap, ctx: &RequestCtx) {
             // A new trace: an incoming tracestate belonged to a context we did not accept.
             map.remove(headers::TRACESTATE);
         }
-        let traceparent = trace.traceparent_for(&ctx.upstream_span_id);
-        if let Ok(value) = http::HeaderValue::from_bytes(&traceparent) {
-            map.insert(headers::TRACEPARENT, value);
+        if let Some(traceparent) = &ctx.traceparent {
+            map.insert(headers::TRACEPARENT, traceparent.clone());
         }
     }
 }

@@ -14,12 +14,16 @@ use crate::state::Runtime;
 #[derive(Default)]
 pub struct RequestCtx {
     pub start: Option<Instant>,
+    /// `start` on the `clock::ms_at` scale.
+    pub start_ms: u64,
     /// The runtime this request started on; it finishes on it even across a reload.
     pub runtime: Option<Arc<Runtime>>,
     /// Index into `runtime.routes`.
     pub route: Option<usize>,
     pub request_id: Option<HeaderValue>,
     pub trace: Option<TraceContext>,
+    /// The `traceparent` every try sends upstream (the client span as the parent).
+    pub traceparent: Option<HeaderValue>,
     /// Span id of the client span for the upstream call (the upstream's parent).
     pub upstream_span_id: [u8; 8],
     /// The TCP peer (a proxy, when behind `trusted_proxies`).

@@ -1,8 +1,8 @@
 //! Header hygiene on the way to the agent and back: hop-by-hop headers, forwarding
 //! headers, request ids.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
-use std::sync::LazyLock;
 
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING,
@@ -27,18 +27,36 @@ pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset
 pub const X_PAGINATION_CLAMPED: HeaderName = HeaderName::from_static("x-pagination-clamped");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the HTTP/2 upgrade's `http2-settings`)
-/// that never cross the gateway. Transfer-Encoding is not listed: pingora frames
-/// bodies itself from it (admission accepts only `chunked`).
+/// that never cross the gateway, as text: scans compare names as text (a header that is
+/// none of them costs nine length comparisons; `HeaderName` equality costs several
+/// times that). Transfer-Encoding is not listed: pingora frames bodies itself from it
+/// (admission accepts only `chunked`).
+const HOP_BY_HOP_TEXT: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "upgrade",
+    "trailer",
+    "http2-settings",
+];
+
+/// Where `connection` is in `HOP_BY_HOP_TEXT` (a unit test holds the two together).
+const CONNECTION_INDEX: usize = 0;
+
+/// `HOP_BY_HOP_TEXT` as header names, for removal.
 static HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::UPGRADE,
-    http::header::TRAILER,
-    HeaderName::from_static("http2-settings"),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[0]),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[1]),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[2]),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[3]),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[4]),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[5]),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[6]),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[7]),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[8]),
 ];
 
 /// Most names one `Connection` header may nominate (a bound on the work a request can
@@ -93,11 +111,6 @@ pub fn edit_response<R>(resp: &mut ResponseHeader, edit: impl FnOnce(&mut Header
     out
 }
 
-/// The text of each `HOP_BY_HOP` name: compared as text, a header that is none of them
-/// costs nine length comparisons (`HeaderName` equality costs several times that).
-static HOP_BY_HOP_TEXT: LazyLock<[&'static str; 9]> =
-    LazyLock::new(|| HOP_BY_HOP.each_ref().map(HeaderName::as_str));
-
 /// Which fixed hop-by-hop header this is, as an index into `HOP_BY_HOP`.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     let text = name.as_str();
@@ -137,7 +150,7 @@ impl HopByHop {
             return false;
         };
         self.present |= 1 << i;
-        if HOP_BY_HOP[i] == CONNECTION {
+        if i == CONNECTION_INDEX {
             for token in value.as_bytes().split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 if token.is_empty() {
@@ -344,12 +357,33 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     peer
 }
 
+thread_local! {
+    /// The peer this thread served last and its address as a header value: a kept-alive
+    /// client sends many requests, so most of them share one value (a reference count
+    /// instead of formatting, validating and allocating it again).
+    static PEER_VALUE: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// The peer's address as a header value.
+fn peer_value(peer: IpAddr) -> HeaderValue {
+    PEER_VALUE.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((ip, value)) = last.as_ref() {
+            if *ip == peer {
+                return value.clone();
+            }
+        }
+        let value = HeaderValue::from_bytes(IpText::new(peer).as_bytes())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        *last = Some((peer, value.clone()));
+        value
+    })
+}
+
 /// The `x-forwarded-for` the upstream receives: appended to a trusted proxy's list,
 /// replaced when the peer is not trusted (a client cannot forge its address).
 pub fn forwarded_for(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> HeaderValue {
-    let peer_text = IpText::new(peer);
-    let only_peer =
-        || HeaderValue::from_str(peer_text.as_str()).unwrap_or(HeaderValue::from_static("unknown"));
+    let only_peer = || peer_value(peer);
     if !is_trusted(peer, trusted) {
         return only_peer();
     }
@@ -361,7 +395,7 @@ pub fn forwarded_for(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> He
     if previous.is_empty() {
         return only_peer();
     }
-    let joined = format!("{}, {}", previous.join(", "), peer_text.as_str());
+    let joined = format!("{}, {}", previous.join(", "), IpText::new(peer).as_str());
     HeaderValue::from_str(&joined).unwrap_or_else(|_| only_peer())
 }
 
@@ -451,6 +485,19 @@ mod tests {
         let mut wire = Vec::new();
         resp.header_to_h1_wire(&mut wire);
         assert!(String::from_utf8_lossy(&wire).contains("server-timing: gateway;dur=1\r\n"));
+    }
+
+    #[test]
+    fn hop_by_hop_names_line_up() {
+        assert_eq!(HOP_BY_HOP[CONNECTION_INDEX], CONNECTION);
+        for (name, text) in HOP_BY_HOP.iter().zip(HOP_BY_HOP_TEXT) {
+            assert_eq!(name.as_str(), text);
+            assert_eq!(
+                hop_by_hop_index(name),
+                HOP_BY_HOP_TEXT.iter().position(|t| *t == text)
+            );
+        }
+        assert_eq!(hop_by_hop_index(&http::header::HOST), None);
     }
 
     #[test]

@@ -48,10 +48,14 @@ impl Gateway {
         let trace =
             TraceContext::from_incoming(scan.traceparent, runtime.config.trace.sample_ratio);
         ctx.upstream_span_id = crate::observe::trace_context::random_span_id();
+        let traceparent = Bytes::copy_from_slice(&trace.traceparent_for(&ctx.upstream_span_id));
+        // Without a usable client id the request id is the trace id, as the traceparent
+        // spells it (bytes 3..35): a view of the same bytes, not a second copy.
         ctx.request_id = scan
             .request_id
             .take()
-            .or_else(|| HeaderValue::from_bytes(&trace.trace_id_hex()).ok());
+            .or_else(|| HeaderValue::from_maybe_shared(traceparent.slice(3..35)).ok());
+        ctx.traceparent = HeaderValue::from_maybe_shared(traceparent).ok();
         ctx.trace = Some(trace);
         ctx.request_hop_by_hop = scan.hop_by_hop;
         ctx.incoming_tracestate = scan.tracestate;
@@ -188,7 +192,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let start = Instant::now();
-        crate::clock::note_request_start(start);
+        ctx.start_ms = crate::clock::note_request_start(start);
         ctx.start = Some(start);
         let runtime = self.shared.runtime.load_full();
         ctx.runtime = Some(runtime);
