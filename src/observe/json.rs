@@ -155,12 +155,17 @@ pub fn millis_text(d: Duration, mut put: impl FnMut(&[u8])) {
     ]);
 }
 
-/// Lower-case hex of `bytes` (trace and span ids).
+/// Lower-case hex of `bytes` (trace and span ids): written on the stack, 16 bytes at a
+/// time, and appended in one copy each.
 pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(HEX[(b >> 4) as usize]);
-        out.push(HEX[(b & 0xf) as usize]);
+    for chunk in bytes.chunks(16) {
+        let mut text = [0u8; 32];
+        for (pair, b) in text.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = HEX[(b >> 4) as usize];
+            pair[1] = HEX[(b & 0xf) as usize];
+        }
+        out.extend_from_slice(&text[..chunk.len() * 2]);
     }
 }
 
@@ -252,17 +257,27 @@ pub fn push_timestamp(out: &mut Vec<u8>, now: SystemTime) {
         cached.set((secs, text));
         text
     });
-    out.extend_from_slice(&text);
-    out.push(b'.');
     let micros = d.subsec_micros();
-    let mut digits = [b'0'; 6];
-    let mut v = micros;
-    for slot in digits.iter_mut().rev() {
-        *slot = b'0' + (v % 10) as u8;
-        v /= 10;
+    let mut tail = *b".000000Z";
+    for (i, pair) in [micros / 10_000, micros / 100 % 100, micros % 100]
+        .into_iter()
+        .enumerate()
+    {
+        tail[1 + 2 * i..3 + 2 * i].copy_from_slice(two_digits(pair));
     }
-    out.extend_from_slice(&digits);
-    out.push(b'Z');
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&tail);
+}
+
+/// `00` to `99` (values above 99 wrap).
+fn two_digits(v: u32) -> &'static [u8] {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let i = (v % 100) as usize * 2;
+    &PAIRS[i..i + 2]
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix second.
@@ -316,6 +331,15 @@ pub fn timestamp_string(now: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_of_any_length() {
+        let bytes: Vec<u8> = (0u8..40).map(|i| i.wrapping_mul(37)).collect();
+        let mut out = Vec::new();
+        push_hex(&mut out, &bytes);
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
 
     #[test]
     fn timestamps() {
