@@ -7,8 +7,13 @@
 
 use std::sync::OnceLock;
 
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{counter, gauge, Counter, Gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use super::histogram::{self, Histogram};
 
 /// Latency buckets in seconds: 1 ms to 120 s, for agent turns that are slow.
 pub const LATENCY_BUCKETS: [f64; 17] = [
@@ -26,16 +31,8 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Installs the global recorder once per process and returns its render handle.
 pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full("agentgate_gateway_overhead_seconds".into()),
-                &OVERHEAD_BUCKETS,
-            )
-            .and_then(|b| b.set_buckets(&LATENCY_BUCKETS));
-        let recorder = match builder {
-            Ok(b) => b.build_recorder(),
-            Err(_) => PrometheusBuilder::new().build_recorder(),
-        };
+        // Counters and gauges; the latency histograms are the gateway's own (`histogram`).
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         // Fails only when another recorder is already set (tests in one process).
         let _ = metrics::set_global_recorder(recorder);
@@ -46,29 +43,14 @@ pub fn install() -> &'static PrometheusHandle {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use metrics::{describe_counter, describe_gauge};
     describe_counter!(
         "agentgate_http_requests_total",
         "Requests answered, by route, method and status"
     );
-    describe_histogram!(
-        "agentgate_http_request_duration_seconds",
-        Unit::Seconds,
-        "Time from request received to response finished"
-    );
     describe_gauge!(
         "agentgate_http_requests_in_flight",
         "Requests being served now"
-    );
-    describe_histogram!(
-        "agentgate_gateway_overhead_seconds",
-        Unit::Seconds,
-        "Time spent in the gateway itself, excluding the wait for the agent"
-    );
-    describe_histogram!(
-        "agentgate_upstream_first_byte_seconds",
-        Unit::Seconds,
-        "Time from sending the request upstream to the response header"
     );
     describe_counter!(
         "agentgate_upstream_requests_total",
@@ -121,10 +103,20 @@ fn describe() {
 
 /// Renders the text exposition for GET /metrics.
 pub fn render() -> String {
-    install().render()
+    let mut text = install().render();
+    histogram::render_into(&mut text);
+    text
 }
 
-/// Drains histogram samples into buckets; called periodically so memory stays flat.
+const DURATION: &str = "agentgate_http_request_duration_seconds";
+const DURATION_HELP: &str = "Time from request received to response finished";
+const OVERHEAD: &str = "agentgate_gateway_overhead_seconds";
+const OVERHEAD_HELP: &str = "Time spent in the gateway itself, excluding the wait for the agent";
+const FIRST_BYTE: &str = "agentgate_upstream_first_byte_seconds";
+const FIRST_BYTE_HELP: &str = "Time from sending the request upstream to the response header";
+
+/// The exporter's periodic housekeeping (its own histograms are not used; this keeps
+/// any it may hold from growing).
 pub fn upkeep() {
     install().run_upkeep();
 }
@@ -187,10 +179,10 @@ const STATUS_SLOTS: usize = 500; // 100..=599
 pub struct RouteMetrics {
     route: String,
     requests: Box<[OnceLock<Counter>]>,
-    duration: [Histogram; 5],
+    duration: [Arc<Histogram>; 5],
     pub in_flight: Gauge,
-    pub overhead: Histogram,
-    pub first_byte: Option<Histogram>,
+    pub overhead: Arc<Histogram>,
+    pub first_byte: Option<Arc<Histogram>>,
     pub streams_active: Gauge,
     pub streams_cancelled: Counter,
     pub rate_limited: Counter,
@@ -207,11 +199,23 @@ impl RouteMetrics {
         Self {
             requests,
             duration: STATUS_CLASSES.map(|c| {
-                histogram!("agentgate_http_request_duration_seconds", "route" => r.clone(), "status_class" => c)
+                histogram::series(
+                    DURATION,
+                    DURATION_HELP,
+                    &LATENCY_BUCKETS,
+                    &[("route", route), ("status_class", c)],
+                )
             }),
             in_flight: gauge!("agentgate_http_requests_in_flight", "route" => r.clone()),
-            overhead: histogram!("agentgate_gateway_overhead_seconds", "route" => r.clone()),
-            first_byte: upstream.map(|u| histogram!("agentgate_upstream_first_byte_seconds", "route" => r.clone(), "upstream" => u.to_string())),
+            overhead: histogram::series(OVERHEAD, OVERHEAD_HELP, &OVERHEAD_BUCKETS, &[("route", route)]),
+            first_byte: upstream.map(|u| {
+                histogram::series(
+                    FIRST_BYTE,
+                    FIRST_BYTE_HELP,
+                    &LATENCY_BUCKETS,
+                    &[("route", route), ("upstream", u)],
+                )
+            }),
             streams_active: gauge!("agentgate_streams_active", "route" => r.clone()),
             streams_cancelled: counter!("agentgate_streams_cancelled_total", "route" => r.clone()),
             rate_limited: counter!("agentgate_rate_limited_total", "route" => r.clone()),
@@ -227,7 +231,7 @@ impl RouteMetrics {
     }
 
     /// Counts one finished request.
-    pub fn record_request(&self, method: &http::Method, status: u16, seconds: f64) {
+    pub fn record_request(&self, method: &http::Method, status: u16, took: Duration) {
         let status = status.clamp(100, 599);
         let m = method_index(method);
         let slot = m * STATUS_SLOTS + (status as usize - 100);
@@ -241,7 +245,7 @@ impl RouteMetrics {
                 )
             })
             .increment(1);
-        self.duration[status_class(status)].record(seconds);
+        self.duration[status_class(status)].record(took);
     }
 
     pub fn record_pagination(&self, action: PaginationAction) {

@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod collector;
+pub mod histogram;
 pub mod json;
 pub mod line_writer;
 pub mod logger;
@@ -126,12 +127,12 @@ impl Observer {
         route_metrics.record_request(
             &req.method,
             ctx.status.max(if ctx.cancelled { 499 } else { 0 }),
-            elapsed.as_secs_f64(),
+            elapsed,
         );
         let upstream_wait = ctx.upstream_elapsed();
         route_metrics
             .overhead
-            .record(elapsed.saturating_sub(upstream_wait).as_secs_f64());
+            .record(elapsed.saturating_sub(upstream_wait));
         if ctx.stream_counted {
             route_metrics.streams_active.decrement(1.0);
             if ctx.cancelled {

@@ -398,7 +398,7 @@ impl ProxyHttp for Gateway {
             (&ctx.runtime, ctx.route, ctx.upstream_sent_at)
         {
             if let Some(h) = &runtime.routes[route].metrics.first_byte {
-                h.record(now.saturating_duration_since(sent).as_secs_f64());
+                h.record(now.saturating_duration_since(sent));
             }
         }
         let scan = respond::ResponseScan::of(&upstream_response.headers);
