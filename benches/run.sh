@@ -263,19 +263,21 @@ run_main() {
   local on; on=$(col agentgate-on 2)
   local rate; rate=$(awk -v r="$on" 'BEGIN { printf "%d", r / 2 }')
   echo "open loop at $rate req/s (50% of agentgate all-on max)..." >&2
-  # Tail latency is the noisiest number on a shared machine: alternate the two targets
-  # for ROUNDS runs and report the medians.
+  # Tail latency is the noisiest number on a shared machine: alternate the targets for
+  # ROUNDS runs and report the medians. Bare pingora at the same rate shows how much of
+  # the tail is pingora's own.
   : > "$W/open-loop"
   local round fr
   for round in $(seq 1 "$ROUNDS"); do
-    for target in direct:18001 gateway:18005; do
+    for target in direct:18001 bare:18003 gateway:18005; do
       fr=$($LOAD_CPU "$EX/fixed_rate" "http://127.0.0.1:${target#*:}/v1/conversations" "$rate" "$DURATION" "$CONNS")
       echo "  open loop ${target%%:*}: $fr" >&2
       echo "${target%%:*} $(echo "$fr" | sed 's/.*p50_us=\([0-9]*\).*/\1/') $(echo "$fr" | sed 's/.*p99_us=\([0-9]*\).*/\1/')" >> "$W/open-loop"
     done
   done
-  local d99 g99 d50 g50
+  local d99 g99 d50 g50 b50 b99
   d50=$(awk '$1 == "direct" {print $2}' "$W/open-loop" | median); d99=$(awk '$1 == "direct" {print $3}' "$W/open-loop" | median)
+  b50=$(awk '$1 == "bare" {print $2}' "$W/open-loop" | median); b99=$(awk '$1 == "bare" {print $3}' "$W/open-loop" | median)
   g50=$(awk '$1 == "gateway" {print $2}' "$W/open-loop" | median); g99=$(awk '$1 == "gateway" {print $3}' "$W/open-loop" | median)
 
   echo
@@ -298,7 +300,8 @@ run_main() {
   echo "- agentgate all-on / all-off: $(ratio agentgate-on agentgate-off) (observability cost; target >= 0.90)"
   echo "- local limit that never triggers / all-off: $(ratio agentgate-local-limit agentgate-off) (target >= 0.95)"
   echo "- global (Redis) limit / local limit: $(ratio agentgate-global-limit agentgate-local-limit)"
-  echo "- open loop at $rate req/s (50% of the all-on max), $CONNS connections, medians of $ROUNDS alternating ${DURATION}s runs: direct p50 $(awk -v v="$d50" 'BEGIN{printf "%.3f", v/1000}') ms / p99 $(awk -v v="$d99" 'BEGIN{printf "%.3f", v/1000}') ms; through agentgate all-on p50 $(awk -v v="$g50" 'BEGIN{printf "%.3f", v/1000}') ms / p99 $(awk -v v="$g99" 'BEGIN{printf "%.3f", v/1000}') ms; **added p99 $(awk -v a="$g99" -v b="$d99" 'BEGIN{printf "%.3f", (a-b)/1000}') ms** (target <= 1 ms)"
+  local ms='BEGIN { printf "%.3f", v / 1000 }' diff='BEGIN { printf "%.3f", (a - b) / 1000 }'
+  echo "- open loop at $rate req/s (50% of the all-on max), $CONNS connections each paced by its own thread, medians of $ROUNDS alternating ${DURATION}s runs: direct p50 $(awk -v v="$d50" "$ms") ms / p99 $(awk -v v="$d99" "$ms") ms; through bare pingora p50 $(awk -v v="$b50" "$ms") ms / p99 $(awk -v v="$b99" "$ms") ms; through agentgate all-on p50 $(awk -v v="$g50" "$ms") ms / p99 $(awk -v v="$g99" "$ms") ms; **added p99 $(awk -v a="$g99" -v b="$d99" "$diff") ms** (target <= 1 ms; bare pingora adds $(awk -v a="$b99" -v b="$d99" "$diff") ms)"
   for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   sleep 1; PIDS=()
 }
