@@ -1,5 +1,7 @@
-//! Header hygiene on the way to the agent and back: hop-by-hop headers, forwarding
-//! headers, request ids.
+//! Header hygiene on the way to the agent and back: hop-by-hop headers (the gateway's
+//! alone; pingora's own pass over the upstream request is off), forwarding headers,
+//! request ids, and `RequestScan`, the one pass over a request's headers that finds
+//! everything admission, tracing and forwarding need.
 
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -209,11 +211,6 @@ impl HopByHop {
     }
 }
 
-/// Removes hop-by-hop headers and every header the `Connection` header nominates.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    HopByHop::of(headers).strip(headers);
-}
-
 /// Headers a request's `Connection` may not nominate: the gateway sets them itself.
 const PROTECTED: [&str; 4] = [
     "host",
@@ -319,6 +316,7 @@ impl RequestScan {
     }
 }
 
+/// A `Content-Length` value as a number (`None` when it is not one).
 pub fn parse_length(value: &HeaderValue) -> Option<u64> {
     std::str::from_utf8(value.as_bytes())
         .ok()
@@ -418,9 +416,36 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("upgrade", HeaderValue::from_static("h2c"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        HopByHop::of(&h).strip(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_options_that_are_refused() {
+        let scan = |value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONNECTION, HeaderValue::from_static(value));
+            HopByHop::of(&h)
+        };
+        for fine in [
+            "keep-alive",
+            "close",
+            "Keep-Alive, x-hop",
+            "a,b,c,d,e,f,g,h,i,j",
+        ] {
+            assert_eq!(scan(fine).connection_problem(), None, "{fine}");
+        }
+        for refused in [
+            "Host",
+            "close, x-forwarded-proto",
+            "\"x-a\"",
+            "a,b,c,d,e,f,g,h,i,j,k",
+        ] {
+            assert!(scan(refused).connection_problem().is_some(), "{refused}");
+        }
+        assert!(scan("keep-alive, Close").connection_close());
+        assert!(!scan("keep-alive").connection_close());
     }
 
     #[test]

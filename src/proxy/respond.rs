@@ -1,5 +1,6 @@
-//! Responses the gateway writes or decorates: JSON errors and the headers every
-//! response carries (`x-request-id`, `server-timing`, rate-limit and pagination notes).
+//! Responses the gateway writes or decorates: JSON errors, the headers every response
+//! carries (`x-request-id`, `server-timing`, rate-limit and pagination notes), and
+//! `ResponseScan`, the one pass over an agent's response header.
 
 use std::cell::RefCell;
 
