@@ -28,9 +28,8 @@ pub struct RouteRuntime {
     pub window: Option<Ring>,
     /// Span attributes that only depend on the route, encoded once (OTLP protobuf).
     pub span_attrs: Vec<u8>,
-    /// The route's name and its upstream's name for the access log, escaped once.
+    /// The route's name for the access log, escaped once.
     pub log_route: LogName,
-    pub log_upstream: LogName,
 }
 
 /// An upstream pool with its per-backend metric handles (same order as `pool.backends`).
@@ -39,7 +38,9 @@ pub struct UpstreamRuntime {
     pub backend_metrics: Vec<BackendMetrics>,
     /// Span attributes of each backend (same order as `pool.backends`).
     pub backend_span_attrs: Vec<BackendSpanAttrs>,
-    /// Each backend's label for the access log (same order as `pool.backends`).
+    /// The upstream's name and each backend's label (same order as `pool.backends`)
+    /// for the access log, escaped once.
+    pub log_name: LogName,
     pub backend_log_names: Vec<LogName>,
 }
 
@@ -147,7 +148,6 @@ impl Runtime {
                     ),
                 ]),
                 log_route: LogName::new(&r.name),
-                log_upstream: LogName::new(&config.upstreams[r.upstream].name),
             })
             .collect();
         let mut upstreams = Vec::new();
@@ -179,6 +179,7 @@ impl Runtime {
                 .map(|b| LogName::new(&b.label))
                 .collect();
             upstreams.push(UpstreamRuntime {
+                log_name: LogName::new(&u.name),
                 pool,
                 backend_metrics,
                 backend_span_attrs,

@@ -197,7 +197,7 @@ impl Observer {
             path: req.uri.path(),
             query: query.as_deref(),
             status: ctx.status,
-            upstream: route_rt.map(|r| &r.log_upstream),
+            upstream: route_rt.map(|r| &runtime.upstreams[r.route.upstream].log_name),
             backend,
             duration: elapsed,
             upstream_first_byte: first_byte,

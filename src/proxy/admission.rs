@@ -248,8 +248,8 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
 }
 
 fn prepare_upstream_headers(map: &mut HeaderMap, ctx: &RequestCtx) {
-    // The request's headers were scanned on arrival; a reused request header (a retry)
-    // was already stripped, and removing again what is gone is harmless.
+    // What the scan on arrival found: every try's request is a copy of the client's, so
+    // it holds the same hop-by-hop headers.
     ctx.request_hop_by_hop.strip(map);
     let Some(runtime) = &ctx.runtime else {
         return;

@@ -153,15 +153,11 @@ impl HopByHop {
         };
         self.present |= 1 << i;
         if i == CONNECTION_INDEX {
-            for token in value.as_bytes().split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.is_empty() {
-                    continue;
-                }
+            for token in connection_options(value) {
                 self.nominations += 1;
                 if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                } else if !is_persistence_option(token) {
                     self.nominates = true;
                     self.bad_nomination |= !token.iter().all(|b| is_tchar(*b))
                         || PROTECTED
@@ -235,20 +231,30 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Header names the `Connection` header nominates, lower-cased. Allocates only when it
-/// names something beyond the usual `keep-alive` / `close`.
+/// The options one `Connection` value lists: split at commas, trimmed, empty ones
+/// skipped. The scan (`HopByHop::note`) and the strip read values through this alone.
+fn connection_options(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// `close` and `keep-alive`: options about the connection itself, not header names.
+fn is_persistence_option(option: &[u8]) -> bool {
+    option.eq_ignore_ascii_case(b"close") || option.eq_ignore_ascii_case(b"keep-alive")
+}
+
+/// Header names the `Connection` header nominates, lower-cased (none when a value is
+/// not visible ASCII). Allocates only when it names something beyond the usual
+/// `keep-alive` / `close`.
 fn connection_nominated(headers: &HeaderMap) -> Option<Vec<String>> {
     let mut out = Vec::new();
     for value in headers.get_all(CONNECTION) {
-        let text = value.to_str().ok()?;
-        for token in text.split(',') {
-            let token = token.trim();
-            if !token.is_empty()
-                && !token.eq_ignore_ascii_case("close")
-                && !token.eq_ignore_ascii_case("keep-alive")
-            {
-                out.push(token.to_ascii_lowercase());
-            }
+        value.to_str().ok()?;
+        for option in connection_options(value).filter(|o| !is_persistence_option(o)) {
+            out.push(String::from_utf8_lossy(option).to_ascii_lowercase());
         }
     }
     (!out.is_empty()).then_some(out)
