@@ -240,6 +240,52 @@ machine() {
   echo "$(date -u +%Y-%m-%d), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), ${CORES} cores, $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r)"
 }
 
+# open_loop RATE: every system at the same fixed rate (half the all-on maximum), ROUNDS
+# alternating runs; appends "name p50_us p99_us cpu_us_per_request" to $W/open-loop.
+# Tail latency is the noisiest number on a shared machine, so the table reports medians.
+# nginx and bare pingora at the same rate show how much of the tail any proxy on this
+# machine adds; the CPU per request at this rate shows how busy each worker really is.
+open_loop() {
+  local rate=$1 round target fr pid master before after sent cpu
+  echo "open loop at $rate req/s (50% of agentgate all-on max)..." >&2
+  : > "$W/open-loop"
+  for round in $(seq 1 "$ROUNDS"); do
+    for target in direct:18001 nginx:18002 bare-pingora:18003 agentgate-off:18004 agentgate-on:18005; do
+      pid=$(pid_on_port "${target#*:}")
+      master=$(ps -o ppid= -p "$pid" | tr -d ' ')
+      if ps -o comm= -p "$master" | grep -q nginx; then pid=$master; fi
+      before=$(cpu_ticks "$pid")
+      fr=$($LOAD_CPU "$EX/fixed_rate" "http://127.0.0.1:${target#*:}/v1/conversations" "$rate" "$DURATION" "$CONNS")
+      after=$(cpu_ticks "$pid")
+      sent=$(echo "$fr" | sed 's/.*sent=\([0-9]*\).*/\1/')
+      cpu=$(awk -v t=$(( after - before )) -v hz="$TICK" -v n="$sent" 'BEGIN { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "nan" }')
+      echo "  open loop ${target%%:*}: $fr cpu_us_per_req=$cpu" >&2
+      echo "${target%%:*} $(echo "$fr" | sed 's/.*p50_us=\([0-9]*\).*/\1/') $(echo "$fr" | sed 's/.*p99_us=\([0-9]*\).*/\1/') $cpu" >> "$W/open-loop"
+    done
+  done
+}
+
+# open_loop_table RATE: the open-loop medians as Markdown, p99 added over direct.
+open_loop_table() {
+  local rate=$1 name d99 p50 p99 cpu busy
+  ol() { awk -v n="$1" -v c="$2" '$1 == n {print $c}' "$W/open-loop" | median; }
+  d99=$(ol direct 3)
+  echo
+  echo "Open loop at $rate req/s (half the all-on maximum), $CONNS connections each paced by"
+  echo "its own thread, medians of $ROUNDS alternating ${DURATION}s runs. Target: agentgate all-on"
+  echo "adds at most 1 ms at p99. Worker busy is CPU per request times the rate: how much of"
+  echo "its core each proxy really uses at this rate."
+  echo
+  echo "| system | p50 ms | p99 ms | p99 added ms | CPU µs/req | worker busy |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for name in direct nginx bare-pingora agentgate-off agentgate-on; do
+    p50=$(ol "$name" 2); p99=$(ol "$name" 3); cpu=$(ol "$name" 4)
+    busy=$(awk -v c="$cpu" -v r="$rate" 'BEGIN { printf "%.0f%%", c * r / 1e4 }')
+    awk -v n="$name" -v a="$p50" -v b="$p99" -v d="$d99" -v c="$cpu" -v u="$busy" \
+      'BEGIN { if (n == "direct") printf "| %s | %.3f | %.3f | - | - | - |\n", n, a / 1000, b / 1000; else printf "| %s | %.3f | %.3f | %.3f | %s | %s |\n", n, a / 1000, b / 1000, (b - d) / 1000, c, u }'
+  done
+}
+
 run_main() {
   : > "$W/results"
   start_backend
@@ -262,24 +308,7 @@ run_main() {
 
   local on; on=$(col agentgate-on 2)
   local rate; rate=$(awk -v r="$on" 'BEGIN { printf "%d", r / 2 }')
-  echo "open loop at $rate req/s (50% of agentgate all-on max)..." >&2
-  # Tail latency is the noisiest number on a shared machine: alternate the targets for
-  # ROUNDS runs and report the medians. Bare pingora at the same rate shows how much of
-  # the tail is pingora's own.
-  : > "$W/open-loop"
-  local round fr
-  for round in $(seq 1 "$ROUNDS"); do
-    for target in direct:18001 bare:18003 gateway:18005; do
-      fr=$($LOAD_CPU "$EX/fixed_rate" "http://127.0.0.1:${target#*:}/v1/conversations" "$rate" "$DURATION" "$CONNS")
-      echo "  open loop ${target%%:*}: $fr" >&2
-      echo "${target%%:*} $(echo "$fr" | sed 's/.*p50_us=\([0-9]*\).*/\1/') $(echo "$fr" | sed 's/.*p99_us=\([0-9]*\).*/\1/')" >> "$W/open-loop"
-    done
-  done
-  local d99 g99 d50 g50 b50 b99
-  d50=$(awk '$1 == "direct" {print $2}' "$W/open-loop" | median); d99=$(awk '$1 == "direct" {print $3}' "$W/open-loop" | median)
-  b50=$(awk '$1 == "bare" {print $2}' "$W/open-loop" | median); b99=$(awk '$1 == "bare" {print $3}' "$W/open-loop" | median)
-  g50=$(awk '$1 == "gateway" {print $2}' "$W/open-loop" | median); g99=$(awk '$1 == "gateway" {print $3}' "$W/open-loop" | median)
-
+  open_loop "$rate"
   echo
   echo "### Throughput and latency ($(machine))"
   echo
@@ -300,8 +329,7 @@ run_main() {
   echo "- agentgate all-on / all-off: $(ratio agentgate-on agentgate-off) (observability cost; target >= 0.90)"
   echo "- local limit that never triggers / all-off: $(ratio agentgate-local-limit agentgate-off) (target >= 0.95)"
   echo "- global (Redis) limit / local limit: $(ratio agentgate-global-limit agentgate-local-limit)"
-  local ms='BEGIN { printf "%.3f", v / 1000 }' diff='BEGIN { printf "%.3f", (a - b) / 1000 }'
-  echo "- open loop at $rate req/s (50% of the all-on max), $CONNS connections each paced by its own thread, medians of $ROUNDS alternating ${DURATION}s runs: direct p50 $(awk -v v="$d50" "$ms") ms / p99 $(awk -v v="$d99" "$ms") ms; through bare pingora p50 $(awk -v v="$b50" "$ms") ms / p99 $(awk -v v="$b99" "$ms") ms; through agentgate all-on p50 $(awk -v v="$g50" "$ms") ms / p99 $(awk -v v="$g99" "$ms") ms; **added p99 $(awk -v a="$g99" -v b="$d99" "$diff") ms** (target <= 1 ms; bare pingora adds $(awk -v a="$b99" -v b="$d99" "$diff") ms)"
+  open_loop_table "$rate"
   for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   sleep 1; PIDS=()
 }
