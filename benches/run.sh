@@ -10,12 +10,14 @@
 # sse    10,000 concurrent SSE streams through the gateway: memory and fds per stream,
 #        added delay per event
 #
-# Knobs: DURATION (s per run, 10), ROUNDS (5), THREADS (1), CONNS (50), STREAMS (10000).
+# Knobs: DURATION (s per run, 10), ROUNDS (5), WARMUP (s per system before round 1, 8),
+#        THREADS (1), CONNS (50), STREAMS (10000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-all}"
 DURATION="${DURATION:-10}"
 ROUNDS="${ROUNDS:-5}"
+WARMUP="${WARMUP:-8}"
 THREADS="${THREADS:-1}"
 CONNS="${CONNS:-50}"
 STREAMS="${STREAMS:-10000}"
@@ -273,10 +275,10 @@ open_loop_table() {
   echo
   echo "Open loop at $rate req/s (half the all-on maximum), $CONNS connections each paced by"
   echo "its own thread, medians of $ROUNDS alternating ${DURATION}s runs. Target: agentgate all-on"
-  echo "adds at most 1 ms at p99. Worker busy is CPU per request times the rate: how much of"
-  echo "its core each proxy really uses at this rate."
+  echo "adds at most 1 ms at p99. Core busy is CPU per request times the rate: the share of one"
+  echo "core each proxy's process really uses at this rate."
   echo
-  echo "| system | p50 ms | p99 ms | p99 added ms | CPU µs/req | worker busy |"
+  echo "| system | p50 ms | p99 ms | p99 added ms | CPU µs/req | core busy |"
   echo "|---|---:|---:|---:|---:|---:|"
   for name in direct nginx bare-pingora agentgate-off agentgate-on; do
     p50=$(ol "$name" 2); p99=$(ol "$name" 3); cpu=$(ol "$name" 4)
@@ -300,7 +302,10 @@ run_main() {
   start_agentgate 18007 19007 "$THREADS" global
   sleep 1
   local systems="direct:18001 nginx:18002 bare-pingora:18003 agentgate-off:18004 agentgate-on:18005 agentgate-local-limit:18006 agentgate-global-limit:18007"
-  for s in $systems; do $LOAD_CPU wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${s#*:}/v1/conversations" >/dev/null 2>&1; done  # warm-up
+  # Warm-up: a fresh process runs its first seconds slower (agentgate all-on ran 25% slower
+  # in its first 8 s than after; with a 2 s warm-up its first round came out low in every
+  # run).
+  for s in $systems; do $LOAD_CPU wrk -t1 -c"$CONNS" -d"${WARMUP}s" "http://127.0.0.1:${s#*:}/v1/conversations" >/dev/null 2>&1; done
   for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
     for s in $systems; do measure "${s%%:*}" "${s#*:}" "$CONNS" "$DURATION"; done
