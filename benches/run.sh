@@ -251,8 +251,11 @@ open_loop() {
   local rate=$1 round target fr pid master before after sent cpu
   echo "open loop at $rate req/s (50% of agentgate all-on max)..." >&2
   : > "$W/open-loop"
+  local targets="direct:18001 nginx:18002 bare-pingora:18003 agentgate-off:18004 agentgate-on:18005" order
   for round in $(seq 1 "$ROUNDS"); do
-    for target in direct:18001 nginx:18002 bare-pingora:18003 agentgate-off:18004 agentgate-on:18005; do
+    order=$targets
+    if [ $((round % 2)) -eq 0 ]; then order=$(echo "$targets" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+    for target in $order; do
       pid=$(pid_on_port "${target#*:}")
       master=$(ps -o ppid= -p "$pid" | tr -d ' ')
       if ps -o comm= -p "$master" | grep -q nginx; then pid=$master; fi
@@ -301,14 +304,20 @@ run_main() {
   start_agentgate 18006 19006 "$THREADS" local
   start_agentgate 18007 19007 "$THREADS" global
   sleep 1
-  local systems="direct:18001 nginx:18002 bare-pingora:18003 agentgate-off:18004 agentgate-on:18005 agentgate-local-limit:18006 agentgate-global-limit:18007"
+  # Each ratio below compares two systems that run next to each other, and every second
+  # round runs in reverse order: a machine that speeds up or slows down during a round
+  # then favours neither side of a pair over the rounds.
+  local systems="direct:18001 nginx:18002 bare-pingora:18003 agentgate-on:18005 agentgate-off:18004 agentgate-local-limit:18006 agentgate-global-limit:18007"
   # Warm-up: a fresh process runs its first seconds slower (agentgate all-on ran 25% slower
   # in its first 8 s than after; with a 2 s warm-up its first round came out low in every
   # run).
   for s in $systems; do $LOAD_CPU wrk -t1 -c"$CONNS" -d"${WARMUP}s" "http://127.0.0.1:${s#*:}/v1/conversations" >/dev/null 2>&1; done
+  local order
   for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
-    for s in $systems; do measure "${s%%:*}" "${s#*:}" "$CONNS" "$DURATION"; done
+    order=$systems
+    if [ $((round % 2)) -eq 0 ]; then order=$(echo "$systems" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+    for s in $order; do measure "${s%%:*}" "${s#*:}" "$CONNS" "$DURATION"; done
   done
 
   local on; on=$(col agentgate-on 2)
