@@ -335,7 +335,7 @@ run_main() {
     echo "| $n | $(col "$n" 2) | $(col "$n" 3) | $(col "$n" 4) | $(col "$n" 5) |"
   done
   echo
-  echo "Ratios are of req/s within each round (the two systems ran seconds apart), as the"
+  echo "Ratios are of req/s within each round (the two systems ran back to back), as the"
   echo "median over the rounds, with every round's ratio in brackets:"
   echo
   echo "- agentgate all-on / bare pingora: $(ratio agentgate-on bare-pingora) (required >= 0.90)"
