@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # `make bench`: agentgate against nginx and a bare pingora proxy, measured in one run.
 #
-#   benches/run.sh [main|scale|sse|all]      (default: all)
+#   benches/run.sh [main|cost|scale|sse|all]      (default: all)
 #
 # main   direct / nginx proxy / bare pingora / agentgate (all off) / agentgate (all on) /
 #        agentgate with a local limit / with a global (Redis) limit: req/s, p50/p99,
 #        CPU per request, alternating rounds; then p99 at 50% of the max rate (open loop)
+# cost   instructions per request (callgrind): bare pingora, agentgate all-off and all-on
 # scale  agentgate all-on, bare pingora and nginx at 1/2/4 threads x 50/500/5000 connections
 # sse    10,000 concurrent SSE streams through the gateway: memory and fds per stream,
 #        added delay per event
 #
 # Knobs: DURATION (s per run, 10), ROUNDS (5), WARMUP (s per system before round 1, 8),
-#        THREADS (1), CONNS (50), STREAMS (10000).
+#        COST_SECONDS (s counted under callgrind, 12), THREADS (1), CONNS (50),
+#        STREAMS (10000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-all}"
 DURATION="${DURATION:-10}"
 ROUNDS="${ROUNDS:-5}"
 WARMUP="${WARMUP:-8}"
+COST_SECONDS="${COST_SECONDS:-12}"
 THREADS="${THREADS:-1}"
 CONNS="${CONNS:-50}"
 STREAMS="${STREAMS:-10000}"
@@ -430,10 +433,59 @@ run_sse() {
   sleep 1; PIDS=()
 }
 
+# cost_of NAME PORT CMD...: runs CMD under callgrind, counts instructions only while wrk
+# drives PORT, and appends "name instructions_per_request" to $W/cost. Instruction counts
+# repeat to within a percent from run to run, where rates on a shared machine move by
+# a third: the way to see a change in per-request cost. User space only (the kernel's
+# share shows in the CPU per request of `main`).
+cost_of() {
+  local name=$1 port=$2; shift 2
+  local out="$W/callgrind.$name"
+  $PROXY_CPU valgrind --tool=callgrind --callgrind-out-file="$out" --instr-atstart=no "$@" >/dev/null 2>"$W/valgrind-$name.err" &
+  local pid=$!
+  local i
+  for i in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && { exec 3>&- 3<&-; break; }; sleep 0.1; done
+  $LOAD_CPU wrk -t1 -c10 -d3s "http://127.0.0.1:$port/v1/conversations" >/dev/null 2>&1
+  callgrind_control -i on "$pid" >/dev/null
+  local n; n=$($LOAD_CPU wrk -t1 -c10 -d"${COST_SECONDS}s" "http://127.0.0.1:$port/v1/conversations" | awk '/requests in/ {print $1}')
+  callgrind_control -i off "$pid" >/dev/null
+  kill -INT "$pid" 2>/dev/null || true
+  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local total; total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  echo "  $name: $n requests, $total instructions" >&2
+  echo "$name $(awk -v t="$total" -v n="$n" 'BEGIN { if (n > 0) printf "%.0f", t / n; else print "nan" }')" >> "$W/cost"
+}
+
+run_cost() {
+  command -v valgrind >/dev/null || { echo "missing valgrind: run scripts/deps.sh bench (as root) first" >&2; exit 1; }
+  : > "$W/cost"
+  start_backend
+  cost_of bare-pingora 18003 "$EX/bare_pingora" 127.0.0.1:18003 "$BACKEND" 1
+  cost_of agentgate-off 18004 "$BIN" run --config "$(agentgate_config 18004 19004 1 off)"
+  cost_of agentgate-on 18005 "$BIN" run --config "$(agentgate_config 18005 19005 1 on)"
+  local bare; bare=$(awk '$1 == "bare-pingora" {print $2}' "$W/cost")
+  echo
+  echo "### Instructions per request ($(machine))"
+  echo
+  echo "callgrind, user space, one worker, wrk -t1 -c10 for ${COST_SECONDS}s after a 3 s warm-up."
+  echo
+  echo "| system | instructions/request | bare pingora / system |"
+  echo "|---|---:|---:|"
+  local name n
+  while read -r name n; do
+    echo "| $name | $n | $(awk -v b="$bare" -v n="$n" 'BEGIN { printf "%.2f", b / n }') |"
+  done < "$W/cost"
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 1; PIDS=()
+}
+
 case "$MODE" in
   main) run_main ;;
   scale) run_scale ;;
   sse) run_sse ;;
-  all) run_main; run_scale; run_sse ;;
-  *) echo "usage: $0 [main|scale|sse|all]" >&2; exit 2 ;;
+  cost) run_cost ;;
+  all) run_main; run_cost; run_scale; run_sse ;;
+  *) echo "usage: $0 [main|cost|scale|sse|all]" >&2; exit 2 ;;
 esac

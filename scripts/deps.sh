@@ -8,7 +8,7 @@ want=(cmake)
 case "${1:-build}" in
   build) ;;
   test)  want+=(redis-server prometheus prometheus-alertmanager) ;;
-  bench) want+=(nginx-light wrk redis-server) ;;
+  bench) want+=(nginx-light wrk redis-server valgrind) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
 
@@ -16,6 +16,7 @@ esac
 declare -A cmd_of=(
   [cmake]=cmake [redis-server]=redis-server [prometheus]=promtool
   [prometheus-alertmanager]=prometheus-alertmanager [nginx-light]=nginx [wrk]=wrk
+  [valgrind]=callgrind_control
 )
 missing=()
 for pkg in "${want[@]}"; do
