@@ -1,7 +1,7 @@
 //! The `agentgate` binary: everything lives in the library; this only runs the CLI.
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: agentgate::alloc::Allocator = agentgate::alloc::Allocator;
 
 fn main() {
     std::process::exit(agentgate::cli::main());
