@@ -12,6 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A histogram metric: its name, help text and bucket bounds (seconds, ascending).
+pub struct Metric {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub bounds: &'static [f64],
+}
+
 /// One histogram series.
 pub struct Histogram {
     /// Upper bounds in seconds, ascending, as configured (for the `le` label).
@@ -58,10 +65,9 @@ impl Histogram {
     }
 }
 
-/// All series of one metric name.
+/// All series of one metric.
 struct Family {
-    name: &'static str,
-    help: &'static str,
+    metric: &'static Metric,
     /// Rendered label pairs (`route="a",upstream="b"`) and the series.
     series: Vec<(String, Arc<Histogram>)>,
 }
@@ -72,14 +78,9 @@ fn families() -> std::sync::MutexGuard<'static, Vec<Family>> {
     FAMILIES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The series `name{labels}`, made on first use with `bounds` (seconds, ascending).
-/// Label values come from the config only; they are escaped for the exposition format.
-pub fn series(
-    name: &'static str,
-    help: &'static str,
-    bounds: &'static [f64],
-    labels: &[(&str, &str)],
-) -> Arc<Histogram> {
+/// The series `metric{labels}`, made on first use. Label values come from the config
+/// only; they are escaped for the exposition format.
+pub fn series(metric: &'static Metric, labels: &[(&str, &str)]) -> Arc<Histogram> {
     let mut rendered = String::new();
     for (i, (key, value)) in labels.iter().enumerate() {
         if i > 0 {
@@ -91,12 +92,11 @@ pub fn series(
         rendered.push('"');
     }
     let mut families = families();
-    let family = match families.iter().position(|f| f.name == name) {
+    let family = match families.iter().position(|f| f.metric.name == metric.name) {
         Some(i) => &mut families[i],
         None => {
             families.push(Family {
-                name,
-                help,
+                metric,
                 series: Vec::new(),
             });
             let last = families.len() - 1;
@@ -106,7 +106,7 @@ pub fn series(
     if let Some((_, existing)) = family.series.iter().find(|(l, _)| *l == rendered) {
         return Arc::clone(existing);
     }
-    let made = Arc::new(Histogram::new(bounds));
+    let made = Arc::new(Histogram::new(family.metric.bounds));
     family.series.push((rendered, Arc::clone(&made)));
     made
 }
@@ -127,29 +127,22 @@ fn escape_label_value(out: &mut String, value: &str) {
 pub fn render_into(out: &mut String) {
     let families = families();
     for family in families.iter().filter(|f| !f.series.is_empty()) {
-        let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
-        let _ = writeln!(out, "# TYPE {} histogram", family.name);
+        let name = family.metric.name;
+        let _ = writeln!(out, "# HELP {name} {}", family.metric.help);
+        let _ = writeln!(out, "# TYPE {name} histogram");
         for (labels, histogram) in &family.series {
             let (cumulative, sum) = histogram.snapshot();
             let sep = if labels.is_empty() { "" } else { "," };
             for (bound, count) in histogram.bounds_s.iter().zip(&cumulative) {
-                let _ = writeln!(
-                    out,
-                    "{}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}",
-                    family.name
-                );
+                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
             }
             let total = cumulative.last().copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "{}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}",
-                family.name
-            );
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
             let braces = |out: &mut String, suffix: &str, value: &dyn std::fmt::Display| {
                 let _ = if labels.is_empty() {
-                    writeln!(out, "{}_{suffix} {value}", family.name)
+                    writeln!(out, "{name}_{suffix} {value}")
                 } else {
-                    writeln!(out, "{}_{suffix}{{{labels}}} {value}", family.name)
+                    writeln!(out, "{name}_{suffix}{{{labels}}} {value}")
                 };
             };
             braces(out, "sum", &sum);
@@ -165,22 +158,16 @@ mod tests {
 
     #[test]
     fn samples_land_in_le_buckets_and_render_cumulatively() {
-        static BOUNDS: [f64; 3] = [0.001, 0.01, 1.0];
-        let h = series(
-            "test_histogram_seconds",
-            "A test histogram",
-            &BOUNDS,
-            &[("route", "a\"b"), ("upstream", "u")],
-        );
+        static METRIC: Metric = Metric {
+            name: "test_histogram_seconds",
+            help: "A test histogram",
+            bounds: &[0.001, 0.01, 1.0],
+        };
+        let h = series(&METRIC, &[("route", "a\"b"), ("upstream", "u")]);
         h.record(Duration::from_micros(1000)); // exactly on the first bound: le="0.001"
         h.record(Duration::from_millis(5));
         h.record(Duration::from_secs(2)); // above every bound: +Inf only
-        let again = series(
-            "test_histogram_seconds",
-            "",
-            &BOUNDS,
-            &[("route", "a\"b"), ("upstream", "u")],
-        );
+        let again = series(&METRIC, &[("route", "a\"b"), ("upstream", "u")]);
         assert!(Arc::ptr_eq(&h, &again), "one series per label set");
         let mut text = String::new();
         render_into(&mut text);

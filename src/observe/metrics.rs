@@ -108,12 +108,22 @@ pub fn render() -> String {
     text
 }
 
-const DURATION: &str = "agentgate_http_request_duration_seconds";
-const DURATION_HELP: &str = "Time from request received to response finished";
-const OVERHEAD: &str = "agentgate_gateway_overhead_seconds";
-const OVERHEAD_HELP: &str = "Time spent in the gateway itself, excluding the wait for the agent";
-const FIRST_BYTE: &str = "agentgate_upstream_first_byte_seconds";
-const FIRST_BYTE_HELP: &str = "Time from sending the request upstream to the response header";
+/// The latency histograms (the gateway's own, see `histogram`).
+static DURATION: histogram::Metric = histogram::Metric {
+    name: "agentgate_http_request_duration_seconds",
+    help: "Time from request received to response finished",
+    bounds: &LATENCY_BUCKETS,
+};
+static OVERHEAD: histogram::Metric = histogram::Metric {
+    name: "agentgate_gateway_overhead_seconds",
+    help: "Time spent in the gateway itself, excluding the wait for the agent",
+    bounds: &OVERHEAD_BUCKETS,
+};
+static FIRST_BYTE: histogram::Metric = histogram::Metric {
+    name: "agentgate_upstream_first_byte_seconds",
+    help: "Time from sending the request upstream to the response header",
+    bounds: &LATENCY_BUCKETS,
+};
 
 /// The exporter's periodic housekeeping (its own histograms are not used; this keeps
 /// any it may hold from growing).
@@ -198,24 +208,12 @@ impl RouteMetrics {
             .into_boxed_slice();
         Self {
             requests,
-            duration: STATUS_CLASSES.map(|c| {
-                histogram::series(
-                    DURATION,
-                    DURATION_HELP,
-                    &LATENCY_BUCKETS,
-                    &[("route", route), ("status_class", c)],
-                )
-            }),
+            duration: STATUS_CLASSES
+                .map(|c| histogram::series(&DURATION, &[("route", route), ("status_class", c)])),
             in_flight: gauge!("agentgate_http_requests_in_flight", "route" => r.clone()),
-            overhead: histogram::series(OVERHEAD, OVERHEAD_HELP, &OVERHEAD_BUCKETS, &[("route", route)]),
-            first_byte: upstream.map(|u| {
-                histogram::series(
-                    FIRST_BYTE,
-                    FIRST_BYTE_HELP,
-                    &LATENCY_BUCKETS,
-                    &[("route", route), ("upstream", u)],
-                )
-            }),
+            overhead: histogram::series(&OVERHEAD, &[("route", route)]),
+            first_byte: upstream
+                .map(|u| histogram::series(&FIRST_BYTE, &[("route", route), ("upstream", u)])),
             streams_active: gauge!("agentgate_streams_active", "route" => r.clone()),
             streams_cancelled: counter!("agentgate_streams_cancelled_total", "route" => r.clone()),
             rate_limited: counter!("agentgate_rate_limited_total", "route" => r.clone()),
