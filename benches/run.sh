@@ -13,7 +13,14 @@
 #
 # Knobs: DURATION (s per run, 10), ROUNDS (5), WARMUP (s per system before round 1, 8),
 #        COST_SECONDS (s counted under callgrind, 12), THREADS (1), CONNS (50),
-#        STREAMS (10000).
+#        STREAMS (10000), HALT_POLL_NS (see below).
+#
+# HALT_POLL_NS: on a VM guest whose idle driver is haltpoll, how long an idle vCPU polls
+# for work before it halts. 0 (as some hosts boot their guests) makes every wake-up of an
+# idle core a VM exit: tens of microseconds that every proxy pays twice per request once
+# the load is light enough for its core to go idle between requests. Unset leaves the
+# machine as it is; set (e.g. 200000, the kernel's default), it applies to the whole run
+# and the previous value comes back at the end. The tables name the value in force.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-all}"
@@ -37,8 +44,20 @@ BIN=target/release/agentgate
 EX=target/release/examples
 
 W=$(mktemp -d /tmp/agentgate-bench.XXXXXX)
+HALT_POLL_FILE=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+HALT_POLL_BEFORE=""
+if [ -n "${HALT_POLL_NS:-}" ]; then
+  if [ -w "$HALT_POLL_FILE" ]; then
+    HALT_POLL_BEFORE=$(cat "$HALT_POLL_FILE")
+    echo "$HALT_POLL_NS" > "$HALT_POLL_FILE"
+  else
+    echo "HALT_POLL_NS ignored: $HALT_POLL_FILE is not writable here (no haltpoll driver, or not root)" >&2
+  fi
+fi
+
 PIDS=()
 cleanup() {
+  if [ -n "$HALT_POLL_BEFORE" ]; then echo "$HALT_POLL_BEFORE" > "$HALT_POLL_FILE"; fi
   for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   sleep 0.5
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -242,7 +261,9 @@ median() { sort -n | awk '{a[NR]=$1} END { if (NR == 0) print "nan"; else if (NR
 col() { awk -v n="$1" -v c="$2" '$1 == n {print $c}' "$W/results" | median; }
 
 machine() {
-  echo "$(date -u +%Y-%m-%d), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), ${CORES} cores, $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r)"
+  local idle=""
+  if [ -r "$HALT_POLL_FILE" ]; then idle=", guest halt polling $(( $(cat "$HALT_POLL_FILE") / 1000 )) µs"; fi
+  echo "$(date -u +%Y-%m-%d), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), ${CORES} cores, $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r)$idle"
 }
 
 # open_loop RATE: every system at the same fixed rate (half the all-on maximum), ROUNDS
