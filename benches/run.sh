@@ -71,7 +71,12 @@ if [ "$CORES" -ge 2 ]; then PROXY_CPU="taskset -c 0"; LOAD_CPU="taskset -c 1"; e
 
 BACKEND=127.0.0.1:18001
 SINK=127.0.0.1:18009
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && { exec 3>&- 3<&-; return 0; }; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+# wait_port PORT [SECONDS]: until something listens on PORT (10 s unless told).
+wait_port() {
+  local tries=$(( ${2:-10} * 20 ))
+  for _ in $(seq 1 "$tries"); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && { exec 3>&- 3<&-; return 0; }; sleep 0.05; done
+  echo "port $1 never opened" >&2; return 1
+}
 
 # serve_nginx NAME LISTEN CONNECTIONS LOCATIONS: a one-worker nginx on the load core that
 # answers from LOCATIONS itself (no access log, no upstream).
@@ -221,13 +226,29 @@ to_ms() { # "1.23ms" "456.00us" "1.2s" -> ms
   awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'
 }
 
+# measured_pid PORT: the process whose CPU counts for PORT (for nginx, the master, whose
+# tree holds the workers).
+measured_pid() {
+  local pid; pid=$(pid_on_port "$1")
+  local master; master=$(ps -o ppid= -p "$pid" | tr -d ' ')
+  if ps -o comm= -p "$master" | grep -q nginx; then pid=$master; fi
+  echo "$pid"
+}
+
+# cpu_per_request TICKS REQUESTS: CPU microseconds per request.
+cpu_per_request() {
+  awk -v t="$1" -v hz="$TICK" -v n="$2" 'BEGIN { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "nan" }'
+}
+
+# round_order ROUND LIST: LIST as given in odd rounds, reversed in even ones.
+round_order() {
+  if [ $(( $1 % 2 )) -eq 0 ]; then echo "$2" | tr ' ' '\n' | tac | tr '\n' ' '; else echo "$2"; fi
+}
+
 # measure NAME PORT CONNS SECONDS -> appends "name rps p50 p99 cpu_us" to $W/results
 measure() {
   local name=$1 port=$2 conns=$3 secs=$4
-  local pid; pid=$(pid_on_port "$port")
-  local master; master=$(ps -o ppid= -p "$pid" | tr -d ' ')
-  # nginx: count the master's whole tree
-  if ps -o comm= -p "$master" | grep -q nginx; then pid=$master; fi
+  local pid; pid=$(measured_pid "$port")
   local before; before=$(cpu_ticks "$pid")
   local out; out=$($LOAD_CPU wrk -t1 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$port/v1/conversations" 2>&1)
   local after; after=$(cpu_ticks "$pid")
@@ -236,7 +257,7 @@ measure() {
   local p50; p50=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
   local p99; p99=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
   local errors; errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
-  local cpu_us; cpu_us=$(awk -v t=$(( after - before )) -v hz="$TICK" -v n="$total" 'BEGIN { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "nan" }')
+  local cpu_us; cpu_us=$(cpu_per_request $(( after - before )) "$total")
   echo "$name $rps $p50 $p99 $cpu_us" >> "$W/results"
   [ -n "$errors" ] && echo "  $name: $errors" >&2
   echo "  $name: $rps req/s, p50 ${p50}ms, p99 ${p99}ms, ${cpu_us} us CPU/req" >&2
@@ -272,22 +293,18 @@ machine() {
 # nginx and bare pingora at the same rate show how much of the tail any proxy on this
 # machine adds; the CPU per request at this rate shows how busy each worker really is.
 open_loop() {
-  local rate=$1 round target fr pid master before after sent cpu
+  local rate=$1 round target fr pid before after sent cpu
   echo "open loop at $rate req/s (50% of agentgate all-on max)..." >&2
   : > "$W/open-loop"
-  local targets="direct:18001 nginx:18002 bare-pingora:18003 agentgate-off:18004 agentgate-on:18005" order
+  local targets="direct:18001 nginx:18002 bare-pingora:18003 agentgate-off:18004 agentgate-on:18005"
   for round in $(seq 1 "$ROUNDS"); do
-    order=$targets
-    if [ $((round % 2)) -eq 0 ]; then order=$(echo "$targets" | tr ' ' '\n' | tac | tr '\n' ' '); fi
-    for target in $order; do
-      pid=$(pid_on_port "${target#*:}")
-      master=$(ps -o ppid= -p "$pid" | tr -d ' ')
-      if ps -o comm= -p "$master" | grep -q nginx; then pid=$master; fi
+    for target in $(round_order "$round" "$targets"); do
+      pid=$(measured_pid "${target#*:}")
       before=$(cpu_ticks "$pid")
       fr=$($LOAD_CPU "$EX/fixed_rate" "http://127.0.0.1:${target#*:}/v1/conversations" "$rate" "$DURATION" "$CONNS")
       after=$(cpu_ticks "$pid")
       sent=$(echo "$fr" | sed 's/.*sent=\([0-9]*\).*/\1/')
-      cpu=$(awk -v t=$(( after - before )) -v hz="$TICK" -v n="$sent" 'BEGIN { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "nan" }')
+      cpu=$(cpu_per_request $(( after - before )) "$sent")
       echo "  open loop ${target%%:*}: $fr cpu_us_per_req=$cpu" >&2
       echo "${target%%:*} $(echo "$fr" | sed 's/.*p50_us=\([0-9]*\).*/\1/') $(echo "$fr" | sed 's/.*p99_us=\([0-9]*\).*/\1/') $cpu" >> "$W/open-loop"
     done
@@ -336,12 +353,9 @@ run_main() {
   # in its first 8 s than after; with a 2 s warm-up its first round came out low in every
   # run).
   for s in $systems; do $LOAD_CPU wrk -t1 -c"$CONNS" -d"${WARMUP}s" "http://127.0.0.1:${s#*:}/v1/conversations" >/dev/null 2>&1; done
-  local order
   for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
-    order=$systems
-    if [ $((round % 2)) -eq 0 ]; then order=$(echo "$systems" | tr ' ' '\n' | tac | tr '\n' ' '); fi
-    for s in $order; do measure "${s%%:*}" "${s#*:}" "$CONNS" "$DURATION"; done
+    for s in $(round_order "$round" "$systems"); do measure "${s%%:*}" "${s#*:}" "$CONNS" "$DURATION"; done
   done
 
   local on; on=$(col agentgate-on 2)
@@ -464,8 +478,9 @@ cost_of() {
   local out="$W/callgrind.$name"
   $PROXY_CPU valgrind --tool=callgrind --callgrind-out-file="$out" --instr-atstart=no "$@" >/dev/null 2>"$W/valgrind-$name.err" &
   local pid=$!
+  # Slow to start under callgrind.
+  wait_port "$port" 60
   local i
-  for i in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && { exec 3>&- 3<&-; break; }; sleep 0.1; done
   $LOAD_CPU wrk -t1 -c10 -d3s "http://127.0.0.1:$port/v1/conversations" >/dev/null 2>&1
   callgrind_control -i on "$pid" >/dev/null
   local n; n=$($LOAD_CPU wrk -t1 -c10 -d"${COST_SECONDS}s" "http://127.0.0.1:$port/v1/conversations" | awk '/requests in/ {print $1}')
