@@ -23,15 +23,26 @@ pub struct LineWriter {
     on_drop: fn(),
 }
 
-/// Sweep interval while lines flow (a few hundred KiB per worker at full load).
-const BUSY_NAP: Duration = Duration::from_millis(5);
+/// Sweep interval while lines flow (a few hundred KiB per worker at full load). Each
+/// sweep is a wake-up on a worker's core and a write that updates the file's times (a
+/// journal entry on ext4): at 5 ms, sweeps were 40% of the log thread's time at full
+/// load (per-thread CPU 390 ns a request, 225 ns at 20 ms).
+const BUSY_NAP: Duration = Duration::from_millis(20);
+
+/// A worker's lines at least this long are written as they are, not copied into the
+/// write buffer first (the buffer only gathers small chunks into one write).
+const DIRECT_WRITE: usize = 16 * 1024;
 
 /// Lines go to the sink as they are taken, flushed at the end of every sweep.
 struct WriteOut(BufWriter<Box<dyn Write + Send>>);
 
 impl Drain for WriteOut {
     fn take(&mut self, lines: &[u8]) {
-        let _ = self.0.write_all(lines);
+        let _ = if lines.len() >= DIRECT_WRITE && self.0.buffer().is_empty() {
+            self.0.get_mut().write_all(lines)
+        } else {
+            self.0.write_all(lines)
+        };
     }
 
     fn end_sweep(&mut self, _took_any: bool, _urgent: bool) {
