@@ -38,6 +38,19 @@ for cmd in nginx wrk redis-server taskset; do
 done
 NGINX=$(command -v nginx)
 
+# Every port the bench listens on must be free: a process left on one from another run
+# would be measured in place of the bench's own (wait_port only sees that something
+# listens).
+BENCH_PORTS="18001 18002 18003 18004 18005 18006 18007 18009 18201 18202 18379 19004 19005 19006 19007 19202"
+busy=""
+for p in $BENCH_PORTS; do
+  if [ -n "$(ss -ltnH "sport = :$p")" ]; then busy="$busy $p"; fi
+done
+if [ -n "$busy" ]; then
+  echo "ports in use:$busy. Stop what listens there first (ss -ltnp shows it): the bench would measure it instead of its own." >&2
+  exit 1
+fi
+
 echo "building (release)..." >&2
 cargo build --release --quiet --bin agentgate --example bare_pingora --example fixed_rate --example sse_hold
 BIN=target/release/agentgate
