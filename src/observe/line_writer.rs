@@ -146,6 +146,50 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A sink the test can read while the writer still holds it.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Large chunks skip the write buffer only when nothing is waiting in it, so bytes
+    /// reach the sink in the order they were taken.
+    #[test]
+    fn large_chunks_go_straight_out_and_order_is_kept() {
+        let sink = Shared::default();
+        let mut out = WriteOut(BufWriter::with_capacity(256 * 1024, Box::new(sink.clone())));
+        let small = b"small line\n".to_vec();
+        let large = vec![b'x'; DIRECT_WRITE];
+        out.take(&small);
+        out.take(&large);
+        assert!(
+            sink.0.lock().unwrap().is_empty(),
+            "a small chunk was waiting: the large one queues behind it"
+        );
+        out.end_sweep(true, false);
+        let after_first_sweep = small.len() + large.len();
+        assert_eq!(sink.0.lock().unwrap().len(), after_first_sweep);
+        let large2 = vec![b'y'; DIRECT_WRITE + 1];
+        out.take(&large2);
+        assert_eq!(
+            sink.0.lock().unwrap().len(),
+            after_first_sweep + large2.len(),
+            "an empty buffer: written at once"
+        );
+        out.take(&small);
+        out.end_sweep(true, false);
+        let expected = [small.clone(), large, large2, small].concat();
+        assert_eq!(*sink.0.lock().unwrap(), expected);
+    }
+
     static DIR_ID: AtomicUsize = AtomicUsize::new(0);
 
     fn tempfile_dir() -> PathBuf {
