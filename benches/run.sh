@@ -33,7 +33,7 @@ CONNS="${CONNS:-50}"
 STREAMS="${STREAMS:-10000}"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-for cmd in nginx wrk redis-server taskset; do
+for cmd in nginx wrk redis-server taskset ss ps; do
   command -v "$cmd" >/dev/null || { echo "missing $cmd: run scripts/deps.sh bench (as root) first" >&2; exit 1; }
 done
 NGINX=$(command -v nginx)

@@ -8,7 +8,7 @@ want=(cmake)
 case "${1:-build}" in
   build) ;;
   test)  want+=(redis-server prometheus prometheus-alertmanager) ;;
-  bench) want+=(nginx-light wrk redis-server valgrind) ;;
+  bench) want+=(nginx-light wrk redis-server valgrind iproute2 procps) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
 
@@ -16,7 +16,7 @@ esac
 declare -A cmd_of=(
   [cmake]=cmake [redis-server]=redis-server [prometheus]=promtool
   [prometheus-alertmanager]=prometheus-alertmanager [nginx-light]=nginx [wrk]=wrk
-  [valgrind]=callgrind_control
+  [valgrind]=callgrind_control [iproute2]=ss [procps]=ps
 )
 missing=()
 for pkg in "${want[@]}"; do
