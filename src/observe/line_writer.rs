@@ -23,12 +23,6 @@ pub struct LineWriter {
     on_drop: fn(),
 }
 
-/// Sweep interval while lines flow (a few hundred KiB per worker at full load). Each
-/// sweep is a wake-up on a worker's core and a write that updates the file's times (a
-/// journal entry on ext4): at 5 ms, sweeps were 40% of the log thread's time at full
-/// load (per-thread CPU 390 ns a request, 225 ns at 20 ms).
-const BUSY_NAP: Duration = Duration::from_millis(20);
-
 /// A worker's lines at least this long are written as they are, not copied into the
 /// write buffer first (the buffer only gathers small chunks into one write).
 const DIRECT_WRITE: usize = 16 * 1024;
@@ -61,7 +55,7 @@ impl LineWriter {
         };
         let drain = WriteOut(BufWriter::with_capacity(256 * 1024, out));
         Ok(LineWriter {
-            thread: DrainThread::start("agentgate-log", cap_bytes, BUSY_NAP, drain)?,
+            thread: DrainThread::start("agentgate-log", cap_bytes, drain)?,
             on_drop,
         })
     }

@@ -116,18 +116,22 @@ struct DrainShared {
     stop: AtomicBool,
 }
 
+/// Sweep interval while records flow. Each sweep is a wake-up and two context switches
+/// on a worker's core (and, for the log, a write that updates the file's times, an ext4
+/// journal entry); each swaps out what a worker appended since the last one. Paired
+/// runs at full load: 5 ms sweeps were 40% of the log thread's time (390 ns a request,
+/// 225 ns at 20 ms), 10 ms span sweeps a fifth of a saturated worker's switches; at 4 ms
+/// the process spent 3 µs more CPU per request, at 50 ms (more buffer memory per sweep)
+/// 4.7 µs more. At 20 ms a worker's buffer stays under 1 MiB at full load.
+const BUSY_NAP: Duration = Duration::from_millis(20);
+
 /// The longest nap of an idle drain thread.
 const IDLE_NAP: Duration = Duration::from_millis(50);
 
 impl DrainThread {
-    /// Starts thread `name`, sweeping every `busy_nap` while records flow. `cap_bytes`
+    /// Starts thread `name`, sweeping every `BUSY_NAP` while records flow. `cap_bytes`
     /// bounds what one producing thread may have waiting.
-    pub fn start(
-        name: &str,
-        cap_bytes: usize,
-        busy_nap: Duration,
-        drain: impl Drain,
-    ) -> std::io::Result<DrainThread> {
+    pub fn start(name: &str, cap_bytes: usize, drain: impl Drain) -> std::io::Result<DrainThread> {
         let shared = Arc::new(DrainShared {
             shards: Shards::new(cap_bytes),
             flush_waiters: Mutex::new(Vec::new()),
@@ -136,7 +140,7 @@ impl DrainThread {
         let for_thread = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || drain_loop(&for_thread, busy_nap, drain))?;
+            .spawn(move || drain_loop(&for_thread, drain))?;
         Ok(DrainThread {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -165,10 +169,10 @@ impl Drop for DrainThread {
     }
 }
 
-fn drain_loop(shared: &DrainShared, busy_nap: Duration, mut drain: impl Drain) {
+fn drain_loop(shared: &DrainShared, mut drain: impl Drain) {
     yield_to_workers();
     let mut spare: Vec<u8> = Vec::with_capacity(INITIAL);
-    let mut nap = busy_nap;
+    let mut nap = BUSY_NAP;
     loop {
         let stopping = shared.stop.load(Ordering::Acquire);
         let waiters = std::mem::take(&mut *lock(&shared.flush_waiters));
@@ -183,7 +187,7 @@ fn drain_loop(shared: &DrainShared, busy_nap: Duration, mut drain: impl Drain) {
             return;
         }
         nap = if took_any {
-            busy_nap
+            BUSY_NAP
         } else {
             (nap * 2).min(IDLE_NAP)
         };

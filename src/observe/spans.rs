@@ -21,10 +21,6 @@ const THREAD_BUFFER: usize = 8 << 20;
 const BATCH_BYTES: usize = 256 << 10;
 /// Longest a span waits before it is sent while traffic is light.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
-/// Sweep interval while spans flow: long enough that the sweeps' context switches on
-/// the workers' cores stay rare (at 10 ms they were a fifth of a saturated worker's
-/// switches), short enough that a buffer never nears its cap (under 1 MiB at full load).
-const BUSY_NAP: Duration = Duration::from_millis(20);
 
 thread_local! {
     /// Scratch space for one span body, reused by every span this thread encodes.
@@ -69,7 +65,7 @@ impl SpanSink {
             oldest: None,
         };
         Ok(SpanSink {
-            thread: DrainThread::start("agentgate-spans", THREAD_BUFFER, BUSY_NAP, exporter)?,
+            thread: DrainThread::start("agentgate-spans", THREAD_BUFFER, exporter)?,
         })
     }
 
