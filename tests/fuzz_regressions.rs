@@ -36,3 +36,8 @@ fn traceparent_inputs() {
 fn query_rewrite_inputs() {
     run("query_rewrite", props::query_rewrite);
 }
+
+#[test]
+fn path_normalize_inputs() {
+    run("path_normalize", props::path_normalize);
+}

@@ -7,6 +7,7 @@ use agentgate::config::{OnExceed, PaginationRule};
 use agentgate::observe::access_log::redact_query;
 use agentgate::observe::trace_context::{parse_traceparent, TraceContext};
 use agentgate::pagination::enforce;
+use agentgate::proxy::path::normalize;
 
 /// Any text: a located error or a config, never a panic; errors point inside the text.
 pub fn config_parser(data: &[u8]) {
@@ -78,4 +79,34 @@ pub fn query_rewrite(data: &[u8]) {
     let target = format!("/p?{query}");
     let redacted = redact_query(&target, &["token".to_string()]);
     assert!(redacted.starts_with("/p?"));
+}
+
+/// Any path bytes: a refusal, or a path that is already normal (normalising it again
+/// changes nothing), starts with `/`, has no `//`, no dot segment, no backslash, no
+/// encoded slash or NUL, and is no longer than the input.
+pub fn path_normalize(data: &[u8]) {
+    for input in [data.to_vec(), [b"/".as_slice(), data].concat()] {
+        let Ok(out) = normalize(&input) else {
+            continue;
+        };
+        let out = out.into_owned();
+        assert!(out.starts_with(b"/"), "normal paths are absolute");
+        assert!(out.len() <= input.len(), "normalising never grows a path");
+        assert!(!out.windows(2).any(|w| w == b"//"), "slashes are merged");
+        assert!(!out.contains(&b'\\'), "no backslash passes");
+        for segment in out.split(|b| *b == b'/') {
+            assert!(
+                segment != b"." && segment != b"..",
+                "dot segment left in {out:?}"
+            );
+        }
+        let lower = out.to_ascii_lowercase();
+        for escape in [&b"%2f"[..], b"%5c", b"%00", b"%2e"] {
+            assert!(!lower.windows(3).any(|w| w == escape), "{escape:?} left");
+        }
+        match normalize(&out) {
+            Ok(std::borrow::Cow::Borrowed(again)) => assert_eq!(again, &out[..]),
+            other => panic!("a normal path is not normal again: {other:?}"),
+        }
+    }
 }

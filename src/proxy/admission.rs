@@ -42,6 +42,10 @@ pub async fn admit(
         &config.server.trusted_proxies,
     ));
 
+    if let Err(e) = normalize_target(session.req_header_mut()) {
+        _shared.unmatched_metrics.in_flight.increment(1.0);
+        return Err(e);
+    }
     let req = session.req_header();
     let route = find_route(&config.routes, req.uri.path(), &req.method).map(|(i, _)| i);
     let Some(route_index) = route else {
@@ -172,6 +176,33 @@ fn paginate(
         session.req_header_mut().set_uri(new_uri);
     }
     Ok(())
+}
+
+/// Puts the normalised path (`super::path`) in place of the client's, so routing, auth,
+/// limits, pagination and the agent all see one path; the query keeps its bytes.
+fn normalize_target(req: &mut RequestHeader) -> Result<(), GatewayError> {
+    let raw = req.raw_path();
+    let query_at = raw.iter().position(|b| *b == b'?').unwrap_or(raw.len());
+    let origin_form = raw.first() == Some(&b'/');
+    let path = if origin_form {
+        &raw[..query_at]
+    } else {
+        // Absolute-form (`http://host/p?q`): the URI holds the path alone.
+        req.uri.path().as_bytes()
+    };
+    let normal = match super::path::normalize(path) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Owned(normal)) => normal,
+        Err(e) => return Err(GatewayError::new(ErrorKind::BadRequest, e.message())),
+    };
+    let mut target = normal;
+    target.extend_from_slice(&raw[query_at..]);
+    req.set_raw_path(&target).map_err(|_| {
+        GatewayError::new(
+            ErrorKind::BadRequest,
+            "the request target could not be rewritten",
+        )
+    })
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -7,6 +7,7 @@ pub mod ctx;
 pub mod deadlines;
 pub mod errors;
 pub mod headers;
+pub mod path;
 pub mod respond;
 pub mod routing;
 

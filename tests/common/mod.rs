@@ -9,6 +9,7 @@ pub mod backend;
 pub mod gateway;
 pub mod otlp;
 pub mod prom;
+pub mod raw;
 pub mod redis;
 
 use std::future::Future;
