@@ -360,6 +360,11 @@ async fn malformed_and_smuggling_shaped_requests_are_refused() {
         ("transfer-encoding not ending in chunked", b"POST /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n".to_vec(), 400),
         ("transfer-encoding gzip then chunked", b"POST /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
         ("two transfer-encodings", b"POST /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("two chunked transfer-encoding lines", b"POST /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("identity then chunked on two lines", b"POST /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("two identical content-lengths", b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi".to_vec(), 400),
+        ("http/1.1 without host", b"GET /s HTTP/1.1\r\n\r\n".to_vec(), 400),
+        ("two hosts", b"GET /s HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n".to_vec(), 400),
         ("http/1.0 with transfer-encoding", b"POST /s HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
         ("negative content-length", b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(), 400),
         ("non-numeric content-length", b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(), 400),
@@ -396,7 +401,9 @@ async fn malformed_and_smuggling_shaped_requests_are_refused() {
         reached.is_empty(),
         "malformed requests reached the agent: {reached:?}"
     );
-    // and a well-formed one still does
+    // and a well-formed one still does; HTTP/1.0 needs no Host
+    let (status, _) = raw_status(gw.listen, b"GET /old HTTP/1.0\r\n\r\n");
+    assert_eq!(status, 200);
     let (status, _) = raw_status(
         gw.listen,
         b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",

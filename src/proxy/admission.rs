@@ -240,16 +240,23 @@ fn check_framing(
     if let Some(problem) = scan.hop_by_hop.connection_problem() {
         return Err(GatewayError::new(ErrorKind::BadRequest, problem));
     }
-    if scan.content_lengths_differ {
+    if scan.content_length_repeated {
         return Err(GatewayError::new(
             ErrorKind::BadRequest,
-            "the request has differing Content-Length headers",
+            "the request has more than one Content-Length header",
         ));
     }
-    if has_te && !scan.only_chunked {
+    if has_te && (scan.transfer_encoding_repeated || !scan.only_chunked) {
         return Err(GatewayError::new(
             ErrorKind::BadRequest,
-            "only Transfer-Encoding: chunked is accepted",
+            "only one Transfer-Encoding header, of exactly `chunked`, is accepted",
+        ));
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host; HTTP/1.0 may have none.
+    if scan.hosts > 1 || (scan.hosts == 0 && req.version == http::Version::HTTP_11) {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            "an HTTP/1.1 request needs exactly one Host header",
         ));
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING,
 };
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -268,11 +268,16 @@ pub struct RequestScan {
     pub hop_by_hop: HopByHop,
     /// The first `Content-Length`, parsed (`Some(None)` when it is not a number).
     pub content_length: Option<Option<u64>>,
-    /// Another `Content-Length` says something else than the first.
-    pub content_lengths_differ: bool,
+    /// More than one `Content-Length` line, equal or not.
+    pub content_length_repeated: bool,
     /// `Transfer-Encoding` is present; and whether every value of it is exactly `chunked`.
     pub transfer_encoding: bool,
     pub only_chunked: bool,
+    /// More than one `Transfer-Encoding` line (their combined value names a coding
+    /// twice, or one besides `chunked`).
+    pub transfer_encoding_repeated: bool,
+    /// `Host` lines.
+    pub hosts: u8,
     /// The first `traceparent`, when valid.
     pub traceparent: Option<TraceParent>,
     pub tracestate: bool,
@@ -286,7 +291,6 @@ impl RequestScan {
             only_chunked: true,
             ..RequestScan::default()
         };
-        let mut first_length: Option<&HeaderValue> = None;
         let mut seen_traceparent = false;
         let mut seen_request_id = false;
         for (name, value) in headers {
@@ -294,14 +298,14 @@ impl RequestScan {
                 continue;
             }
             if name == CONTENT_LENGTH {
-                match first_length {
-                    None => {
-                        first_length = Some(value);
-                        scan.content_length = Some(parse_length(value));
-                    }
-                    Some(first) => scan.content_lengths_differ |= first != value,
+                match scan.content_length {
+                    None => scan.content_length = Some(parse_length(value)),
+                    Some(_) => scan.content_length_repeated = true,
                 }
+            } else if name == HOST {
+                scan.hosts = scan.hosts.saturating_add(1);
             } else if name == TRANSFER_ENCODING {
+                scan.transfer_encoding_repeated |= scan.transfer_encoding;
                 scan.transfer_encoding = true;
                 scan.only_chunked &= value.as_bytes().eq_ignore_ascii_case(b"chunked");
             } else if name == TRACEPARENT {
