@@ -68,7 +68,7 @@ pub fn reload(shared: &Shared, observer: &Observer) -> Result<ReloadReport, Conf
             "config reload: cannot open the new access log target ({e}); keeping the previous one"
         );
     }
-    logger::init(new.log.format, new.log.level);
+    logger::init(&new);
     let summary = config::summary(&new);
     shared.install(new);
     metrics::config_reload(true);

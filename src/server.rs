@@ -54,7 +54,7 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
         eprintln!("{message}");
         return 2;
     }
-    logger::init(config.log.format, config.log.level);
+    logger::init(&config);
     metrics::install();
     metrics::touch_process_series();
     let observer = match Observer::new(&config) {

@@ -39,6 +39,8 @@ pub struct ServerSettings {
     pub admin_token: Option<String>,
     pub trusted_proxies: Vec<IpNet>,
     pub header_timeout: Duration,
+    /// Longest wait for the next piece of a request body (then 408).
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,7 @@ pub fn redacted_config(c: &Config) -> Value {
             "admin_token": s.admin_token.as_ref().map(|_| "REDACTED").unwrap_or(""),
             "trusted_proxies": s.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "header_timeout": d(s.header_timeout),
+            "body_timeout": d(s.body_timeout),
         },
         "log": {
             "format": match c.log.format { LogFormat::Json => "json", LogFormat::Pretty => "pretty" },

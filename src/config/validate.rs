@@ -203,6 +203,12 @@ fn server_settings(loc: &mut Locator, s: &ServerSection) -> ServerSettings {
         Duration::from_secs(10),
         "header_timeout",
     );
+    let body_timeout = positive_duration_or(
+        loc,
+        &s.body_timeout,
+        Duration::from_secs(60),
+        "body_timeout",
+    );
     ServerSettings {
         listen,
         admin_listen,
@@ -212,6 +218,7 @@ fn server_settings(loc: &mut Locator, s: &ServerSection) -> ServerSettings {
         admin_token,
         trusted_proxies,
         header_timeout,
+        body_timeout,
     }
 }
 

@@ -4,15 +4,18 @@
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::json;
 use super::line_writer::{LineWriter, Sink};
-use crate::config::LogFormat;
+use super::redact::Redactor;
+use crate::config::{Config, LogFormat};
 
 struct ProcessLogger {
     writer: ArcSwapOption<LineWriter>,
     format: std::sync::atomic::AtomicBool, // true = json
+    /// What no record may carry (pingora's debug output prints headers and queries).
+    redactor: ArcSwap<Redactor>,
 }
 
 static LOGGER: OnceLock<ProcessLogger> = OnceLock::new();
@@ -21,8 +24,15 @@ fn dropped() {
     metrics::counter!("agentgate_process_log_dropped_total").increment(1);
 }
 
-/// Installs the process logger once; later calls only change level and format.
-pub fn init(format: LogFormat, level: log::LevelFilter) {
+/// Installs the process logger once; later calls (reloads) change level, format and
+/// what is redacted.
+pub fn init(config: &Config) {
+    let (format, level) = (config.log.format, config.log.level);
+    let redactor = Redactor::new(
+        &config.log.redact_headers,
+        &config.log.redact_query_params,
+        &[config.server.admin_token.as_deref().unwrap_or("")],
+    );
     let logger = LOGGER.get_or_init(|| {
         let writer = LineWriter::start(Sink::Stderr, 1 << 20, dropped)
             .ok()
@@ -30,8 +40,10 @@ pub fn init(format: LogFormat, level: log::LevelFilter) {
         ProcessLogger {
             writer: ArcSwapOption::new(writer),
             format: std::sync::atomic::AtomicBool::new(true),
+            redactor: ArcSwap::from_pointee(Redactor::default()),
         }
     });
+    logger.redactor.store(std::sync::Arc::new(redactor));
     logger.format.store(
         format == LogFormat::Json,
         std::sync::atomic::Ordering::Relaxed,
@@ -68,7 +80,9 @@ impl log::Log for ProcessLogger {
             log::Level::Debug => "debug",
             log::Level::Trace => "trace",
         };
-        let message = record.args().to_string();
+        let formatted = record.args().to_string();
+        let redactor = self.redactor.load();
+        let message = redactor.redact(&formatted);
         let json_lines = self.format.load(std::sync::atomic::Ordering::Relaxed);
         writer.write_with(|line| {
             if json_lines {

@@ -9,6 +9,7 @@ pub mod line_writer;
 pub mod logger;
 pub mod metrics;
 pub mod otlp;
+pub mod redact;
 pub mod shards;
 pub mod spans;
 pub mod trace_context;

@@ -45,6 +45,10 @@ pub struct RequestCtx {
     pub tries: u32,
     pub in_flight: Option<InFlightGuard>,
     pub last_outcome: Option<TryOutcome>,
+    /// Why the latest try failed, for a retry that finds no backend to try.
+    pub last_try_error: Option<GatewayError>,
+    /// Request body bytes the current try has forwarded (a retry replays the body).
+    pub body_this_try: u64,
 
     pub upstream_sent_at: Option<Instant>,
     pub first_byte_at: Option<Instant>,

@@ -7,6 +7,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     BadRequest,
+    RequestTimeout,
     InvalidPagination,
     Unauthorized,
     RouteNotFound,
@@ -23,6 +24,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest | ErrorKind::InvalidPagination => 400,
             ErrorKind::Unauthorized => 401,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::RouteNotFound => 404,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::RateLimited => 429,
@@ -35,6 +37,7 @@ impl ErrorKind {
     pub fn code(self) -> &'static str {
         match self {
             ErrorKind::BadRequest => "bad_request",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::InvalidPagination => "invalid_pagination",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::RouteNotFound => "route_not_found",

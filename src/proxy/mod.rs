@@ -115,6 +115,25 @@ impl Gateway {
         if deadlines::upstream_fired() {
             return Some(timeout_error(ctx));
         }
+        if matches!(e.esource(), ErrorSource::Downstream) {
+            // The client's doing: never the agent's, never a retry.
+            return match e.etype() {
+                ErrorType::ReadTimedout => Some(GatewayError::new(
+                    ErrorKind::RequestTimeout,
+                    "the request body stalled for longer than body_timeout",
+                )),
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => None,
+                ErrorType::WriteTimedout => None,
+                ErrorType::HTTPStatus(413) => Some(GatewayError::new(
+                    ErrorKind::PayloadTooLarge,
+                    "the request body is larger than max_request_body_bytes",
+                )),
+                _ => Some(GatewayError::new(
+                    ErrorKind::BadRequest,
+                    "the request could not be read as valid HTTP",
+                )),
+            };
+        }
         let kind = match e.etype() {
             ErrorType::ConnectTimedout => {
                 return Some(GatewayError::new(
@@ -122,21 +141,12 @@ impl Gateway {
                     "the agent did not accept the connection within connect_timeout",
                 ))
             }
-            ErrorType::ReadTimedout => return Some(timeout_error(ctx)),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => return Some(timeout_error(ctx)),
             ErrorType::HTTPStatus(413) => ErrorKind::PayloadTooLarge,
-            _ => match e.esource() {
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
-                        return None
-                    }
-                    _ => ErrorKind::BadRequest,
-                },
-                _ => ErrorKind::UpstreamUnavailable,
-            },
+            _ => ErrorKind::UpstreamUnavailable,
         };
         let message = match kind {
             ErrorKind::PayloadTooLarge => "the request body is larger than max_request_body_bytes",
-            ErrorKind::BadRequest => "the request could not be read as valid HTTP",
             _ => "the agent could not be reached or broke the connection; every try failed",
         };
         Some(GatewayError::new(kind, message))
@@ -199,6 +209,13 @@ impl ProxyHttp for Gateway {
         ctx.start_ms = crate::clock::note_request_start(start);
         ctx.start = Some(start);
         let runtime = self.shared.runtime.load_full();
+        // Every read of the request body must deliver within body_timeout (pingora's
+        // per-read timer on the downstream, which it arms for body reads anyway).
+        let downstream = session.as_downstream_mut();
+        downstream.set_read_timeout(Some(runtime.config.server.body_timeout));
+        // A pipelined request behind this one is served after it, in order (RFC 9112
+        // §9.3.2), rather than dropped with the connection.
+        downstream.set_pipelining_enabled(true);
         ctx.runtime = Some(runtime);
         let mut scan = RequestScan::of(&session.req_header().headers);
         self.identify(ctx, &mut scan);
@@ -215,11 +232,14 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(b) = body {
-            ctx.bytes_in += b.len() as u64;
+            // A retry replays the body from the start: count what this try has seen,
+            // and the request's size as the most any try saw.
+            ctx.body_this_try += b.len() as u64;
+            ctx.bytes_in = ctx.bytes_in.max(ctx.body_this_try);
             let limit = ctx
                 .runtime
                 .as_ref()
@@ -236,12 +256,17 @@ impl ProxyHttp for Gateway {
                 ));
             }
         }
+        if end_of_stream && ctx.first_byte_at.is_none() {
+            // The whole request is on its way to the agent: its time to first byte
+            // starts now, not while the client is still uploading.
+            Self::arm_upstream_deadline(ctx, false);
+        }
         Ok(())
     }
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let (Some(runtime), Some(route)) = (ctx.runtime.clone(), ctx.route) else {
@@ -249,23 +274,28 @@ impl ProxyHttp for Gateway {
         };
         let upstream = &runtime.upstreams[runtime.routes[route].route.upstream];
         let cfg = &upstream.pool.config;
-        if ctx.tries > 0 {
-            metrics::retry(&cfg.name);
-        }
         ctx.in_flight = None;
         let index = match upstream.pool.select(ctx.tried) {
             Ok(i) => i,
             Err(_) => {
-                ctx.error = Some(GatewayError::new(
-                    ErrorKind::NoHealthyBackend,
-                    format!("upstream {:?} has no healthy backend", cfg.name),
-                ));
+                // A retry that finds no backend left reports why the last try failed.
+                ctx.error = Some(ctx.last_try_error.take().unwrap_or_else(|| {
+                    GatewayError::new(
+                        ErrorKind::NoHealthyBackend,
+                        format!("upstream {:?} has no healthy backend", cfg.name),
+                    )
+                }));
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(503),
                     "no healthy backend",
                 ));
             }
         };
+        if ctx.tries > 0 {
+            metrics::retry(&cfg.name);
+        }
+        ctx.last_try_error = None;
+        ctx.body_this_try = 0;
         let backend = &upstream.pool.backends[index];
         ctx.backend = Some(index);
         ctx.tried |= 1 << index;
@@ -276,6 +306,11 @@ impl ProxyHttp for Gateway {
         // No per-read timeout: first_byte_timeout and idle_timeout are request deadlines
         // (`deadlines`), which cost no timer per read.
         peer.options.read_timeout = None;
+        // An agent that stops taking a request body for first_byte_timeout fails the
+        // try; the first-byte deadline itself starts once the body is complete.
+        if !session.as_mut().is_body_empty() {
+            peer.options.write_timeout = Some(cfg.first_byte_timeout);
+        }
         // No idle timer on pooled connections: pingora already watches every idle one
         // and drops it when the agent closes it, and a timer here would be armed and
         // cancelled on every request. A connection the network dropped silently costs
@@ -305,7 +340,6 @@ impl ProxyHttp for Gateway {
             .and_then(|s| s.local_addr())
             .and_then(|a| a.as_inet())
             .copied();
-        Self::arm_upstream_deadline(ctx, false);
         Ok(())
     }
 
@@ -322,6 +356,7 @@ impl ProxyHttp for Gateway {
             TryOutcome::ConnectError
         };
         self.record_try(ctx, outcome);
+        ctx.last_try_error = self.classify(&e, ctx);
         ctx.in_flight = None;
         deadlines::disarm_upstream();
         let retries = Self::retries(ctx);
@@ -336,31 +371,36 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut Self::CTX,
-        client_reused: bool,
+        _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("backend {peer}"));
-        if matches!(e.esource(), ErrorSource::Upstream) {
-            let timed_out =
-                matches!(e.etype(), ErrorType::ReadTimedout) || deadlines::upstream_fired();
-            self.record_try(
-                ctx,
-                if timed_out {
-                    TryOutcome::Timeout
-                } else {
-                    TryOutcome::Error
-                },
-            );
+        deadlines::disarm_upstream();
+        if !matches!(e.esource(), ErrorSource::Upstream) {
+            // The client went away, stalled or sent something unreadable: the request
+            // ends here. A retry would be another paid generation nobody reads.
+            e.set_retry(false);
+            return e;
         }
-        let retries = Self::retries(ctx);
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        ) || deadlines::upstream_fired();
+        self.record_try(
+            ctx,
+            if timed_out {
+                TryOutcome::Timeout
+            } else {
+                TryOutcome::Error
+            },
+        );
+        ctx.last_try_error = self.classify(&e, ctx);
         let idempotent = session.req_header().method.is_idempotent();
         let safe = idempotent
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none()
             && ctx.first_byte_at.is_none();
-        // A stale pooled connection gets one extra try: the agent never saw the request.
-        let allowed = ctx.tries <= retries || (client_reused && ctx.tries <= retries + 1);
-        e.set_retry(safe && allowed);
-        deadlines::disarm_upstream();
+        // Never more than `retries + 1` tries in all, a reused connection's included.
+        e.set_retry(safe && ctx.tries <= Self::retries(ctx));
         if e.retry() {
             ctx.in_flight = None;
         }
@@ -525,6 +565,11 @@ impl ProxyHttp for Gateway {
             if ctx.error.is_none() && ctx.first_byte_at.is_some() && !ctx.cancelled {
                 ctx.error = self.classify(e, ctx);
             }
+        }
+        if ctx.cancelled {
+            // The client left before the response was complete: 499, as nginx logs it,
+            // in the access log and the metrics alike.
+            ctx.status = 499;
         }
         self.observer.finish_request(&self.shared, session, e, ctx);
     }

@@ -6,6 +6,7 @@
 //! - `/status/{code}`                 that status, small JSON body
 //! - `/sleep/{ms}`                    waits, then 200
 //! - `/hang`                          never answers (holds the connection)
+//! - `/drop`                          closes the connection without answering
 //! - `/bytes/{n}`                     n bytes with Content-Length
 //! - `/chunked/{n}/{chunks}/{ms}`     n bytes, chunked, in `chunks` pieces `ms` apart
 //! - `/sse/{count}/{ms}`              text/event-stream, `count` events `ms` apart
@@ -27,6 +28,8 @@ use tokio::sync::watch;
 #[derive(Default)]
 pub struct BackendStats {
     pub requests: AtomicU64,
+    /// Connections accepted (a request whose body never completes is not in `requests`).
+    pub accepted: AtomicU64,
     pub connections_closed: AtomicU64,
     pub open_connections: AtomicU64,
     /// Request targets received, in order.
@@ -39,6 +42,8 @@ pub struct BackendStats {
     pub in_flight: AtomicU64,
     /// When non-zero, every path but /healthz answers this status (a sick backend).
     pub fail_status: AtomicU64,
+    /// When non-zero, /healthz answers this status (active checks fail).
+    pub health_status: AtomicU64,
 }
 
 pub struct Backend {
@@ -76,6 +81,7 @@ impl Backend {
                         let name = name_owned.clone();
                         let mut stop = rx.clone();
                         tokio::spawn(async move {
+                            st.accepted.fetch_add(1, Ordering::SeqCst);
                             st.open_connections.fetch_add(1, Ordering::SeqCst);
                             tokio::select! {
                                 _ = serve(sock, &name, &st) => {}
@@ -138,6 +144,21 @@ impl Backend {
         self.stats
             .fail_status
             .store(status as u64, Ordering::SeqCst);
+    }
+
+    /// Makes active health checks fail (`0` to pass again).
+    pub fn set_health_status(&self, status: u16) {
+        self.stats
+            .health_status
+            .store(status as u64, Ordering::SeqCst);
+    }
+
+    /// Requests other than health checks.
+    pub fn traffic(&self) -> usize {
+        self.targets()
+            .iter()
+            .filter(|t| !t.starts_with("/healthz"))
+            .count()
     }
 
     pub fn requests(&self) -> u64 {
@@ -244,7 +265,10 @@ async fn serve(mut sock: TcpStream, name: &str, stats: &BackendStats) {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         let fail = stats.fail_status.load(Ordering::SeqCst) as u16;
-        let keep = if fail != 0 && !req.target.starts_with("/healthz") {
+        let health = stats.health_status.load(Ordering::SeqCst) as u16;
+        let keep = if health != 0 && req.target.starts_with("/healthz") {
+            write_fixed(&mut sock, health, "application/json", b"{}", name).await
+        } else if fail != 0 && !req.target.starts_with("/healthz") {
             write_fixed(
                 &mut sock,
                 fail,
@@ -329,6 +353,8 @@ async fn respond(sock: &mut TcpStream, name: &str, req: &Request) -> bool {
             std::future::pending::<()>().await;
             false
         }
+        // Reads the request, then closes without a response (an agent that crashed).
+        "drop" => false,
         "bytes" => {
             let body = vec![b'x'; num(parts.get(1)) as usize];
             write_fixed(sock, 200, "application/json", &body, name).await
