@@ -222,3 +222,12 @@ fn run_refuses_an_address_already_in_use() {
         "refused at once, not after retries"
     );
 }
+
+#[test]
+fn a_redis_url_the_client_cannot_use_is_located() {
+    let text = format!("{GOOD}\n[rate_limit_store]\nredis_url = \"redis://127.0.0.1:notaport\"\n");
+    // GOOD has 10 lines; a blank line and the section header follow.
+    assert_error(&text, "13:13", "not a Redis URL");
+    let (code, _, stderr) = check(&text.replace(":notaport", ":6379"));
+    assert_eq!(code, 0, "{stderr}");
+}

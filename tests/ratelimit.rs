@@ -297,3 +297,29 @@ async fn redis_outage_applies_on_unavailable_then_recovers() {
     );
     gw_local.wait_stderr("reachable: global limits are shared again");
 }
+
+#[tokio::test]
+async fn a_store_that_refuses_authentication_says_so_once_in_the_log() {
+    let redis = Redis::start_with_password("s3cret-pass");
+    let b = Backend::start("b").await;
+    let cfg = global_config(&b.addr.to_string(), &redis.url(), "local");
+    let gw = Gateway::start("", &cfg);
+    // Down from the start: the metric alone is not enough, the log must say why.
+    const STORE: &str = "rate limit store redis://";
+    let text = gw.wait_stderr(STORE);
+    let line = text.lines().find(|l| l.contains(STORE)).unwrap_or_default();
+    assert!(line.contains("unreachable"), "{line}");
+    assert!(
+        line.to_ascii_lowercase().contains("auth"),
+        "the reason names the refused authentication: {line}"
+    );
+    wait_store_up(&gw, false).await;
+    // Requests go on under on_unavailable = "local", and the log does not repeat itself.
+    let c = client();
+    for _ in 0..5 {
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let count = gw.stderr().matches(STORE).count();
+    assert_eq!(count, 1, "one line per state change:\n{}", gw.stderr());
+}

@@ -284,11 +284,34 @@ async fn the_last_healthy_backend_is_never_ejected() {
     let extra = "retries = 0\n[upstreams.u.health]\ninterval = \"60s\"\neject_after = 2\neject_for = \"30s\"\n";
     let gw = Gateway::start("", &one_upstream(&[sick.addr.to_string()], extra, ""));
     let c = client();
-    for _ in 0..5 {
+    for _ in 0..10 {
         // the agent's own 500 reaches the client; no 503 storm from an empty pool
         assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 500);
     }
-    assert!(!gw.wait_stderr("is the last healthy backend").is_empty());
+    const KEPT: &str = "is the last healthy backend";
+    gw.wait_stderr(KEPT);
+    // Logged once per spell; every failure past eject_after (the 2nd to the 10th) counted.
+    const METRIC: &str = "agentgate_upstream_last_backend_kept_total";
+    let text = gw
+        .metrics_text_when(METRIC, &[("upstream", "u")], 9.0)
+        .await;
+    assert_eq!(
+        metric_value(&parse_metrics(&text), METRIC, &[("upstream", "u")]),
+        9.0
+    );
+    assert_eq!(gw.stderr().matches(KEPT).count(), 1, "{}", gw.stderr());
+    // A success ends the spell; the next one is logged again.
+    sick.set_fail_status(0);
+    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    sick.set_fail_status(500);
+    for _ in 0..2 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 500);
+    }
+    wait_until(
+        Duration::from_secs(5),
+        "the second spell in the log",
+        || (gw.stderr().matches(KEPT).count() == 2).then_some(()),
+    );
 }
 
 async fn steady_load(

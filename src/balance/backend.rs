@@ -21,6 +21,9 @@ pub struct BackendState {
     active_streak: AtomicU32,
     passive_failures: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// Set while the backend is kept in service as the last healthy one despite its
+    /// failures; the log says so once per such spell, not once per failure.
+    kept_as_last: AtomicBool,
     pub(crate) check_running: AtomicBool,
     pub(crate) next_check_ms: AtomicU64,
 }
@@ -36,6 +39,7 @@ impl BackendState {
             active_streak: AtomicU32::new(0),
             passive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            kept_as_last: AtomicBool::new(false),
             check_running: AtomicBool::new(false),
             next_check_ms: AtomicU64::new(0),
         }
@@ -98,10 +102,20 @@ impl BackendState {
         if self.passive_failures.load(Ordering::Relaxed) != 0 {
             self.passive_failures.store(0, Ordering::Relaxed);
         }
+        if self.kept_as_last.load(Ordering::Relaxed) {
+            self.kept_as_last.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes that the backend crossed `eject_after` but stays in service as the last
+    /// healthy one. Returns true when this starts a new spell (the moment to log it).
+    pub fn keep_as_last(&self) -> bool {
+        !self.kept_as_last.swap(true, Ordering::Relaxed)
     }
 
     pub fn eject_for(&self, ms: u64) {
         self.passive_failures.store(0, Ordering::Relaxed);
+        self.kept_as_last.store(false, Ordering::Relaxed);
         self.ejected_until_ms
             .store(now_ms() + ms, Ordering::Relaxed);
     }

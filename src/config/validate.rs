@@ -735,12 +735,22 @@ fn pagination_rule(loc: &mut Locator, p: &PaginationSection) -> PaginationRule {
 }
 
 fn rate_limit_store(loc: &mut Locator, s: &RateLimitStoreSection) -> RateLimitStore {
+    // The Redis client's own parser is the authority on what it can connect to: a URL it
+    // refuses at startup would otherwise leave the store down for the process's life.
     let url = s.redis_url.get_ref();
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
         loc.push(
             span(&s.redis_url),
             format!(
                 "redis_url must start with redis:// (got {:?})",
+                redact_url(url)
+            ),
+        );
+    } else if let Err(e) = redis::Client::open(url.as_str()) {
+        loc.push(
+            span(&s.redis_url),
+            format!(
+                "redis_url {:?} is not a Redis URL the client can use ({e}): write redis://[user:password@]host:port[/db]",
                 redact_url(url)
             ),
         );

@@ -88,6 +88,10 @@ fn describe() {
         "Backends ejected by passive health"
     );
     describe_counter!(
+        "agentgate_upstream_last_backend_kept_total",
+        "Failures past eject_after on a backend kept in service as the last healthy one"
+    );
+    describe_counter!(
         "agentgate_access_log_dropped_total",
         "Access log lines dropped because the writer fell behind"
     );
@@ -311,6 +315,11 @@ pub fn set_backend_healthy(upstream: &str, backend: &str, healthy: bool) {
 
 pub fn ejection(upstream: &str, backend: &str) {
     counter!("agentgate_upstream_ejections_total", "upstream" => upstream.to_string(), "backend" => backend.to_string()).increment(1);
+}
+
+/// One failure past `eject_after` on a backend kept in service as the last healthy one.
+pub fn kept_as_last(upstream: &str, backend: &str) {
+    counter!("agentgate_upstream_last_backend_kept_total", "upstream" => upstream.to_string(), "backend" => backend.to_string()).increment(1);
 }
 
 pub fn config_reload(success: bool) {

@@ -89,8 +89,12 @@ impl Gateway {
                         .filter(|(i, o)| *i != b && o.is_available(now))
                         .count();
                     if others == 0 {
+                        metrics::kept_as_last(&cfg.name, &backend.label);
+                        if !backend.keep_as_last() {
+                            return;
+                        }
                         log::warn!(
-                            "backend {} of upstream {} failed {} requests in a row but is the last healthy backend: kept in service rather than answering every request 503",
+                            "backend {} of upstream {} failed {} requests in a row but is the last healthy backend: kept in service rather than answering every request 503 (further failures count in agentgate_upstream_last_backend_kept_total)",
                             backend.label, cfg.name, cfg.health.eject_after
                         );
                     } else {

@@ -51,6 +51,8 @@ pub struct RedisStore {
     timeout: Duration,
     connection: ArcSwapOption<ConnectionManager>,
     up: AtomicBool,
+    /// Whether any probe or call has decided `up` yet.
+    judged: AtomicBool,
     script: Script,
 }
 
@@ -70,6 +72,7 @@ impl RedisStore {
             timeout,
             connection: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
+            judged: AtomicBool::new(false),
             script: Script::new(ACQUIRE),
         })
     }
@@ -83,7 +86,10 @@ impl RedisStore {
     }
 
     fn set_up(&self, up: bool, why: &str) {
-        if self.up.swap(up, Ordering::Relaxed) != up {
+        // The first verdict is always logged: a store that is down from the start (refused
+        // authentication, wrong host) must say so once, not only after it was ever up.
+        let first = !self.judged.swap(true, Ordering::Relaxed);
+        if self.up.swap(up, Ordering::Relaxed) != up || first {
             metrics::rate_limit_store_up(up);
             if up {
                 log::info!(

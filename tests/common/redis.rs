@@ -10,6 +10,8 @@ pub struct Redis {
     child: Option<Child>,
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
+    /// `requirepass`: clients must AUTH with it.
+    password: Option<String>,
 }
 
 impl Redis {
@@ -17,18 +19,32 @@ impl Redis {
         Self::start_on(free_addr())
     }
 
+    /// A Redis that refuses every client that does not AUTH with `password`.
+    pub fn start_with_password(password: &str) -> Redis {
+        Self::spawned(free_addr(), Some(password.to_string()))
+    }
+
     pub fn start_on(addr: SocketAddr) -> Redis {
+        Self::spawned(addr, None)
+    }
+
+    fn spawned(addr: SocketAddr, password: Option<String>) -> Redis {
         let mut r = Redis {
             child: None,
             addr,
             dir: tempfile::tempdir().expect("tempdir"),
+            password,
         };
         r.spawn();
         r
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .args([
                 "--port",
                 &self.addr.port().to_string(),
@@ -52,10 +68,11 @@ impl Redis {
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect(addr).ok()?;
             s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+            // A password-protected server answers "-NOAUTH ...": it is up all the same.
             s.write_all(b"PING\r\n").ok()?;
             let mut buf = [0u8; 7];
             s.read_exact(&mut buf).ok()?;
-            (&buf == b"+PONG\r\n").then_some(())
+            (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH")).then_some(())
         });
     }
 
