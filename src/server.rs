@@ -20,6 +20,7 @@ use crate::balance::health::HealthService;
 use crate::config::Config;
 use crate::observe::{logger, metrics, Observer};
 use crate::proxy::deadlines::Deadlines;
+use crate::proxy::refusals::Refusals;
 use crate::proxy::Gateway;
 use crate::ratelimit::store::StoreProbe;
 use crate::reload::ReloadOnHangup;
@@ -100,7 +101,11 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
     );
     let mut proxy = Service::new(
         "agentgate proxy".to_string(),
-        Deadlines::new(proxy_app, header_timeout),
+        Refusals::new(
+            Deadlines::new(proxy_app, header_timeout),
+            Arc::clone(&shared),
+            Arc::clone(&observer),
+        ),
     );
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);

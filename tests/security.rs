@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::gateway::BIN;
 use common::otlp::OtlpReceiver;
+use common::raw::exchange;
 use common::*;
 use sha2::{Digest, Sha256};
 
@@ -383,15 +384,61 @@ async fn malformed_and_smuggling_shaped_requests_are_refused() {
         ("2 MB header", big_header, 400),
         ("2 MB request line", big_line, 400),
         ("300 headers", many, 400),
+        ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_vec(), 405),
     ];
+    let mut ids = Vec::new();
     for (name, request, expected) in &table {
-        let (status, took) = raw_status(gw.listen, request);
-        assert_eq!(status, *expected, "{name}");
+        let started = Instant::now();
+        let responses = exchange(gw.listen, request, Duration::from_secs(3));
+        let took = started.elapsed();
+        let r = responses
+            .first()
+            .unwrap_or_else(|| panic!("{name}: no response"));
+        assert_eq!(r.status, *expected, "{name}");
         assert!(
             took < Duration::from_secs(3),
             "{name}: answered only after {took:?}"
         );
+        // The gateway's own refusals, pingora's parser's included, are §3 errors.
+        let id = r
+            .header("x-request-id")
+            .unwrap_or_else(|| panic!("{name}: no x-request-id in {r:?}"));
+        let body = r.json();
+        assert_eq!(body["error"]["request_id"], id, "{name}");
+        let code = match expected {
+            413 => "payload_too_large",
+            405 => "method_not_allowed",
+            _ => "bad_request",
+        };
+        assert_eq!(body["error"]["code"], code, "{name}");
+        assert_eq!(r.header("connection"), Some("close"), "{name}");
+        ids.push((*name, id.to_string()));
     }
+    // Each refusal is an access log line under its request id, pingora's own included.
+    let log = gw.wait_access_log(ids.len());
+    for (name, id) in &ids {
+        assert!(
+            log.iter().any(|l| l["request_id"] == id.as_str()),
+            "{name}: no access log line for {id}"
+        );
+    }
+    let garbage = &ids
+        .iter()
+        .find(|(n, _)| *n == "garbage request line")
+        .unwrap()
+        .1;
+    let line = log
+        .iter()
+        .find(|l| l["request_id"] == garbage.as_str())
+        .unwrap();
+    assert_eq!(
+        (line["method"].as_str(), line["status"].as_u64()),
+        (Some("-"), Some(400))
+    );
+    assert_eq!(
+        (line["error"].as_str(), line["route"].as_str()),
+        (Some("bad_request"), Some("unmatched"))
+    );
     let reached: Vec<String> = b
         .targets()
         .into_iter()
@@ -688,7 +735,7 @@ async fn pipelined_requests_are_answered_in_order() {
     );
     let gw = Gateway::start("", &cfg);
     let pipelined = b"GET /echo/1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /echo/2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /echo/3 HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    let responses = common::raw::exchange(gw.listen, pipelined, Duration::from_secs(5));
+    let responses = exchange(gw.listen, pipelined, Duration::from_secs(5));
     let targets: Vec<String> = responses
         .iter()
         .map(|r| r.json()["target"].as_str().unwrap_or("").to_string())

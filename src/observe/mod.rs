@@ -215,6 +215,62 @@ impl Observer {
     }
 }
 
+/// A request pingora refused before any proxy phase ran (see `proxy::refusals`).
+pub struct Refusal<'a> {
+    pub status: u16,
+    pub code: &'a str,
+    pub request_id: &'a str,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub duration: std::time::Duration,
+}
+
+impl Observer {
+    /// Records a refused request as an unmatched one: its metrics and an access log
+    /// line whose method and path are `-` (the request could not be read as one).
+    pub fn record_refusal(&self, shared: &Shared, refusal: &Refusal<'_>) {
+        // CONNECT is the one refusal with a known method; the rest count as OTHER.
+        let method = if refusal.status == 405 {
+            http::Method::CONNECT
+        } else {
+            http::Method::from_bytes(b"-").unwrap_or_default()
+        };
+        shared
+            .unmatched_metrics
+            .record_request(&method, refusal.status, refusal.duration);
+        let Some(writer) = self.access_log.load_full() else {
+            return;
+        };
+        let runtime = shared.runtime.load();
+        let record = AccessRecord {
+            finished: std::time::SystemTime::now(),
+            request_id: refusal.request_id,
+            trace: None,
+            route: &shared.unmatched_log_name,
+            method: if refusal.status == 405 {
+                "CONNECT"
+            } else {
+                "-"
+            },
+            path: "-",
+            query: None,
+            status: refusal.status,
+            upstream: None,
+            backend: None,
+            duration: refusal.duration,
+            upstream_first_byte: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            client_ip: refusal.client_ip,
+            retries: 0,
+            rate_limited: false,
+            pagination: None,
+            error: Some(refusal.code),
+            key_id: None,
+        };
+        writer.write_with(|line| access_log::format_into(line, &record, &runtime.config.log));
+    }
+}
+
 impl Observer {
     /// Feeds the per-second windows the in-process alert rules read.
     fn record_alert_windows(

@@ -158,6 +158,11 @@ pub fn hex_string(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// A fresh non-zero trace id.
+pub fn random_trace_id() -> [u8; 16] {
+    nonzero_random()
+}
+
 /// A fresh non-zero span id.
 pub fn random_span_id() -> [u8; 8] {
     nonzero_random()

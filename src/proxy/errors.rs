@@ -7,6 +7,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     BadRequest,
+    MethodNotAllowed,
     RequestTimeout,
     InvalidPagination,
     Unauthorized,
@@ -24,6 +25,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest | ErrorKind::InvalidPagination => 400,
             ErrorKind::Unauthorized => 401,
+            ErrorKind::MethodNotAllowed => 405,
             ErrorKind::RequestTimeout => 408,
             ErrorKind::RouteNotFound => 404,
             ErrorKind::PayloadTooLarge => 413,
@@ -37,6 +39,7 @@ impl ErrorKind {
     pub fn code(self) -> &'static str {
         match self {
             ErrorKind::BadRequest => "bad_request",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::InvalidPagination => "invalid_pagination",
             ErrorKind::Unauthorized => "unauthorized",

@@ -8,6 +8,7 @@ pub mod deadlines;
 pub mod errors;
 pub mod headers;
 pub mod path;
+pub mod refusals;
 pub mod respond;
 pub mod routing;
 
