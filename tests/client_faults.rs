@@ -258,3 +258,126 @@ async fn a_timeout_whose_retry_finds_no_backend_reports_the_timeout() {
         0.0
     );
 }
+
+/// Sends `request` and reads nothing for `hold`; then reads what is left until the
+/// gateway closes (or 10 s pass). Returns how long the connection stayed open after
+/// `hold` and how many bytes arrived in all.
+fn stop_reading(listen: std::net::SocketAddr, request: &[u8], hold: Duration) -> (Duration, usize) {
+    use std::io::Read;
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // A small receive window: the gateway's writes block soon, as a slow client's do.
+    s.set_recv_buffer_size(16 * 1024).unwrap();
+    s.connect(&listen.into()).unwrap();
+    let mut s: TcpStream = s.into();
+    s.write_all(request).unwrap();
+    std::thread::sleep(hold);
+    let after = Instant::now();
+    let mut total = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    while after.elapsed() < Duration::from_secs(10) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+            Err(_) => break,
+        }
+    }
+    (after.elapsed(), total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_after_idle_timeout_as_its_own_failure() {
+    let b = Backend::start("b").await;
+    // eject_after = 2 of the helper: two misattributed timeouts would eject the agent.
+    let gw = Gateway::start("", &upstream(&[&b], "idle_timeout = \"1s\""));
+    let listen = gw.listen;
+    // A stream (chunks, the upstream deadline armed) and a fixed-length body (the agent
+    // done early, only the writes to the client left): 64 MB each, far more than any
+    // socket buffer holds.
+    let requests: [&'static str; 2] = [
+        "GET /chunked/67108864/512/0 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /bytes/67108864 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ];
+    let readers: Vec<_> = requests
+        .iter()
+        .map(|&r| {
+            std::thread::spawn(move || stop_reading(listen, r.as_bytes(), Duration::from_secs(3)))
+        })
+        .collect();
+    for (reader, request) in readers.into_iter().zip(requests) {
+        let (open_after, total) = reader.join().unwrap();
+        assert!(
+            total < 64 << 20,
+            "{request:?}: the whole response arrived ({total} bytes) though nothing was read"
+        );
+        assert!(
+            open_after < Duration::from_secs(5),
+            "{request:?}: the gateway kept the connection {open_after:?} after the client stopped"
+        );
+    }
+    let log = gw.wait_access_log(2);
+    for line in &log {
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["error"], "client_timeout", "{line}");
+        assert_eq!(line["retries"], 0, "{line}");
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "agentgate_upstream_requests_total",
+            &[("outcome", "timeout")]
+        ),
+        0.0,
+        "a client's stall is never the agent's timeout"
+    );
+    assert_eq!(
+        metric_value(&m, "agentgate_http_requests_total", &[("status", "499")]),
+        2.0
+    );
+    assert!(!gw.stderr().contains("ejected"), "{}", gw.stderr());
+    assert_eq!(
+        client().get(gw.url("/x")).send().await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_that_keeps_reading_is_served_whole() {
+    use std::io::Read;
+    let b = Backend::start("b").await;
+    let gw = Gateway::start("", &upstream(&[&b], "idle_timeout = \"1s\""));
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(16 * 1024).unwrap();
+    s.connect(&gw.listen.into()).unwrap();
+    let mut s: TcpStream = s.into();
+    // 2 MB taken at about 640 KB/s, 32 KB every 50 ms: each write waits, none for 1 s.
+    s.write_all(b"GET /chunked/2097152/64/0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    while started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read failed after {} bytes: {e}", got.len()),
+        }
+    }
+    let responses = common::raw::parse_responses(&got);
+    let r = responses.first().expect("a whole response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 2_097_152);
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "the reader was slow"
+    );
+    let log = gw.wait_access_log(1);
+    assert_eq!(log[0]["status"], 200);
+    assert!(log[0]["error"].is_null(), "{}", log[0]);
+}

@@ -66,6 +66,8 @@ pub struct RequestCtx {
     pub streaming: bool,
     pub stream_counted: bool,
     pub cancelled: bool,
+    /// The client stopped reading the response for idle_timeout (a kind of cancel).
+    pub client_timed_out: bool,
 
     pub rate_limited: bool,
     /// `ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset` for the response.
@@ -96,6 +98,7 @@ impl RequestCtx {
     pub fn error_code(&self) -> Option<&'static str> {
         match (&self.error, self.cancelled) {
             (Some(e), _) => Some(e.kind.code()),
+            (None, true) if self.client_timed_out => Some("client_timeout"),
             (None, true) => Some("client_disconnected"),
             _ => None,
         }

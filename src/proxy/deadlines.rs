@@ -8,6 +8,11 @@
 //!   the connection being ready, and no stream may stay silent for `idle_timeout`. When
 //!   one passes, the upstream socket is shut down, the pending read fails, and the proxy
 //!   answers 504 (or cuts the stream) knowing why ([`upstream_fired`]).
+//! - Client: when the upstream deadline passes while the client has not taken what was
+//!   already sent to it (its socket's send queue is not empty), the silence is the
+//!   client's: it stopped reading, and the proxy stopped reading the agent because of
+//!   it. Both sockets are shut down and the request ends as the client's failure
+//!   ([`client_stalled`]), never counted against the agent.
 //!
 //! The proxy app is wrapped ([`Deadlines`]): each request future runs inside a
 //! [`Race`], which holds at most one deadline at a time. The proxy phases say what they
@@ -67,6 +72,8 @@ thread_local! {
     static UPSTREAM_ASK: Cell<UpstreamAsk> = const { Cell::new(UpstreamAsk::Keep) };
     /// Whether the running request's upstream deadline fired (its try failed for that).
     static UPSTREAM_FIRED: Cell<bool> = const { Cell::new(false) };
+    /// Whether the running request was ended because its client stopped reading.
+    static CLIENT_STALLED: Cell<bool> = const { Cell::new(false) };
     /// This thread's shard of the slot table.
     static SHARD: usize = next_shard();
 }
@@ -97,6 +104,11 @@ pub fn disarm_upstream() {
 /// Whether the running request's upstream try was cut by its deadline.
 pub fn upstream_fired() -> bool {
     UPSTREAM_FIRED.with(Cell::get)
+}
+
+/// Whether the running request was ended because its client stopped reading.
+pub fn client_stalled() -> bool {
+    CLIENT_STALLED.with(Cell::get)
 }
 
 const SHARDS: usize = 16;
@@ -253,15 +265,32 @@ impl Upstream {
     }
 }
 
+/// Bytes written to socket `fd` that its peer has not yet acknowledged (`SIOCOUTQ`).
+fn unsent_bytes(fd: RawFd) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `fd` is the client socket of the running request, open while the request
+    // runs; SIOCOUTQ (TIOCOUTQ on Linux) only writes the int it is given.
+    let ok = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) } == 0;
+    if ok {
+        queued.max(0) as usize
+    } else {
+        0
+    }
+}
+
 /// A request and its deadlines. `None` means the header deadline won.
 struct Race<'a, R> {
     request: Pin<&'a mut R>,
     header_timeout_ms: u64,
     header_read: bool,
+    /// The client socket (absent for streams the gateway did not accept itself).
+    client_fd: Option<RawFd>,
     /// The upstream connection while an upstream deadline is armed.
     upstream: Option<Upstream>,
     /// The upstream deadline fired (kept for the phases that classify the failure).
     fired: bool,
+    /// The client stopped reading (kept for the phases that classify the failure).
+    client_stalled: bool,
     ticket: Option<Ticket>,
 }
 
@@ -301,12 +330,23 @@ impl<R: Future> Future for Race<'_, R> {
                 return Poll::Ready(None);
             }
             if let Some(upstream) = self.upstream.take() {
+                match self.client_fd {
+                    Some(fd) if unsent_bytes(fd) > 0 => {
+                        // SAFETY: the client socket is open while its request runs;
+                        // shutdown fails its pending write and leaves it open.
+                        unsafe {
+                            libc::shutdown(fd, libc::SHUT_RDWR);
+                        }
+                        self.client_stalled = true;
+                    }
+                    _ => self.fired = true,
+                }
                 upstream.cut();
-                self.fired = true;
             }
         }
         HEADER_READ.with(|f| f.set(self.header_read));
         UPSTREAM_FIRED.with(|f| f.set(self.fired));
+        CLIENT_STALLED.with(|f| f.set(self.client_stalled));
         UPSTREAM_ASK.with(|a| a.set(UpstreamAsk::Keep));
         let polled = self.request.as_mut().poll(cx);
         if let Poll::Ready(done) = polled {
@@ -380,14 +420,17 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let timeout = self.timeout;
+        let client_fd = session.stream().and_then(super::refusals::client_fd);
         let request = self.inner.process_new_http(session, shutdown);
         tokio::pin!(request);
         let raced = Race {
             request,
             header_timeout_ms: timeout.as_millis() as u64,
             header_read: false,
+            client_fd,
             upstream: None,
             fired: false,
+            client_stalled: false,
             ticket: None,
         }
         .await;

@@ -117,6 +117,10 @@ impl Gateway {
         if let Some(err) = &ctx.error {
             return Some(err.clone());
         }
+        if deadlines::client_stalled() {
+            // The client stopped reading: nothing to answer, nothing against the agent.
+            return None;
+        }
         if deadlines::upstream_fired() {
             return Some(timeout_error(ctx));
         }
@@ -316,6 +320,12 @@ impl ProxyHttp for Gateway {
         if !session.as_mut().is_body_empty() {
             peer.options.write_timeout = Some(cfg.first_byte_timeout);
         }
+        // A client must take each write of the response within idle_timeout: one that
+        // stops reading is cut then, rather than holding the connection and its buffers
+        // for ever. pingora makes the timer only for a write that has to wait.
+        session
+            .as_downstream_mut()
+            .set_write_timeout(Some(cfg.idle_timeout));
         // No idle timer on pooled connections: pingora already watches every idle one
         // and drops it when the agent closes it, and a timer here would be armed and
         // cancelled on every request. A connection the network dropped silently costs
@@ -380,7 +390,7 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("backend {peer}"));
         deadlines::disarm_upstream();
-        if !matches!(e.esource(), ErrorSource::Upstream) {
+        if !matches!(e.esource(), ErrorSource::Upstream) || deadlines::client_stalled() {
             // The client went away, stalled or sent something unreadable: the request
             // ends here. A retry would be another paid generation nobody reads.
             e.set_retry(false);
@@ -559,7 +569,14 @@ impl ProxyHttp for Gateway {
             ctx.status = h.status.as_u16();
         }
         if let Some(e) = e {
-            if matches!(e.esource(), ErrorSource::Downstream)
+            let downstream = matches!(e.esource(), ErrorSource::Downstream);
+            if deadlines::client_stalled()
+                || (downstream && matches!(e.etype(), ErrorType::WriteTimedout))
+            {
+                // Stopped reading the response for idle_timeout: the client's failure.
+                ctx.client_timed_out = true;
+                ctx.cancelled = true;
+            } else if downstream
                 && matches!(
                     e.etype(),
                     ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed

@@ -11,10 +11,12 @@
 //! header, and by carrying no `x-request-id`, which every response of the proxy phases
 //! has: a response an agent sent is never touched. Everything else passes through the
 //! wrapper untouched; its cost on the hot path is one comparison of a write's first
-//! bytes.
+//! bytes. The wrapper also keeps the client socket's descriptor ([`client_fd`]), which
+//! the request deadlines consult to tell a stalled client from a silent agent.
 
 use std::io;
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -123,8 +126,13 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let fd = stream
+            .as_any()
+            .downcast_ref::<L4Stream>()
+            .map(AsRawFd::as_raw_fd);
         let guarded = Guarded {
             inner: stream,
+            fd,
             recorder: Arc::clone(&self.recorder),
             pending: None,
         };
@@ -140,9 +148,16 @@ where
 #[derive(Debug)]
 pub struct Guarded {
     inner: Stream,
+    /// The client socket, for the deadlines that look at what it has not yet taken.
+    fd: Option<RawFd>,
     recorder: Arc<Recorder>,
     /// The replacement still to be written, and how much of it is.
     pending: Option<(Vec<u8>, usize)>,
+}
+
+/// The client socket under a stream the gateway accepted (see [`Guarded`]).
+pub fn client_fd(stream: &Stream) -> Option<RawFd> {
+    stream.as_any().downcast_ref::<Guarded>()?.fd
 }
 
 impl std::fmt::Debug for Recorder {
