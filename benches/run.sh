@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: agentgate against nginx and a bare pingora proxy, measured in one run.
 #
-#   benches/run.sh [main|cost|scale|sse|all]      (default: all)
+#   benches/run.sh [main|cost|scale|sse|idle|all]      (default: all)
 #
 # main   direct / nginx proxy / bare pingora / agentgate (all off) / agentgate (all on) /
 #        agentgate with a local limit / with a global (Redis) limit: req/s, p50/p99,
@@ -10,10 +10,12 @@
 # scale  agentgate all-on, bare pingora and nginx at 1/2/4 threads x 50/500/5000 connections
 # sse    10,000 concurrent SSE streams through the gateway: memory and fds per stream,
 #        added delay per event
+# idle   5,000 keep-alive connections after one request each: memory per connection,
+#        and how much of it the gateway gives back once they close
 #
 # Knobs: DURATION (s per run, 10), ROUNDS (5), WARMUP (s per system before round 1, 8),
 #        COST_SECONDS (s counted under callgrind, 12), THREADS (1), CONNS (50),
-#        STREAMS (10000), HALT_POLL_NS (see below).
+#        STREAMS (10000), IDLE_CONNS (5000), HALT_POLL_NS (see below).
 #
 # HALT_POLL_NS: on a VM guest whose idle driver is haltpoll, how long an idle vCPU polls
 # for work before it halts. 0 (as some hosts boot their guests) makes every wake-up of an
@@ -31,6 +33,7 @@ COST_SECONDS="${COST_SECONDS:-12}"
 THREADS="${THREADS:-1}"
 CONNS="${CONNS:-50}"
 STREAMS="${STREAMS:-10000}"
+IDLE_CONNS="${IDLE_CONNS:-5000}"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 for cmd in nginx wrk redis-server taskset ss ps; do
@@ -52,7 +55,7 @@ if [ -n "$busy" ]; then
 fi
 
 echo "building (release)..." >&2
-cargo build --release --quiet --bin agentgate --example bare_pingora --example fixed_rate --example sse_hold
+cargo build --release --quiet --bin agentgate --example bare_pingora --example fixed_rate --example sse_hold --example idle_hold
 BIN=target/release/agentgate
 EX=target/release/examples
 
@@ -481,6 +484,58 @@ run_sse() {
   sleep 1; PIDS=()
 }
 
+# idle_memory NAME PORT PID: holds IDLE_CONNS keep-alive connections on PORT (one request
+# each) and appends "name idle_kib held_kib after_kib" to $W/idle: the process's RSS
+# before, while they are held, and 5 s after they closed.
+idle_memory() {
+  local name=$1 port=$2 pid=$3
+  local before; before=$(rss_kb "$pid")
+  local fifo="$W/idle-$name.out"
+  "$EX/idle_hold" "127.0.0.1:$port" "$IDLE_CONNS" 3 2000 > "$fifo" &
+  local hold=$!
+  local i
+  for i in $(seq 1 600); do grep -q '^opened=' "$fifo" && break; sleep 0.1; done
+  sleep 1
+  local held; held=$(rss_kb "$pid")
+  wait "$hold"
+  sleep 5
+  local after; after=$(rss_kb "$pid")
+  echo "  $name: $(head -1 "$fifo"), RSS ${before} -> ${held} -> ${after} KiB" >&2
+  echo "$name $before $held $after" >> "$W/idle"
+}
+
+run_idle() {
+  local fd_limit; fd_limit=$(ulimit -n)
+  if [ $(( IDLE_CONNS + 1000 )) -gt "$fd_limit" ]; then
+    IDLE_CONNS=$(( fd_limit - 1000 ))
+    echo "open-file limit is $fd_limit; holding $IDLE_CONNS connections" >&2
+  fi
+  : > "$W/idle"
+  start_backend
+  "$EX/bare_pingora" 127.0.0.1:18003 "$BACKEND" 1 >/dev/null 2>&1 &
+  PIDS+=($!)
+  wait_port 18003
+  idle_memory bare-pingora 18003 "$(pid_on_port 18003)"
+  start_agentgate 18005 19005 1 on
+  sleep 1
+  idle_memory agentgate-on 18005 "$(pid_on_port 18005)"
+  echo
+  echo "### $IDLE_CONNS idle keep-alive connections ($(machine))"
+  echo
+  echo "One request on each connection, then held idle for 3 s and closed; RSS sampled before, while held, and 5 s after the close."
+  echo
+  echo "| system | RSS before | RSS held | per connection | RSS 5 s after close | given back |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  local name b h a
+  while read -r name b h a; do
+    awk -v n="$name" -v b="$b" -v h="$h" -v a="$a" -v c="$IDLE_CONNS" 'BEGIN {
+      back = (h > b) ? 100 * (h - a) / (h - b) : 100
+      printf "| %s | %.1f MiB | %.1f MiB | %.1f KiB | %.1f MiB | %.0f%% |\n", n, b/1024, h/1024, (h-b)/c, a/1024, back }'
+  done < "$W/idle"
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 1; PIDS=()
+}
+
 # cost_of NAME PORT CMD...: runs CMD under callgrind, counts instructions only while wrk
 # drives PORT, and appends "name instructions_per_request" to $W/cost. Instruction counts
 # repeat to within a percent from run to run, where rates on a shared machine move by
@@ -534,7 +589,8 @@ case "$MODE" in
   main) run_main ;;
   scale) run_scale ;;
   sse) run_sse ;;
+  idle) run_idle ;;
   cost) run_cost ;;
-  all) run_main; run_cost; run_scale; run_sse ;;
-  *) echo "usage: $0 [main|cost|scale|sse|all]" >&2; exit 2 ;;
+  all) run_main; run_cost; run_scale; run_sse; run_idle ;;
+  *) echo "usage: $0 [main|cost|scale|sse|idle|all]" >&2; exit 2 ;;
 esac

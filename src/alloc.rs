@@ -64,6 +64,39 @@ unsafe fn new_block(
     }
 }
 
+/// Starts the thread that hands freed memory back to the OS after bursts.
+///
+/// mimalloc 3 returns freed pages to its arenas at once but purges them (gives them
+/// back to the OS) only a purge delay later (1 s by default), and only when some thread
+/// calls into it after that: a worker that goes quiet after a burst never does, so
+/// 5,000 closed connections left 481 MB resident for good. Arena purging is
+/// process-wide, so one thread that collects every second gives it all back (33 MB
+/// within 5 s, `make bench`'s idle table) while the workers' own allocation path stays
+/// as it is. A purge delay of 0 would do the same from the workers, at the price of a
+/// page fault every five requests under load (measured: 0.15-0.23 faults per request
+/// against 0.001).
+pub fn start_purger() {
+    let started = std::thread::Builder::new()
+        .name("agentgate-purge".into())
+        .spawn(|| {
+            // mimalloc collects nothing for a thread that never allocated (its
+            // thread-local heap is not set up until then).
+            std::hint::black_box(Box::new(0u64));
+            loop {
+                std::thread::sleep(PURGE_EVERY);
+                // SAFETY: takes no pointers; walks mimalloc's own structures, and its
+                // arena purge is guarded against concurrent purges.
+                unsafe { mi::mi_collect(false) }
+            }
+        });
+    if let Err(e) = started {
+        log::warn!("memory freed after bursts is not given back to the OS: purge thread failed to start: {e}");
+    }
+}
+
+/// How often freed memory past mimalloc's purge delay is handed back.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[cfg(test)]
 mod tests {
     use super::*;

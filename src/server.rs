@@ -92,6 +92,7 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
         upstream_keepalive_pool_size: 1024,
         ..ServerConf::default()
     };
+    crate::alloc::start_purger();
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
