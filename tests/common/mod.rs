@@ -27,8 +27,28 @@ pub fn kill_child(child: &mut Option<std::process::Child>) {
     }
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, below the kernel's ephemeral range: a
+/// port from that range can be taken by any outgoing connection (a gateway's upstream
+/// connections, a client's) between this check and the server's bind.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > FIRST + 1_000 {
+        // Each test process starts at its own offset; its tests take ports in turn.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let span = ephemeral_low - FIRST;
+        let start = std::process::id() % span;
+        for _ in 0..span {
+            let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
 }
