@@ -298,7 +298,11 @@ async fn admin_token_matrix_and_redacted_config() {
 
 #[test]
 fn admin_listens_on_loopback_by_default() {
-    let text = "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n";
+    // No admin_listen: the default, 127.0.0.1:9090, is bound and answers, and the
+    // kernel's table of listening sockets shows it on loopback only.
+    const ADMIN: ([u8; 4], u16) = ([127, 0, 0, 1], 9090);
+    let listen = free_addr();
+    let text = format!("[server]\nlisten = \"{listen}\"\n[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, text).unwrap();
@@ -308,6 +312,42 @@ fn admin_listens_on_loopback_by_default() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("admin 127.0.0.1:9090"));
+    let mut child = Some(
+        std::process::Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let admin = std::net::SocketAddr::from(ADMIN);
+    wait_until(
+        Duration::from_secs(20),
+        "the default admin listener",
+        || common::gateway::http_get_ok(admin, "/healthz").then_some(()),
+    );
+    let listeners: Vec<String> = std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let local = f.nth(1)?.to_string();
+            let state = f.nth(1)?;
+            (state == "0A" && local.ends_with(&format!(":{:04X}", ADMIN.1))).then_some(local)
+        })
+        .collect();
+    let v6 = std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+    common::kill_child(&mut child);
+    assert_eq!(listeners, vec![format!("0100007F:{:04X}", ADMIN.1)]);
+    assert!(
+        !v6.lines().any(|l| l
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|a| a.ends_with(&format!(":{:04X}", ADMIN.1)))),
+        "no IPv6 listener on the admin port"
+    );
 }
 
 /// Sends raw bytes, returns the status of the first response (0 when none came back).

@@ -17,7 +17,7 @@ fn signal(child: &Child, sig: i32) {
     }
 }
 
-fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
+pub fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
