@@ -192,7 +192,7 @@ pub fn redact_query_string<'a>(query: &'a str, redact: &[String]) -> std::borrow
 }
 
 /// Does a raw (possibly percent-encoded) parameter name match a configured one?
-fn is_redacted(raw: &[u8], redact: &[String]) -> bool {
+pub fn is_redacted(raw: &[u8], redact: &[String]) -> bool {
     if redact
         .iter()
         .any(|r| raw.eq_ignore_ascii_case(r.as_bytes()))

@@ -228,7 +228,8 @@ impl Observer {
     /// Records a refused request as an unmatched one: its metrics and an access log
     /// line whose method and path are `-` (the request could not be read as one).
     pub fn record_refusal(&self, shared: &Shared, refusal: &Refusal<'_>) {
-        // CONNECT is the one refusal with a known method; the rest count as OTHER.
+        // CONNECT is the one refusal with a known method; the rest are `-` (OTHER in
+        // the metrics).
         let method = if refusal.status == 405 {
             http::Method::CONNECT
         } else {
@@ -246,11 +247,7 @@ impl Observer {
             request_id: refusal.request_id,
             trace: None,
             route: &shared.unmatched_log_name,
-            method: if refusal.status == 405 {
-                "CONNECT"
-            } else {
-                "-"
-            },
+            method: method.as_str(),
             path: "-",
             query: None,
             status: refusal.status,

@@ -185,21 +185,12 @@ fn query_values(bytes: &[u8], params: &[String], out: &mut Vec<(usize, usize)>) 
             continue;
         }
         let raw_name = &bytes[name_start..j];
-        let name: Cow<'_, [u8]> = if raw_name.contains(&b'%') {
-            Cow::Owned(percent_encoding::percent_decode(raw_name).collect())
-        } else {
-            Cow::Borrowed(raw_name)
-        };
         let value_start = j + 1;
         let mut k = value_start;
         while k < bytes.len() && !b"& \"\\#\r\n,".contains(&bytes[k]) {
             k += 1;
         }
-        if k > value_start
-            && params
-                .iter()
-                .any(|p| p.as_bytes().eq_ignore_ascii_case(&name))
-        {
+        if k > value_start && super::access_log::is_redacted(raw_name, params) {
             out.push((value_start, k));
         }
         i = k;

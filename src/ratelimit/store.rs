@@ -3,7 +3,7 @@
 //! a tight per-call timeout. Its reachability is tracked here: while Redis is down no
 //! request waits on it; a background probe notices when it is back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,13 +46,17 @@ end
 return {granted, math.floor(tokens), wait}
 "#;
 
+/// No probe or call has answered yet.
+const UNJUDGED: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
 pub struct RedisStore {
     url: String,
     timeout: Duration,
     connection: ArcSwapOption<ConnectionManager>,
-    up: AtomicBool,
-    /// Whether any probe or call has decided `up` yet.
-    judged: AtomicBool,
+    /// `UNJUDGED`, `UP` or `DOWN`.
+    state: AtomicU8,
     script: Script,
 }
 
@@ -71,8 +75,7 @@ impl RedisStore {
             url: url.to_string(),
             timeout,
             connection: ArcSwapOption::empty(),
-            up: AtomicBool::new(false),
-            judged: AtomicBool::new(false),
+            state: AtomicU8::new(UNJUDGED),
             script: Script::new(ACQUIRE),
         })
     }
@@ -82,14 +85,14 @@ impl RedisStore {
     }
 
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.state.load(Ordering::Relaxed) == UP
     }
 
     fn set_up(&self, up: bool, why: &str) {
-        // The first verdict is always logged: a store that is down from the start (refused
-        // authentication, wrong host) must say so once, not only after it was ever up.
-        let first = !self.judged.swap(true, Ordering::Relaxed);
-        if self.up.swap(up, Ordering::Relaxed) != up || first {
+        // Starting from UNJUDGED, the first verdict is a change too: a store that is down
+        // from the start (refused authentication, wrong host) says so once.
+        let state = if up { UP } else { DOWN };
+        if self.state.swap(state, Ordering::Relaxed) != state {
             metrics::rate_limit_store_up(up);
             if up {
                 log::info!(
