@@ -127,7 +127,7 @@ impl Observer {
         route_metrics.in_flight.decrement(1.0);
         route_metrics.record_request(
             &req.method,
-            ctx.status.max(if ctx.cancelled { 499 } else { 0 }),
+            ctx.status.max(if ctx.cancelled() { 499 } else { 0 }),
             elapsed,
         );
         let upstream_wait = ctx.upstream_elapsed();
@@ -136,7 +136,7 @@ impl Observer {
             .record(elapsed.saturating_sub(upstream_wait));
         if ctx.stream_counted {
             route_metrics.streams_active.decrement(1.0);
-            if ctx.cancelled {
+            if ctx.cancelled() {
                 route_metrics.streams_cancelled.increment(1);
                 let ran = format!("{:.3}", elapsed.as_secs_f64());
                 logger::event(

@@ -65,9 +65,8 @@ pub struct RequestCtx {
     pub bytes_out: u64,
     pub streaming: bool,
     pub stream_counted: bool,
-    pub cancelled: bool,
-    /// The client stopped reading the response for idle_timeout (a kind of cancel).
-    pub client_timed_out: bool,
+    /// How the client ended the request before its response was complete, if it did.
+    pub client_gone: Option<ClientGone>,
 
     pub rate_limited: bool,
     /// `ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset` for the response.
@@ -79,7 +78,22 @@ pub struct RequestCtx {
     pub retry_after_s: u64,
 }
 
+/// How a client ended its request early: both are logged 499 and neither is retried
+/// or counted against a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientGone {
+    /// It closed the connection (or broke it) before the response was complete.
+    Left,
+    /// It stopped reading the response for idle_timeout.
+    StoppedReading,
+}
+
 impl RequestCtx {
+    /// Whether the client ended the request before its response was complete.
+    pub fn cancelled(&self) -> bool {
+        self.client_gone.is_some()
+    }
+
     pub fn request_id_str(&self) -> &str {
         self.request_id
             .as_ref()
@@ -96,10 +110,10 @@ impl RequestCtx {
 
     /// The error code logs and spans report: the gateway's error, or the client leaving.
     pub fn error_code(&self) -> Option<&'static str> {
-        match (&self.error, self.cancelled) {
+        match (&self.error, self.client_gone) {
             (Some(e), _) => Some(e.kind.code()),
-            (None, true) if self.client_timed_out => Some("client_timeout"),
-            (None, true) => Some("client_disconnected"),
+            (None, Some(ClientGone::StoppedReading)) => Some("client_timeout"),
+            (None, Some(ClientGone::Left)) => Some("client_disconnected"),
             _ => None,
         }
     }

@@ -29,6 +29,7 @@ use crate::observe::metrics::{self, TryOutcome};
 use crate::observe::trace_context::TraceContext;
 use crate::observe::Observer;
 use crate::state::Shared;
+use ctx::ClientGone;
 pub use ctx::RequestCtx;
 use errors::{ErrorKind, GatewayError};
 use headers::RequestScan;
@@ -535,7 +536,7 @@ impl ProxyHttp for Gateway {
         ctx.in_flight = None;
         let Some(err) = err else {
             // The client went away: nothing to answer.
-            ctx.cancelled = true;
+            ctx.client_gone.get_or_insert(ClientGone::Left);
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
@@ -551,7 +552,7 @@ impl ProxyHttp for Gateway {
         }
         let status = err.kind.status();
         if respond::send_error(session, ctx, err).await.is_err() {
-            ctx.cancelled = true;
+            ctx.client_gone.get_or_insert(ClientGone::Left);
         }
         FailToProxy {
             error_code: status,
@@ -574,21 +575,20 @@ impl ProxyHttp for Gateway {
                 || (downstream && matches!(e.etype(), ErrorType::WriteTimedout))
             {
                 // Stopped reading the response for idle_timeout: the client's failure.
-                ctx.client_timed_out = true;
-                ctx.cancelled = true;
+                ctx.client_gone = Some(ClientGone::StoppedReading);
             } else if downstream
                 && matches!(
                     e.etype(),
                     ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
                 )
             {
-                ctx.cancelled = true;
+                ctx.client_gone.get_or_insert(ClientGone::Left);
             }
-            if ctx.error.is_none() && ctx.first_byte_at.is_some() && !ctx.cancelled {
+            if ctx.error.is_none() && ctx.first_byte_at.is_some() && !ctx.cancelled() {
                 ctx.error = self.classify(e, ctx);
             }
         }
-        if ctx.cancelled {
+        if ctx.cancelled() {
             // The client left before the response was complete: 499, as nginx logs it,
             // in the access log and the metrics alike.
             ctx.status = 499;
