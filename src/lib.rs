@@ -1,11 +1,17 @@
 //! agentgate: an observability-first reverse proxy for AI agent services, on pingora.
 //!
-//! Layout by concern: `config` (file model, validation, runtime model), `proxy` (the
-//! pingora phases and what runs in them), `balance` (backend choice and health),
-//! `ratelimit`, `pagination`, `auth`, `observe` (metrics, logs, traces), `alerts`,
-//! `admin` (the admin listener), `demo` (demo agents), `clock` (cheap hot-path time),
-//! `server` (bootstrap and shutdown), `reload` (hot reload), `state` (what the pieces
-//! share), `alloc` (the binary's allocator).
+//! Layout by concern, in layers that depend one way only (bottom first; a module uses
+//! its own layer and those below, `scripts/check-layers.py` checks it):
+//! - foundation: `config` (file model, validation, runtime model), `errors` (the errors
+//!   the gateway answers), `clock` (cheap hot-path time), `alloc` (the allocator);
+//! - telemetry: `observe` (metrics, logs, traces);
+//! - policies: `auth`, `balance`, `ratelimit`, `pagination`, `alerts`;
+//! - `state` (the live runtime model the pieces share);
+//! - `proxy` (the pingora phases and what runs in them) and `services` (the background
+//!   services over the live state);
+//! - control: `reload` (hot reload), `admin` (the admin listener);
+//! - `server` (bootstrap and shutdown);
+//! - entry points: `cli`, `demo` (demo agents).
 
 pub mod admin;
 pub mod alerts;
@@ -16,10 +22,12 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod errors;
 pub mod observe;
 pub mod pagination;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
 pub mod server;
+pub mod services;
 pub mod state;

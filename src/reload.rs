@@ -9,7 +9,8 @@ use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{self, ConfigErrors};
-use crate::observe::{logger, metrics, Observer};
+use crate::observe::{logger, metrics};
+use crate::proxy::Observer;
 use crate::state::Shared;
 
 /// What a reload did.

@@ -15,15 +15,16 @@ use pingora::services::ServiceWithDependents;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::AdminApp;
-use crate::alerts::evaluator::{instance_name, AlertEvaluator};
-use crate::balance::health::HealthService;
 use crate::config::Config;
-use crate::observe::{logger, metrics, Observer};
+use crate::observe::{logger, metrics};
 use crate::proxy::deadlines::Deadlines;
 use crate::proxy::refusals::Refusals;
 use crate::proxy::Gateway;
-use crate::ratelimit::store::StoreProbe;
+use crate::proxy::Observer;
 use crate::reload::ReloadOnHangup;
+use crate::services::alerts::{instance_name, AlertEvaluator};
+use crate::services::health::HealthService;
+use crate::services::rate_limit_store::StoreProbe;
 use crate::state::Shared;
 
 /// Checks that the listen addresses are free before pingora binds them: pingora would

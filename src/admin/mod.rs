@@ -11,7 +11,8 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::config::redacted::redacted_config;
-use crate::observe::{metrics, Observer};
+use crate::observe::metrics;
+use crate::proxy::Observer;
 use crate::reload;
 use crate::state::Shared;
 

@@ -1,12 +1,11 @@
 //! Real-time alert rules evaluated inside the gateway (SPEC §2 `[[alerts]]`).
 //!
 //! Requests are recorded into per-second rings (`window`); a background service
-//! (`evaluator`) computes each rule's signal every `evaluation_interval` and moves it
+//! (`services::alerts`) computes each rule's signal every `evaluation_interval` and moves it
 //! through Prometheus' states: inactive -> pending -> firing -> resolved (inactive).
 //! Transitions are logged, exported as `agentgate_alert_firing`, shown on GET /alerts and
 //! sent to the webhook (`notify`). `export` writes the same rules as Prometheus rules.
 
-pub mod evaluator;
 pub mod export;
 pub mod notify;
 pub mod window;

@@ -2,6 +2,7 @@
 //! runtime model (`model`) the gateway runs on, and located errors (`error`).
 
 pub mod duration;
+pub mod endpoint;
 pub mod error;
 pub mod file;
 pub mod keys;
@@ -11,6 +12,7 @@ pub mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use endpoint::Endpoint;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 

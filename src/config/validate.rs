@@ -314,7 +314,7 @@ fn trace_settings(loc: &mut Locator, s: &TraceSection) -> TraceSettings {
     let otlp_endpoint = match &s.otlp_endpoint {
         Some(e) if !e.get_ref().is_empty() => {
             let text = e.get_ref();
-            if let Err(problem) = crate::observe::collector::Endpoint::parse(text) {
+            if let Err(problem) = super::Endpoint::parse(text) {
                 loc.push(
                     span(e),
                     format!("otlp_endpoint: {problem}; it must be an http:// URL of an OTLP/HTTP traces endpoint, e.g. \"http://127.0.0.1:4318/v1/traces\""),

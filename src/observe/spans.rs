@@ -10,10 +10,11 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use super::collector::{Collector, Endpoint};
+use super::collector::Collector;
 use super::metrics;
 use super::otlp;
 use super::shards::{Drain, DrainThread};
+use crate::config::Endpoint;
 
 /// Encoded spans one proxy thread may have waiting (about 20,000 spans).
 const THREAD_BUFFER: usize = 8 << 20;

@@ -8,8 +8,8 @@
 use std::borrow::Cow;
 
 use crate::config::{OnExceed, PaginationRule};
+use crate::errors::{ErrorKind, GatewayError};
 use crate::observe::metrics::PaginationAction;
-use crate::proxy::errors::{ErrorKind, GatewayError};
 
 /// What enforcement did to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,11 +9,11 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
-use super::errors::{ErrorKind, GatewayError};
 use super::headers::{self, RequestScan};
 use super::respond::ResponseScan;
 use super::routing::find_route;
 use crate::config::{Config, PaginationRule, Route};
+use crate::errors::{ErrorKind, GatewayError};
 use crate::observe::metrics::PaginationAction;
 use crate::pagination::ResponseCap;
 use crate::ratelimit::{key_material, RouteLimiter, Verdict};

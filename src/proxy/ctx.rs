@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use http::HeaderValue;
 
-use super::errors::GatewayError;
 use crate::balance::InFlightGuard;
+use crate::errors::GatewayError;
 use crate::observe::metrics::{PaginationAction, TryOutcome};
 use crate::observe::trace_context::TraceContext;
 use crate::state::Runtime;

@@ -5,8 +5,8 @@
 pub mod admission;
 pub mod ctx;
 pub mod deadlines;
-pub mod errors;
 pub mod headers;
+pub mod observer;
 pub mod path;
 pub mod refusals;
 pub mod respond;
@@ -25,14 +25,14 @@ use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::clock::now_ms;
+use crate::errors::{ErrorKind, GatewayError};
 use crate::observe::metrics::{self, TryOutcome};
 use crate::observe::trace_context::TraceContext;
-use crate::observe::Observer;
 use crate::state::Shared;
 use ctx::ClientGone;
 pub use ctx::RequestCtx;
-use errors::{ErrorKind, GatewayError};
 use headers::RequestScan;
+pub use observer::Observer;
 
 /// The agentgate proxy service.
 pub struct Gateway {

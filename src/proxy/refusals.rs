@@ -34,9 +34,9 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::errors::{json_body, ErrorKind, GatewayError};
+use super::observer::{Observer, Refusal};
+use crate::errors::{json_body, ErrorKind, GatewayError};
 use crate::observe::trace_context::{hex_string, random_trace_id};
-use crate::observe::{Observer, Refusal};
 use crate::state::Shared;
 
 /// The refusals pingora writes itself, by the status line it starts with.

@@ -12,8 +12,8 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
-use super::errors::{json_body, ErrorKind, GatewayError};
 use super::headers;
+use crate::errors::{json_body, ErrorKind, GatewayError};
 
 /// Writes a JSON error response and records it in the context.
 pub async fn send_error(

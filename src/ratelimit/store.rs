@@ -8,15 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use crate::config::validate::redact_url;
 use crate::observe::metrics;
-use crate::state::Shared;
 
 /// Token bucket with continuous refill, on Redis' clock so every replica agrees.
 /// KEYS[1] bucket; ARGV rate (per second), burst, tokens wanted.
@@ -133,7 +129,7 @@ impl RedisStore {
     }
 
     /// Connects (first time) or pings; marks the store up or down.
-    async fn probe(&self) {
+    pub async fn probe(&self) {
         if self.connection.load().is_none() {
             let client = match redis::Client::open(self.url.as_str()) {
                 Ok(c) => c,
@@ -174,36 +170,6 @@ impl RedisStore {
             Ok(Ok(_)) => self.set_up(true, ""),
             Ok(Err(e)) => self.set_up(false, &e.to_string()),
             Err(_) => self.set_up(false, "ping timed out"),
-        }
-    }
-}
-
-/// Keeps the store's reachability current: probes every 500 ms while down, every 2 s
-/// while up.
-pub struct StoreProbe {
-    pub shared: Arc<Shared>,
-}
-
-#[async_trait]
-impl BackgroundService for StoreProbe {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            let store = self.shared.rate_limit_store();
-            let pause = match &store {
-                Some(s) => {
-                    s.probe().await;
-                    if s.is_up() {
-                        Duration::from_secs(2)
-                    } else {
-                        Duration::from_millis(500)
-                    }
-                }
-                None => Duration::from_secs(1),
-            };
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                _ = tokio::time::sleep(pause) => {}
-            }
         }
     }
 }

@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::notify::{AmAlert, Notification, Notifier};
-use super::window::quantile;
-use super::{AlertState, AlertStatus};
+use crate::alerts::notify::{AmAlert, Notification, Notifier};
+use crate::alerts::window::quantile;
+use crate::alerts::{AlertState, AlertStatus};
 use crate::clock::now_ms;
 use crate::config::{Signal, Threshold};
 use crate::observe::{logger, metrics};

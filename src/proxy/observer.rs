@@ -1,0 +1,435 @@
+//! Records a finished request: metrics, its access log line, its spans, the alert
+//! windows. `Observer::finish_request` is the one place that happens; it stands above
+//! the telemetry primitives of `observe`, which know nothing of a request's state.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use pingora::proxy::Session;
+use pingora::Error;
+
+use super::RequestCtx;
+use crate::config::{AccessLogTarget, Config};
+use crate::observe::access_log::{self, AccessRecord};
+use crate::observe::line_writer::{LineWriter, Sink};
+use crate::observe::otlp::{self, Kind, PrebuiltValue, SpanHead};
+use crate::observe::spans::SpanSink;
+use crate::observe::{json, logger, metrics};
+use crate::state::Shared;
+
+/// Records finished requests: metrics, access log line, spans.
+pub struct Observer {
+    access_log: ArcSwapOption<LineWriter>,
+    access_target: Mutex<Option<AccessLogTarget>>,
+    /// Span export, when `[trace].otlp_endpoint` is set (fixed at start).
+    spans: Option<SpanSink>,
+    /// `server.address` and `server.port` of this gateway, encoded once.
+    server_attrs: Vec<u8>,
+}
+
+/// Bytes of access log one worker thread may have waiting for the writer.
+const ACCESS_LOG_BUFFER: usize = 8 << 20;
+
+fn access_log_dropped() {
+    metrics::access_log_dropped();
+}
+
+impl Observer {
+    pub fn new(config: &Config) -> std::io::Result<Arc<Observer>> {
+        let spans = match &config.trace.otlp_endpoint {
+            Some(endpoint) => Some(SpanSink::start(endpoint, &config.trace.service_name)?),
+            None => None,
+        };
+        let observer = Arc::new(Observer {
+            access_log: ArcSwapOption::empty(),
+            access_target: Mutex::new(None),
+            spans,
+            server_attrs: otlp::prebuilt(&[
+                (
+                    "server.address",
+                    PrebuiltValue::Str(&config.server.listen.ip().to_string()),
+                ),
+                (
+                    "server.port",
+                    PrebuiltValue::Int(config.server.listen.port() as i64),
+                ),
+            ]),
+        });
+        observer.apply(config)?;
+        Ok(observer)
+    }
+
+    /// Applies the log settings of a (re)loaded config.
+    pub fn apply(&self, config: &Config) -> std::io::Result<()> {
+        let mut current = self.access_target.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref() == Some(&config.log.access_log) {
+            return Ok(());
+        }
+        let writer = match &config.log.access_log {
+            AccessLogTarget::Off => None,
+            AccessLogTarget::Stdout => Some(LineWriter::start(
+                Sink::Stdout,
+                ACCESS_LOG_BUFFER,
+                access_log_dropped,
+            )?),
+            AccessLogTarget::File(p) => Some(LineWriter::start(
+                Sink::File(p.clone()),
+                ACCESS_LOG_BUFFER,
+                access_log_dropped,
+            )?),
+        };
+        self.access_log.store(writer.map(Arc::new));
+        *current = Some(config.log.access_log.clone());
+        Ok(())
+    }
+
+    /// Writes out queued log lines (at shutdown).
+    pub fn flush(&self) {
+        if let Some(w) = self.access_log.load_full() {
+            w.flush();
+        }
+        if let Some(s) = &self.spans {
+            s.flush(std::time::Duration::from_secs(5));
+        }
+    }
+
+    /// Records one finished request. Runs in pingora's logging phase, for every request.
+    pub fn finish_request(
+        &self,
+        shared: &Shared,
+        session: &Session,
+        _e: Option<&Error>,
+        ctx: &mut RequestCtx,
+    ) {
+        let Some(runtime) = ctx.runtime.as_ref() else {
+            return;
+        };
+        let Some(start) = ctx.start else { return };
+        let elapsed = start.elapsed();
+        let first_byte = ctx.first_byte_wait();
+        let req = session.req_header();
+        let route_rt = ctx.route.map(|r| &runtime.routes[r]);
+        let route_metrics = route_rt
+            .map(|r| &r.metrics)
+            .unwrap_or(&shared.unmatched_metrics);
+
+        route_metrics.in_flight.decrement(1.0);
+        route_metrics.record_request(
+            &req.method,
+            ctx.status.max(if ctx.cancelled() { 499 } else { 0 }),
+            elapsed,
+        );
+        let upstream_wait = ctx.upstream_elapsed();
+        route_metrics
+            .overhead
+            .record(elapsed.saturating_sub(upstream_wait));
+        if ctx.stream_counted {
+            route_metrics.streams_active.decrement(1.0);
+            if ctx.cancelled() {
+                route_metrics.streams_cancelled.increment(1);
+                let ran = format!("{:.3}", elapsed.as_secs_f64());
+                logger::event(
+                    log::Level::Info,
+                    &format!("client closed a stream after {ran}s: upstream request cancelled"),
+                    &[
+                        ("stream_seconds", &ran),
+                        (
+                            "route",
+                            route_rt
+                                .map(|r| r.route.name.as_str())
+                                .unwrap_or("unmatched"),
+                        ),
+                        ("request_id", ctx.request_id_str()),
+                        ("trace_id", &ctx.trace_id_string()),
+                    ],
+                );
+            }
+        }
+        if let Some(p) = ctx.pagination {
+            route_metrics.record_pagination(p);
+        }
+        if ctx.rate_limited {
+            route_metrics.rate_limited.increment(1);
+        }
+        self.record_alert_windows(runtime, route_rt, ctx, elapsed, first_byte);
+
+        let writer = self.access_log.load();
+        let span_sink = self
+            .spans
+            .as_ref()
+            .filter(|_| ctx.trace.is_some_and(|t| t.sampled));
+        if writer.is_none() && span_sink.is_none() {
+            return;
+        }
+        let query = redacted_query(req, runtime);
+        let times = Times {
+            start_unix_ns: crate::clock::unix_nanos_at(start),
+            elapsed,
+        };
+        if let Some(sink) = span_sink {
+            self.export_spans(sink, runtime, req, query.as_deref(), ctx, times);
+        }
+        let Some(writer) = writer.as_ref() else {
+            return;
+        };
+        let backend = match (route_rt, ctx.backend) {
+            (Some(r), Some(b)) => runtime.upstreams[r.route.upstream].backend_log_names.get(b),
+            _ => None,
+        };
+        let record = AccessRecord {
+            finished: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(times.end_unix_ns()),
+            request_id: ctx.request_id_str(),
+            trace: ctx.trace.map(|t| (t.trace_id, t.span_id)),
+            route: route_rt
+                .map(|r| &r.log_route)
+                .unwrap_or(&shared.unmatched_log_name),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            query: query.as_deref(),
+            status: ctx.status,
+            upstream: route_rt.map(|r| &runtime.upstreams[r.route.upstream].log_name),
+            backend,
+            duration: elapsed,
+            upstream_first_byte: first_byte,
+            bytes_in: ctx.bytes_in,
+            bytes_out: ctx.bytes_out,
+            client_ip: ctx.client_ip,
+            retries: ctx.tries.saturating_sub(1),
+            rate_limited: ctx.rate_limited,
+            pagination: ctx.pagination.map(|p| p.as_str()),
+            error: ctx.error_code(),
+            key_id: ctx.key_id.as_deref(),
+        };
+        writer.write_with(|line| access_log::format_into(line, &record, &runtime.config.log));
+    }
+}
+
+/// A request pingora refused before any proxy phase ran (see `proxy::refusals`).
+pub struct Refusal<'a> {
+    pub status: u16,
+    pub code: &'a str,
+    pub request_id: &'a str,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub duration: std::time::Duration,
+}
+
+impl Observer {
+    /// Records a refused request as an unmatched one: its metrics and an access log
+    /// line whose method and path are `-` (the request could not be read as one).
+    pub fn record_refusal(&self, shared: &Shared, refusal: &Refusal<'_>) {
+        // CONNECT is the one refusal with a known method; the rest are `-` (OTHER in
+        // the metrics).
+        let method = if refusal.status == 405 {
+            http::Method::CONNECT
+        } else {
+            http::Method::from_bytes(b"-").unwrap_or_default()
+        };
+        shared
+            .unmatched_metrics
+            .record_request(&method, refusal.status, refusal.duration);
+        let Some(writer) = self.access_log.load_full() else {
+            return;
+        };
+        let runtime = shared.runtime.load();
+        let record = AccessRecord {
+            finished: std::time::SystemTime::now(),
+            request_id: refusal.request_id,
+            trace: None,
+            route: &shared.unmatched_log_name,
+            method: method.as_str(),
+            path: "-",
+            query: None,
+            status: refusal.status,
+            upstream: None,
+            backend: None,
+            duration: refusal.duration,
+            upstream_first_byte: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            client_ip: refusal.client_ip,
+            retries: 0,
+            rate_limited: false,
+            pagination: None,
+            error: Some(refusal.code),
+            key_id: None,
+        };
+        writer.write_with(|line| access_log::format_into(line, &record, &runtime.config.log));
+    }
+}
+
+impl Observer {
+    /// Feeds the per-second windows the in-process alert rules read.
+    fn record_alert_windows(
+        &self,
+        runtime: &crate::state::Runtime,
+        route_rt: Option<&crate::state::RouteRuntime>,
+        ctx: &RequestCtx,
+        elapsed: std::time::Duration,
+        first_byte: Option<std::time::Duration>,
+    ) {
+        let route_window = route_rt.and_then(|r| r.window.as_ref());
+        if route_window.is_none() && runtime.all_window.is_none() {
+            return;
+        }
+        let first_byte_s = first_byte.map(|d| d.as_secs_f64());
+        let outcome = crate::alerts::window::Outcome {
+            error: ctx.status >= 500 || ctx.error.as_ref().is_some_and(|e| e.kind.status() >= 500),
+            rate_limited: ctx.rate_limited,
+            latency_s: elapsed.as_secs_f64(),
+            first_byte_s,
+        };
+        let now_s = (ctx.start_ms + elapsed.as_millis() as u64) / 1000;
+        if let Some(w) = route_window {
+            w.record(now_s, outcome);
+        }
+        if let Some(w) = &runtime.all_window {
+            w.record(now_s, outcome);
+        }
+    }
+
+    /// The server span of the request and the client span of its (last) upstream call.
+    fn export_spans(
+        &self,
+        sink: &SpanSink,
+        runtime: &crate::state::Runtime,
+        req: &pingora::http::RequestHeader,
+        query: Option<&str>,
+        ctx: &RequestCtx,
+        times: Times,
+    ) {
+        let (Some(start), Some(trace)) = (ctx.start, ctx.trace) else {
+            return;
+        };
+        let start_ns = times.start_unix_ns;
+        let at =
+            |t: std::time::Instant| start_ns + t.saturating_duration_since(start).as_nanos() as u64;
+        let route_rt = ctx.route.map(|r| &runtime.routes[r]);
+        // Semantic conventions: known methods by name, anything else as _OTHER.
+        let method: &'static str = match metrics::method_label(&req.method) {
+            "OTHER" => "_OTHER",
+            m => m,
+        };
+        let error = ctx.error_code();
+        let backend = match (route_rt, ctx.backend) {
+            (Some(r), Some(b)) => runtime.upstreams[r.route.upstream]
+                .backend_span_attrs
+                .get(b),
+            _ => None,
+        };
+        let server_end = times.end_unix_ns();
+        let client_span = match (ctx.upstream_sent_at, backend) {
+            (Some(sent), Some(b)) => Some((sent, b)),
+            _ => None,
+        };
+        let server_name: [&str; 3] = match route_rt {
+            Some(r) => [method, " ", r.route.path_prefix.as_str()],
+            None => [method, "", ""],
+        };
+        let server = SpanHead {
+            name: &server_name,
+            kind: Kind::Server,
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+            parent: trace.parent_span_id.map(|p| (p, true)),
+            start_unix_nanos: start_ns,
+            end_unix_nanos: server_end,
+            error: if ctx.status >= 500 {
+                error.or(Some("server error"))
+            } else {
+                None
+            },
+        };
+        sink.record(1 + client_span.is_some() as u64, |spans| {
+            spans.span(&server, |b| {
+                otlp::str_attr(b, "http.request.method", method);
+                otlp::str_attr(b, "url.path", req.uri.path());
+                otlp::int_attr(b, "http.response.status_code", ctx.status as i64);
+                b.extend_from_slice(&self.server_attrs);
+                otlp::str_attr(b, "agentgate.request_id", ctx.request_id_str());
+                otlp::int_attr(b, "agentgate.retries", ctx.tries.saturating_sub(1) as i64);
+                otlp::bool_attr(b, "agentgate.rate_limited", ctx.rate_limited);
+                if let Some(q) = query {
+                    otlp::str_attr(b, "url.query", q);
+                }
+                if let Some(ip) = ctx.client_ip {
+                    otlp::text_attr(b, "client.address", json::IpText::new(ip).as_bytes());
+                }
+                if let Some(r) = route_rt {
+                    b.extend_from_slice(&r.span_attrs);
+                }
+                if let Some(backend) = backend {
+                    b.extend_from_slice(&backend.backend);
+                }
+                if let Some(p) = ctx.pagination {
+                    otlp::str_attr(b, "agentgate.pagination", p.as_str());
+                }
+                if let Some(k) = &ctx.key_id {
+                    otlp::str_attr(b, "agentgate.key_id", k);
+                }
+                if let Some(e) = error {
+                    otlp::str_attr(b, "error.type", e);
+                }
+            });
+            let Some((sent, backend)) = client_span else {
+                return;
+            };
+            let client = SpanHead {
+                name: &[method],
+                kind: Kind::Client,
+                trace_id: trace.trace_id,
+                span_id: ctx.upstream_span_id,
+                parent: Some((trace.span_id, false)),
+                start_unix_nanos: at(sent),
+                end_unix_nanos: ctx.response_done_at.map(at).unwrap_or(server_end),
+                error: match ctx.upstream_status {
+                    Some(s) if s >= 500 => Some("server error"),
+                    None => error.or(Some("no response")),
+                    _ => None,
+                },
+            };
+            spans.span(&client, |b| {
+                otlp::str_attr(b, "http.request.method", method);
+                b.extend_from_slice(&backend.address_port);
+                match query {
+                    Some(q) => otlp::str_parts_attr(
+                        b,
+                        "url.full",
+                        &[&backend.origin, req.uri.path(), "?", q],
+                    ),
+                    None => otlp::str_parts_attr(b, "url.full", &[&backend.origin, req.uri.path()]),
+                }
+                otlp::int_attr(
+                    b,
+                    "http.request.resend_count",
+                    ctx.tries.saturating_sub(1) as i64,
+                );
+                if let Some(s) = ctx.upstream_status {
+                    otlp::int_attr(b, "http.response.status_code", s as i64);
+                }
+            });
+        });
+    }
+}
+
+/// When a finished request ran, on the wall clock (its instants converted once).
+#[derive(Clone, Copy)]
+struct Times {
+    start_unix_ns: u64,
+    elapsed: std::time::Duration,
+}
+
+impl Times {
+    fn end_unix_ns(&self) -> u64 {
+        self.start_unix_ns + self.elapsed.as_nanos() as u64
+    }
+}
+
+/// The request's query with redacted parameter values replaced (borrowed when none is).
+fn redacted_query<'a>(
+    req: &'a pingora::http::RequestHeader,
+    runtime: &crate::state::Runtime,
+) -> Option<std::borrow::Cow<'a, str>> {
+    req.uri
+        .query()
+        .map(|q| access_log::redact_query_string(q, &runtime.config.log.redact_query_params))
+}
