@@ -70,10 +70,8 @@ thread_local! {
     /// Set by the proxy during a poll of the request once its header is read.
     static HEADER_READ: Cell<bool> = const { Cell::new(true) };
     static UPSTREAM_ASK: Cell<UpstreamAsk> = const { Cell::new(UpstreamAsk::Keep) };
-    /// Whether the running request's upstream deadline fired (its try failed for that).
-    static UPSTREAM_FIRED: Cell<bool> = const { Cell::new(false) };
-    /// Whether the running request was ended because its client stopped reading.
-    static CLIENT_STALLED: Cell<bool> = const { Cell::new(false) };
+    /// What the running request's upstream deadline found when it passed, if it did.
+    static FIRED: Cell<Fired> = const { Cell::new(Fired::No) };
     /// This thread's shard of the slot table.
     static SHARD: usize = next_shard();
 }
@@ -86,7 +84,12 @@ pub fn mark_header_read() {
 /// Starts (or restarts, for the idle limit on each chunk) the upstream deadline of the
 /// running request on connection `fd`.
 pub fn arm_upstream(fd: RawFd, local: Option<std::net::SocketAddr>, limit: Duration) {
-    UPSTREAM_FIRED.with(|f| f.set(false));
+    // A new try starts unjudged; a client that stalled stays the request's verdict.
+    FIRED.with(|f| {
+        if f.get() == Fired::Upstream {
+            f.set(Fired::No)
+        }
+    });
     UPSTREAM_ASK.with(|a| {
         a.set(UpstreamAsk::Arm {
             fd,
@@ -103,12 +106,22 @@ pub fn disarm_upstream() {
 
 /// Whether the running request's upstream try was cut by its deadline.
 pub fn upstream_fired() -> bool {
-    UPSTREAM_FIRED.with(Cell::get)
+    FIRED.with(Cell::get) == Fired::Upstream
 }
 
 /// Whether the running request was ended because its client stopped reading.
 pub fn client_stalled() -> bool {
-    CLIENT_STALLED.with(Cell::get)
+    FIRED.with(Cell::get) == Fired::ClientStalled
+}
+
+/// What an upstream deadline found when it passed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fired {
+    No,
+    /// The agent was silent: its try failed for that.
+    Upstream,
+    /// The client had stopped reading: the request ended as the client's failure.
+    ClientStalled,
 }
 
 const SHARDS: usize = 16;
@@ -257,11 +270,19 @@ impl Upstream {
         if now.as_ref().and_then(|a| a.as_inet()) != Some(&local) {
             return;
         }
-        // SAFETY: the descriptor is open (pingora holds the connection while its read is
-        // pending, and it was just checked to be that socket); shutdown leaves it open.
-        unsafe {
-            libc::shutdown(self.fd, libc::SHUT_RDWR);
-        }
+        // The descriptor is open: pingora holds the connection while its read is
+        // pending, and it was just checked to be that socket.
+        shut_down(self.fd);
+    }
+}
+
+/// Shuts socket `fd` down both ways: its pending reads and writes fail now, and the
+/// descriptor stays open for its owner to close. The caller knows `fd` is open.
+fn shut_down(fd: RawFd) {
+    // SAFETY: shutdown(2) takes no pointers; on an open socket it only changes the
+    // socket's state, and the descriptor itself is left for its owner.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
     }
 }
 
@@ -287,10 +308,8 @@ struct Race<'a, R> {
     client_fd: Option<RawFd>,
     /// The upstream connection while an upstream deadline is armed.
     upstream: Option<Upstream>,
-    /// The upstream deadline fired (kept for the phases that classify the failure).
-    fired: bool,
-    /// The client stopped reading (kept for the phases that classify the failure).
-    client_stalled: bool,
+    /// What the upstream deadline found (kept for the phases that classify the failure).
+    fired: Fired,
     ticket: Option<Ticket>,
 }
 
@@ -332,28 +351,24 @@ impl<R: Future> Future for Race<'_, R> {
             if let Some(upstream) = self.upstream.take() {
                 match self.client_fd {
                     Some(fd) if unsent_bytes(fd) > 0 => {
-                        // SAFETY: the client socket is open while its request runs;
-                        // shutdown fails its pending write and leaves it open.
-                        unsafe {
-                            libc::shutdown(fd, libc::SHUT_RDWR);
-                        }
-                        self.client_stalled = true;
+                        // The client socket is open while its request runs.
+                        shut_down(fd);
+                        self.fired = Fired::ClientStalled;
                     }
-                    _ => self.fired = true,
+                    _ => self.fired = Fired::Upstream,
                 }
                 upstream.cut();
             }
         }
         HEADER_READ.with(|f| f.set(self.header_read));
-        UPSTREAM_FIRED.with(|f| f.set(self.fired));
-        CLIENT_STALLED.with(|f| f.set(self.client_stalled));
+        FIRED.with(|f| f.set(self.fired));
         UPSTREAM_ASK.with(|a| a.set(UpstreamAsk::Keep));
         let polled = self.request.as_mut().poll(cx);
         if let Poll::Ready(done) = polled {
             self.release();
             return Poll::Ready(Some(done));
         }
-        self.fired = UPSTREAM_FIRED.with(Cell::get);
+        self.fired = FIRED.with(Cell::get);
         let was_waiting_for_header = !self.header_read;
         self.header_read = HEADER_READ.with(Cell::get);
         if !self.header_read {
@@ -429,8 +444,7 @@ where
             header_read: false,
             client_fd,
             upstream: None,
-            fired: false,
-            client_stalled: false,
+            fired: Fired::No,
             ticket: None,
         }
         .await;
