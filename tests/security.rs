@@ -452,6 +452,11 @@ async fn malformed_and_smuggling_shaped_requests_are_refused() {
         };
         assert_eq!(body["error"]["code"], code, "{name}");
         assert_eq!(r.header("connection"), Some("close"), "{name}");
+        assert!(
+            r.header("server-timing")
+                .is_some_and(|t| t.starts_with("gateway;dur=")),
+            "{name}: no server-timing in {r:?}"
+        );
         ids.push((*name, id.to_string()));
     }
     // Each refusal is an access log line under its request id, pingora's own included.

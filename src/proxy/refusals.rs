@@ -78,7 +78,9 @@ fn canned_refusal(buf: &[u8]) -> Option<(ErrorKind, &'static str)> {
 }
 
 /// The gateway's response in place of a canned refusal: §3's JSON body, the request id
-/// in a header and the body, and `connection: close` (pingora closes after it).
+/// in a header and the body, `server-timing` as on every response (zero: pingora
+/// refused before the gateway's clock started), and `connection: close` (pingora
+/// closes after it).
 fn replacement(kind: ErrorKind, message: &'static str, request_id: &str) -> Vec<u8> {
     let body = json_body(&GatewayError::new(kind, message), request_id);
     let status = kind.status();
@@ -87,7 +89,7 @@ fn replacement(kind: ErrorKind, message: &'static str, request_id: &str) -> Vec<
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nx-request-id: {request_id}\r\nserver-timing: gateway;dur=0, upstream;dur=0\r\nconnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
