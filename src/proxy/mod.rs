@@ -330,7 +330,7 @@ impl ProxyHttp for Gateway {
         // No idle timer on pooled connections: pingora already watches every idle one
         // and drops it when the agent closes it, and a timer here would be armed and
         // cancelled on every request. A connection the network dropped silently costs
-        // one retry (`error_while_proxy` allows an extra try on a reused connection).
+        // one of the request's `retries` (never an extra try: see `error_while_proxy`).
         peer.options.idle_timeout = None;
         // The gateway strips hop-by-hop and Connection-nominated headers itself, from
         // the one scan of the request's headers made on arrival (`RequestScan`), and
