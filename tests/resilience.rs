@@ -343,7 +343,16 @@ async fn reload_under_load_fails_nothing_and_keeps_open_streams() {
         let r = c.get(gw.url("/sse/20/100")).send().await.unwrap();
         async move { read_events(r).await }
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The reload lands with the stream open and the load well under way.
+    wait_until(
+        Duration::from_secs(5),
+        "the stream and the load to reach the agent",
+        || {
+            let targets = b.targets();
+            let load = targets.iter().filter(|t| *t == "/echo").count();
+            (targets.iter().any(|t| t == "/sse/20/100") && load >= 20).then_some(())
+        },
+    );
 
     // a new route and a rate limit on the old one
     let new = gw.config_text().replace(
@@ -461,7 +470,11 @@ async fn sigterm_drains_open_streams_then_exits() {
     let c = client();
     let r = c.get(gw.url("/sse/15/100")).send().await.unwrap();
     let stream = tokio::spawn(read_events(r));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until(
+        Duration::from_secs(5),
+        "the stream to reach the agent",
+        || b.targets().iter().any(|t| t == "/sse/15/100").then_some(()),
+    );
     let signalled = Instant::now();
     gw.send_signal(libc::SIGTERM);
     wait_for(Duration::from_millis(500), "readyz to turn 503", || {
