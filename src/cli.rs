@@ -1,7 +1,6 @@
 //! The command line (SPEC §1).
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -33,8 +32,10 @@ pub enum Command {
         config: PathBuf,
     },
     /// Run three demo agents and the gateway in front of them.
+    #[cfg(feature = "demo")]
     Demo,
     /// Run one demo agent.
+    #[cfg(feature = "demo")]
     DemoAgent {
         #[arg(long)]
         listen: String,
@@ -101,13 +102,15 @@ pub fn main() -> i32 {
                 2
             }
         },
+        #[cfg(feature = "demo")]
         Command::Demo => crate::demo::run_demo(),
+        #[cfg(feature = "demo")]
         Command::DemoAgent {
             listen,
             name,
             token_delay,
         } => {
-            let listen: SocketAddr = match config::validate::parse_socket_addr(&listen) {
+            let listen: std::net::SocketAddr = match config::validate::parse_socket_addr(&listen) {
                 Ok(a) => a,
                 Err(e) => {
                     eprintln!("--listen: {e}");

@@ -11,7 +11,7 @@
 //!   services over the live state);
 //! - control: `reload` (hot reload), `admin` (the admin listener);
 //! - `server` (bootstrap and shutdown);
-//! - entry points: `cli`, `demo` (demo agents).
+//! - entry points: `cli`, `demo` (demo agents, behind the default `demo` feature).
 
 pub mod admin;
 pub mod alerts;
@@ -21,6 +21,7 @@ pub mod balance;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod errors;
 pub mod observe;
