@@ -5,10 +5,9 @@
 use bytes::Bytes;
 use http::header::HeaderMap;
 use pingora::http::RequestHeader;
-use pingora::prelude::*;
 use pingora::proxy::Session;
 
-use super::ctx::RequestCtx;
+use super::ctx::{RateNote, Request, Routed};
 use super::headers::{self, RequestScan};
 use super::respond::ResponseScan;
 use super::routing::find_route;
@@ -23,25 +22,11 @@ use crate::state::Shared;
 pub async fn admit(
     _shared: &Shared,
     session: &mut Session,
-    ctx: &mut RequestCtx,
+    ctx: &mut Request,
     scan: &RequestScan,
 ) -> Result<(), GatewayError> {
-    let Some(runtime) = ctx.runtime.clone() else {
-        return Err(GatewayError::new(ErrorKind::BadRequest, "no config loaded"));
-    };
+    let runtime = std::sync::Arc::clone(&ctx.runtime);
     let config = &runtime.config;
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-    ctx.peer_ip = Some(peer);
-    ctx.client_ip = Some(headers::client_ip(
-        peer,
-        &session.req_header().headers,
-        &config.server.trusted_proxies,
-    ));
-
     if let Err(e) = normalize_target(session.req_header_mut()) {
         _shared.unmatched_metrics.in_flight.increment(1.0);
         return Err(e);
@@ -59,7 +44,10 @@ pub async fn admit(
             ),
         ));
     };
-    ctx.route = Some(route_index);
+    ctx.route = Some(Routed {
+        route: route_index,
+        upstream: config.routes[route_index].upstream,
+    });
     runtime.routes[route_index].metrics.in_flight.increment(1.0);
 
     check_framing(req, scan, session.get_keepalive().is_none())?;
@@ -84,14 +72,14 @@ fn authenticate(
     config: &Config,
     route: &Route,
     req: &RequestHeader,
-    ctx: &mut RequestCtx,
+    ctx: &mut Request,
 ) -> Result<(), GatewayError> {
     let Some(auth) = &config.auth else {
         return Ok(());
     };
     let presented = crate::auth::presented_key(&req.headers);
-    ctx.key_id = presented.and_then(|k| crate::auth::tenant_for(&auth.keys, k));
-    if route.auth && ctx.key_id.is_none() {
+    ctx.client.key_id = presented.and_then(|k| crate::auth::tenant_for(&auth.keys, k));
+    if route.auth && ctx.client.key_id.is_none() {
         let message = if presented.is_some() {
             "the API key is not recognised"
         } else {
@@ -105,16 +93,13 @@ fn authenticate(
 async fn rate_limit(
     limiter: &RouteLimiter,
     req: &RequestHeader,
-    ctx: &mut RequestCtx,
+    ctx: &mut Request,
 ) -> Result<(), GatewayError> {
     let mut ip_buf = [0u8; 16];
-    let client_ip = ctx
-        .client_ip
-        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let material = key_material(
         &limiter.rule,
-        client_ip,
-        ctx.key_id.as_deref(),
+        ctx.client.ip,
+        ctx.client.key_id.as_deref(),
         &req.headers,
         &mut ip_buf,
     );
@@ -124,7 +109,12 @@ async fn rate_limit(
             remaining,
             reset_s,
         } => {
-            ctx.rate_limit_headers = Some((limit, remaining, reset_s));
+            ctx.policy.rate_limit = Some(RateNote {
+                limit,
+                remaining,
+                reset_s,
+                denied_retry_after_s: None,
+            });
             Ok(())
         }
         Verdict::Deny {
@@ -132,9 +122,12 @@ async fn rate_limit(
             retry_after_s,
             reset_s,
         } => {
-            ctx.rate_limit_headers = Some((limit, 0, reset_s.max(retry_after_s)));
-            ctx.retry_after_s = retry_after_s;
-            ctx.rate_limited = true;
+            ctx.policy.rate_limit = Some(RateNote {
+                limit,
+                remaining: 0,
+                reset_s: reset_s.max(retry_after_s),
+                denied_retry_after_s: Some(retry_after_s),
+            });
             Err(GatewayError::new(
                 ErrorKind::RateLimited,
                 format!(
@@ -149,20 +142,20 @@ async fn rate_limit(
 fn paginate(
     rule: &PaginationRule,
     session: &mut Session,
-    ctx: &mut RequestCtx,
+    ctx: &mut Request,
 ) -> Result<(), GatewayError> {
     let uri = &session.req_header().uri;
     let path = uri.path();
     let enforced = match crate::pagination::enforce_after(rule, &[path, "?"], uri.query()) {
         Ok(e) => e,
         Err(e) => {
-            ctx.pagination = Some(PaginationAction::Rejected);
+            ctx.policy.pagination = Some(PaginationAction::Rejected);
             return Err(e);
         }
     };
-    ctx.response_cap = Some(ResponseCap::new(rule.max_response_bytes));
-    ctx.pagination = enforced.action;
-    ctx.pagination_clamped = enforced.clamped;
+    ctx.policy.response_cap = Some(ResponseCap::new(rule.max_response_bytes));
+    ctx.policy.pagination = enforced.action;
+    ctx.policy.pagination_clamped = enforced.clamped;
     if let Some(target) = enforced.query {
         // `target` is the path and the rewritten query.
         let new_uri = http::uri::PathAndQuery::from_maybe_shared(Bytes::from(target))
@@ -280,23 +273,18 @@ fn check_declared_length(scan: &RequestScan, limit: u64) -> Result<(), GatewayEr
 
 /// Edits the request the agent receives: forwarding and trace headers, hop-by-hop
 /// headers removed.
-pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &Request) {
     headers::edit_request(req, |map| prepare_upstream_headers(map, ctx));
-    Ok(())
 }
 
-fn prepare_upstream_headers(map: &mut HeaderMap, ctx: &RequestCtx) {
+fn prepare_upstream_headers(map: &mut HeaderMap, ctx: &Request) {
     // What the scan on arrival found: every try's request is a copy of the client's, so
     // it holds the same hop-by-hop headers.
-    ctx.request_hop_by_hop.strip(map);
-    let Some(runtime) = &ctx.runtime else {
-        return;
-    };
+    ctx.hop_by_hop.strip(map);
     // Room for the four headers below: the map grows once, not on every insert.
     map.reserve(4);
-    let trusted = &runtime.config.server.trusted_proxies;
-    // Resolved once in `admit`.
-    let peer = ctx.peer_ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let trusted = &ctx.runtime.config.server.trusted_proxies;
+    let peer = ctx.client.peer_ip;
     let xff = headers::forwarded_for(map, peer, trusted);
     map.insert(headers::X_FORWARDED_FOR, xff);
     if !(headers::is_trusted(peer, trusted) && map.contains_key(headers::X_FORWARDED_PROTO)) {
@@ -305,37 +293,30 @@ fn prepare_upstream_headers(map: &mut HeaderMap, ctx: &RequestCtx) {
             http::HeaderValue::from_static("http"),
         );
     }
-    if let Some(id) = &ctx.request_id {
-        map.insert(headers::X_REQUEST_ID, id.clone());
+    map.insert(headers::X_REQUEST_ID, ctx.id.request_id.clone());
+    if ctx.id.trace.parent_span_id.is_none() && ctx.id.incoming_tracestate {
+        // A new trace: an incoming tracestate belonged to a context we did not accept.
+        map.remove(headers::TRACESTATE);
     }
-    if let Some(trace) = &ctx.trace {
-        if trace.parent_span_id.is_none() && ctx.incoming_tracestate {
-            // A new trace: an incoming tracestate belonged to a context we did not accept.
-            map.remove(headers::TRACESTATE);
-        }
-        if let Some(traceparent) = &ctx.traceparent {
-            map.insert(headers::TRACEPARENT, traceparent.clone());
-        }
-    }
+    map.insert(headers::TRACEPARENT, ctx.id.traceparent.clone());
 }
 
 /// Checks the agent's response header before it reaches the client: a list response
 /// that declares more than the cap is refused whole (502) and its connection dropped.
-pub fn check_upstream_response(scan: &ResponseScan, ctx: &mut RequestCtx) -> Result<()> {
-    let Some(cap) = ctx.response_cap else {
+pub fn check_upstream_response(
+    scan: &ResponseScan,
+    ctx: &mut Request,
+) -> Result<(), GatewayError> {
+    let Some(cap) = ctx.policy.response_cap else {
         return Ok(());
     };
     let declared = scan.content_length.flatten();
     if let Some(len) = declared {
         if len > cap.limit {
-            ctx.pagination = Some(PaginationAction::Oversize);
-            ctx.error = Some(GatewayError::new(
+            ctx.policy.pagination = Some(PaginationAction::Oversize);
+            return Err(GatewayError::new(
                 ErrorKind::UpstreamResponseTooLarge,
                 format!("the agent's list response ({len} bytes) is over the limit of {} bytes; ask for fewer items", cap.limit),
-            ));
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(502),
-                "list response over max_response_bytes",
             ));
         }
     }
@@ -347,31 +328,30 @@ pub fn check_upstream_response(scan: &ResponseScan, ctx: &mut RequestCtx) -> Res
 pub fn check_upstream_body(
     body: &mut Option<Bytes>,
     end: bool,
-    ctx: &mut RequestCtx,
-) -> Result<()> {
-    let Some(cap) = ctx.response_cap.as_mut() else {
+    ctx: &mut Request,
+) -> Result<(), GatewayError> {
+    let Some(cap) = ctx.policy.response_cap.as_mut() else {
         return Ok(());
     };
-    if cap.exhausted {
-        *body = None;
-        return Err(Error::explain(
-            ErrorType::HTTPStatus(502),
-            "list response cut at max_response_bytes",
-        ));
-    }
-    let len = body.as_ref().map(|b| b.len()).unwrap_or(0);
-    if let Some(allowed) = cap.admit(len) {
-        let limit = cap.limit;
-        if let Some(b) = body.as_mut() {
-            *b = b.slice(..allowed);
-        }
-        ctx.pagination = Some(PaginationAction::Oversize);
-        ctx.error = Some(GatewayError::new(
+    let limit = cap.limit;
+    let cut = || {
+        GatewayError::new(
             ErrorKind::UpstreamResponseTooLarge,
             format!(
                 "the agent's streamed list response passed the limit of {limit} bytes and was cut"
             ),
-        ));
+        )
+    };
+    if cap.exhausted {
+        *body = None;
+        return Err(cut());
+    }
+    let len = body.as_ref().map(|b| b.len()).unwrap_or(0);
+    if let Some(allowed) = cap.admit(len) {
+        if let Some(b) = body.as_mut() {
+            *b = b.slice(..allowed);
+        }
+        ctx.policy.pagination = Some(PaginationAction::Oversize);
         crate::observe::logger::event(
             log::Level::Warn,
             "list response cut at max_response_bytes",
@@ -382,11 +362,10 @@ pub fn check_upstream_body(
             ],
         );
         if end {
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(502),
-                "list response cut at max_response_bytes",
-            ));
+            return Err(cut());
         }
+        // The allowed part goes out; the next chunk (or the end) cuts the stream.
+        ctx.outcome.fail(cut());
     }
     Ok(())
 }

@@ -1,81 +1,225 @@
 //! Per-request state carried through the proxy phases.
+//!
+//! pingora makes a context before it has read anything, so the phases' context is an
+//! `Option<Box<Request>>` ([`Ctx`]): `None` until the request header is in, then a
+//! [`Request`] made whole at once (runtime, clock, identity, client). What becomes
+//! known later has a record of its own, made when it is known: the route decision
+//! ([`Routed`]), the tries ([`Tries`], with the try under way as a [`Try`]), the
+//! timing of the upstream exchange ([`Timing`]), the policies' notes for the response
+//! ([`PolicyNotes`]), and how the request ended ([`Outcome`], the one place its failure
+//! is written and read).
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
+use super::deadlines::UpstreamDeadline;
+use super::headers::HopByHop;
+use super::respond::ResponseScan;
+use super::socket::Socket;
 use crate::balance::InFlightGuard;
 use crate::errors::GatewayError;
-use crate::observe::metrics::{PaginationAction, TryOutcome};
+use crate::observe::metrics::PaginationAction;
 use crate::observe::trace_context::TraceContext;
-use crate::state::Runtime;
+use crate::pagination::ResponseCap;
+use crate::state::{RouteRuntime, Runtime, UpstreamRuntime};
 
-#[derive(Default)]
-pub struct RequestCtx {
-    pub start: Option<Instant>,
+/// The proxy phases' context: the request once its header has been read.
+pub type Ctx = Option<Box<Request>>;
+
+/// A request from the moment its header is read to its log line.
+pub struct Request {
+    /// The runtime this request started on; it finishes on it even across a reload.
+    pub runtime: Arc<Runtime>,
+    pub start: Instant,
     /// `start` on the `clock::ms_at` scale.
     pub start_ms: u64,
-    /// The runtime this request started on; it finishes on it even across a reload.
-    pub runtime: Option<Arc<Runtime>>,
-    /// Index into `runtime.routes`.
-    pub route: Option<usize>,
-    pub request_id: Option<HeaderValue>,
-    pub trace: Option<TraceContext>,
+    pub id: Identity,
+    pub client: Client,
+    /// Hop-by-hop headers the request arrived with.
+    pub hop_by_hop: HopByHop,
+    /// The route chosen, once routing found one.
+    pub route: Option<Routed>,
+    pub policy: PolicyNotes,
+    pub tries: Tries,
+    pub timing: Timing,
+    pub outcome: Outcome,
+    /// The agent's response header as scanned on arrival (taken by `response_filter`).
+    pub response_scan: Option<ResponseScan>,
+}
+
+/// How the request and its trace are named.
+pub struct Identity {
+    /// The client's `x-request-id`, or the trace id.
+    pub request_id: HeaderValue,
+    pub trace: TraceContext,
     /// The `traceparent` every try sends upstream (the client span as the parent).
-    pub traceparent: Option<HeaderValue>,
+    pub traceparent: HeaderValue,
     /// Span id of the client span for the upstream call (the upstream's parent).
     pub upstream_span_id: [u8; 8],
-    /// The TCP peer (a proxy, when behind `trusted_proxies`).
-    pub peer_ip: Option<std::net::IpAddr>,
-    /// The client address: the peer, or the one trusted proxies forwarded.
-    pub client_ip: Option<std::net::IpAddr>,
-    pub key_id: Option<Arc<str>>,
-    /// Hop-by-hop headers the request arrived with.
-    pub request_hop_by_hop: super::headers::HopByHop,
-    /// The agent's response header as scanned on arrival (taken by `response_filter`).
-    pub response_scan: Option<super::respond::ResponseScan>,
     /// The request arrived with a `tracestate`.
     pub incoming_tracestate: bool,
+}
 
-    /// Backend index chosen for the current try.
-    pub backend: Option<usize>,
-    /// Bit set of backends tried so far.
-    pub tried: u64,
-    pub tries: u32,
-    pub in_flight: Option<InFlightGuard>,
-    pub last_outcome: Option<TryOutcome>,
-    /// Why the latest try failed, for a retry that finds no backend to try.
-    pub last_try_error: Option<GatewayError>,
-    /// Request body bytes the current try has forwarded (a retry replays the body).
-    pub body_this_try: u64,
+/// Who sent the request.
+pub struct Client {
+    /// The TCP peer (a proxy, when behind `trusted_proxies`).
+    pub peer_ip: IpAddr,
+    /// The client address: the peer, or the one trusted proxies forwarded.
+    pub ip: IpAddr,
+    /// The client socket, for the deadline that tells a stalled client from a silent
+    /// agent (absent on a stream the gateway did not accept itself).
+    pub socket: Option<Socket>,
+    /// The tenant of the API key presented, if one was recognised.
+    pub key_id: Option<Arc<str>>,
+}
 
-    pub upstream_sent_at: Option<Instant>,
-    pub first_byte_at: Option<Instant>,
-    pub response_done_at: Option<Instant>,
-    /// The upstream connection of the current try, for its deadlines.
-    pub connect_fd: Option<std::os::fd::RawFd>,
-    pub connect_local: Option<std::net::SocketAddr>,
+/// The route decision: the route and the upstream it sends to.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed {
+    /// Index into `runtime.routes`.
+    pub route: usize,
+    /// Index into `runtime.upstreams`.
+    pub upstream: usize,
+}
 
-    pub status: u16,
-    /// Status the agent answered with, when it answered.
-    pub upstream_status: Option<u16>,
-    pub error: Option<GatewayError>,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub streaming: bool,
-    pub stream_counted: bool,
-    /// How the client ended the request before its response was complete, if it did.
-    pub client_gone: Option<ClientGone>,
-
-    pub rate_limited: bool,
-    /// `ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset` for the response.
-    pub rate_limit_headers: Option<(u32, u32, u64)>,
+/// What the request's policies add to its response and its log line.
+#[derive(Default)]
+pub struct PolicyNotes {
+    /// The rate limit's verdict, when the route has one.
+    pub rate_limit: Option<RateNote>,
     pub pagination: Option<PaginationAction>,
     /// `x-pagination-clamped: <asked>-><max>`
     pub pagination_clamped: Option<(u64, u64)>,
-    pub response_cap: Option<crate::pagination::ResponseCap>,
-    pub retry_after_s: u64,
+    /// The list response's size cap, on pagination routes.
+    pub response_cap: Option<ResponseCap>,
+}
+
+impl PolicyNotes {
+    /// Whether the rate limit denied the request (429).
+    pub fn rate_limited(&self) -> bool {
+        self.rate_limit
+            .is_some_and(|r| r.denied_retry_after_s.is_some())
+    }
+}
+
+/// `ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset`, and a denial's wait.
+#[derive(Debug, Clone, Copy)]
+pub struct RateNote {
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_s: u64,
+    /// Set when the request was denied (429): seconds until a retry can pass.
+    pub denied_retry_after_s: Option<u64>,
+}
+
+/// The tries against the upstream's backends.
+#[derive(Default)]
+pub struct Tries {
+    pub count: u32,
+    /// Bit set of backends tried so far.
+    pub tried: u64,
+    /// The latest try (kept after it ends: the log names its backend).
+    pub current: Option<Try>,
+    /// Why the latest try failed, for a retry that finds no backend to try.
+    pub last_error: Option<GatewayError>,
+    /// The upstream deadline (first byte, then idle), across the tries.
+    pub deadline: UpstreamDeadline,
+}
+
+/// One try: the backend it went to, and what it holds while it runs.
+pub struct Try {
+    /// Index into the upstream's backends.
+    pub backend: usize,
+    /// Counts the try in the backend's in-flight requests until it ends.
+    in_flight: Option<InFlightGuard>,
+    /// Request body bytes this try has forwarded (a retry replays the body).
+    pub body_bytes: u64,
+    /// The upstream connection, once pingora has one.
+    pub connection: Option<Socket>,
+}
+
+impl Try {
+    pub fn new(backend: usize, in_flight: InFlightGuard) -> Try {
+        Try {
+            backend,
+            in_flight: Some(in_flight),
+            body_bytes: 0,
+            connection: None,
+        }
+    }
+
+    /// The try is over: the backend no longer counts it in flight.
+    pub fn end(&mut self) {
+        self.in_flight = None;
+    }
+}
+
+impl Tries {
+    /// Ends the try under way, if any: out of its backend's in-flight count, and no
+    /// upstream deadline.
+    pub fn end_current(&mut self) {
+        if let Some(t) = &mut self.current {
+            t.end();
+        }
+        self.deadline.disarm();
+    }
+
+    /// Retries made: every try after the first.
+    pub fn retries(&self) -> u32 {
+        self.count.saturating_sub(1)
+    }
+}
+
+/// When the upstream exchange happened.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timing {
+    /// The latest try's request went upstream.
+    pub upstream_sent_at: Option<Instant>,
+    /// Its response header arrived.
+    pub first_byte_at: Option<Instant>,
+    pub response_done_at: Option<Instant>,
+}
+
+impl Timing {
+    /// Request sent upstream -> response header: the agent's time to first byte.
+    pub fn first_byte_wait(&self) -> Option<Duration> {
+        match (self.upstream_sent_at, self.first_byte_at) {
+            (Some(sent), Some(first)) => Some(first.saturating_duration_since(sent)),
+            _ => None,
+        }
+    }
+
+    /// Time the agent spent on this request (sent -> last byte), zero when never sent.
+    pub fn upstream_elapsed(&self) -> Duration {
+        match self.upstream_sent_at {
+            Some(sent) => self
+                .response_done_at
+                .or(self.first_byte_at)
+                .map(|end| end.saturating_duration_since(sent))
+                .unwrap_or_default(),
+            None => Duration::ZERO,
+        }
+    }
+}
+
+/// How the request ended. Its failure is written once ([`Outcome::fail`]: the first
+/// cause stands) and read by everything that reports it: the client's answer, the log's
+/// `error`, the span status, the metrics' status.
+#[derive(Default)]
+pub struct Outcome {
+    /// The status the client got (499 once the client left).
+    pub status: u16,
+    /// Status the agent answered with, when it answered.
+    pub upstream_status: Option<u16>,
+    error: Option<GatewayError>,
+    client_gone: Option<ClientGone>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// The response streams (counted in `agentgate_streams_active` while it runs).
+    pub streaming: bool,
 }
 
 /// How a client ended its request early: both are logged 499 and neither is retried
@@ -88,24 +232,33 @@ pub enum ClientGone {
     StoppedReading,
 }
 
-impl RequestCtx {
+impl Outcome {
+    /// Records why the gateway failed the request; a cause already recorded stands.
+    pub fn fail(&mut self, error: GatewayError) {
+        if self.error.is_none() {
+            self.error = Some(error);
+        }
+    }
+
+    /// The gateway's failure of the request, if it failed it.
+    pub fn error(&self) -> Option<&GatewayError> {
+        self.error.as_ref()
+    }
+
+    /// Records that the client ended the request early. Having stopped reading is the
+    /// more precise verdict and replaces having left.
+    pub fn client_gone(&mut self, how: ClientGone) {
+        match (self.client_gone, how) {
+            (None, _) | (Some(ClientGone::Left), ClientGone::StoppedReading) => {
+                self.client_gone = Some(how)
+            }
+            _ => {}
+        }
+    }
+
     /// Whether the client ended the request before its response was complete.
     pub fn cancelled(&self) -> bool {
         self.client_gone.is_some()
-    }
-
-    pub fn request_id_str(&self) -> &str {
-        self.request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    /// The upstream of the chosen route.
-    pub fn upstream_settings(&self) -> Option<&crate::config::Upstream> {
-        let runtime = self.runtime.as_ref()?;
-        let route = &runtime.routes[self.route?].route;
-        Some(&runtime.config.upstreams[route.upstream])
     }
 
     /// The error code logs and spans report: the gateway's error, or the client leaving.
@@ -118,30 +271,39 @@ impl RequestCtx {
         }
     }
 
-    /// Request sent upstream -> response header: the agent's time to first byte.
-    pub fn first_byte_wait(&self) -> Option<std::time::Duration> {
-        match (self.upstream_sent_at, self.first_byte_at) {
-            (Some(sent), Some(first)) => Some(first.saturating_duration_since(sent)),
-            _ => None,
-        }
+    /// Whether the request counts as a server-side failure (for the alert windows).
+    pub fn is_server_error(&self) -> bool {
+        self.status >= 500 || self.error.as_ref().is_some_and(|e| e.kind.status() >= 500)
+    }
+}
+
+impl Request {
+    pub fn request_id_str(&self) -> &str {
+        self.id.request_id.to_str().unwrap_or("")
     }
 
-    /// The trace id as hex, for log lines (empty before one is assigned).
+    /// The trace id as hex, for log lines.
     pub fn trace_id_string(&self) -> String {
-        self.trace
-            .map(|t| crate::observe::trace_context::hex_string(&t.trace_id))
-            .unwrap_or_default()
+        crate::observe::trace_context::hex_string(&self.id.trace.trace_id)
     }
 
-    /// Time the agent spent on this request (sent -> last byte), zero when never sent.
-    pub fn upstream_elapsed(&self) -> std::time::Duration {
-        match self.upstream_sent_at {
-            Some(sent) => self
-                .response_done_at
-                .or(self.first_byte_at)
-                .map(|end| end.saturating_duration_since(sent))
-                .unwrap_or_default(),
-            None => Default::default(),
-        }
+    /// The chosen route's runtime.
+    pub fn route_runtime(&self) -> Option<&RouteRuntime> {
+        self.route.map(|r| &self.runtime.routes[r.route])
+    }
+
+    /// This request's upstream: the pool, its backends and their handles.
+    pub fn upstream(&self) -> Option<&UpstreamRuntime> {
+        self.route.map(|r| &self.runtime.upstreams[r.upstream])
+    }
+
+    /// The settings of this request's upstream.
+    pub fn upstream_settings(&self) -> Option<&crate::config::Upstream> {
+        self.route.map(|r| &*self.runtime.config.upstreams[r.upstream])
+    }
+
+    /// The backend index of the latest try, if one was made.
+    pub fn backend(&self) -> Option<usize> {
+        self.tries.current.as_ref().map(|t| t.backend)
     }
 }

@@ -3,32 +3,31 @@
 //!
 //! - Header: a client must deliver its whole request header within `header_timeout` of
 //!   the connection (or of the previous response on a kept-alive connection), however it
-//!   trickles the bytes; pingora only bounds each read.
+//!   trickles the bytes; pingora only bounds each read. The request future runs inside
+//!   a [`Race`] ([`Deadlines`] wraps the proxy app) that drops it when the deadline
+//!   passes first; the proxy tells the race the header is in through the connection's
+//!   [`ClientSocket`], which the stream wrapper of `refusals` carries.
 //! - Upstream: the agent must send its response header within `first_byte_timeout` of
-//!   the connection being ready, and no stream may stay silent for `idle_timeout`. When
-//!   one passes, the upstream socket is shut down, the pending read fails, and the proxy
-//!   answers 504 (or cuts the stream) knowing why ([`upstream_fired`]).
+//!   the request being sent, and no stream may stay silent for `idle_timeout`. The
+//!   request holds an [`UpstreamDeadline`] in its own state; when the deadline passes,
+//!   the sweeper shuts the upstream socket down, the proxy's pending read on it fails,
+//!   and the proxy answers 504 (or cuts the stream) knowing why from the handle's
+//!   [`UpstreamDeadline::upstream_fired`].
 //! - Client: when the upstream deadline passes while the client has not taken what was
 //!   already sent to it (its socket's send queue is not empty), the silence is the
 //!   client's: it stopped reading, and the proxy stopped reading the agent because of
 //!   it. Both sockets are shut down and the request ends as the client's failure
-//!   ([`client_stalled`]), never counted against the agent.
+//!   ([`UpstreamDeadline::client_stalled`]), never counted against the agent.
 //!
-//! The proxy app is wrapped ([`Deadlines`]): each request future runs inside a
-//! [`Race`], which holds at most one deadline at a time. The proxy phases say what they
-//! want through thread-local cells the race reads after each poll (a poll runs on one
-//! thread from start to end, and the phases run inside it). A waiting request keeps its
-//! deadline and waker in a slot of a sharded table, and one sweeper thread wakes the
-//! expired ones every [`SWEEP`]: arming is a lock-free check, or an uncontended lock and
-//! a waker clone when the deadline moves; no timer is registered and cancelled per read,
-//! as pingora's per-read timeouts do. Deadlines fire at most two sweeps (0.2 s) late,
-//! never early.
+//! Every waiting deadline sits in a slot of a sharded table, and one sweeper thread
+//! handles the expired ones every [`SWEEP`]: arming is a comparison, or an uncontended
+//! lock when the deadline moves; no timer is registered and cancelled per read, as
+//! pingora's per-read timeouts do. Deadlines fire at most two sweeps (0.2 s) late,
+//! never early. The sockets are shut down through `socket`, under the slot's lock.
 
-use std::cell::Cell;
 use std::future::Future;
-use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -36,13 +35,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
+use super::socket::Socket;
 use crate::clock::now_ms;
 
-/// How often expired deadlines are woken (and so how late one can fire).
+/// How often expired deadlines are handled (and so how late one can fire).
 pub const SWEEP: Duration = Duration::from_millis(100);
 
 /// `now_ms` as of the sweeper's latest round: deadlines are taken from it, so arming
@@ -50,73 +49,66 @@ pub const SWEEP: Duration = Duration::from_millis(100);
 /// early.
 static COARSE_MS: AtomicU64 = AtomicU64::new(0);
 
-/// What the proxy phases asked for during the current poll of a request.
-#[derive(Clone, Copy)]
-enum UpstreamAsk {
-    /// Nothing new: keep what the race holds.
-    Keep,
-    /// (Re)start the upstream deadline: `limit_ms` from now on the connection `fd`
-    /// (`local`: its local address, to recognise the socket when the deadline fires).
-    Arm {
-        fd: RawFd,
-        local: Option<std::net::SocketAddr>,
-        limit_ms: u64,
-    },
-    /// The upstream exchange is over (or failed): no upstream deadline.
-    Disarm,
+fn deadline_after(limit: Duration) -> u64 {
+    COARSE_MS.load(Ordering::Relaxed) + SWEEP.as_millis() as u64 + limit.as_millis() as u64
 }
 
-thread_local! {
-    /// Set by the proxy during a poll of the request once its header is read.
-    static HEADER_READ: Cell<bool> = const { Cell::new(true) };
-    static UPSTREAM_ASK: Cell<UpstreamAsk> = const { Cell::new(UpstreamAsk::Keep) };
-    /// What the running request's upstream deadline found when it passed, if it did.
-    static FIRED: Cell<Fired> = const { Cell::new(Fired::No) };
-    /// This thread's shard of the slot table.
-    static SHARD: usize = next_shard();
+/// A client connection as the deadlines see it: its socket, and whether the request
+/// being read on it has its whole header yet. Made once per accepted connection by the
+/// stream wrapper of `refusals`; the race and the request phases share it.
+#[derive(Debug)]
+pub struct ClientSocket {
+    socket: Socket,
+    header_read: AtomicBool,
 }
 
-/// Called by the proxy once a request header has been read.
-pub fn mark_header_read() {
-    HEADER_READ.with(|flag| flag.set(true));
-}
-
-/// Starts (or restarts, for the idle limit on each chunk) the upstream deadline of the
-/// running request on connection `fd`.
-pub fn arm_upstream(fd: RawFd, local: Option<std::net::SocketAddr>, limit: Duration) {
-    // A new try starts unjudged; a client that stalled stays the request's verdict.
-    FIRED.with(|f| {
-        if f.get() == Fired::Upstream {
-            f.set(Fired::No)
+impl ClientSocket {
+    pub fn new(socket: Socket) -> ClientSocket {
+        ClientSocket {
+            socket,
+            header_read: AtomicBool::new(false),
         }
-    });
-    UPSTREAM_ASK.with(|a| {
-        a.set(UpstreamAsk::Arm {
-            fd,
-            local,
-            limit_ms: limit.as_millis() as u64,
-        })
-    });
+    }
+
+    /// Called by the proxy once a request header has been read: the header deadline is
+    /// met.
+    pub fn mark_header_read(&self) {
+        self.header_read.store(true, Ordering::Relaxed);
+    }
+
+    pub fn socket(&self) -> Socket {
+        self.socket
+    }
 }
 
-/// Ends the upstream deadline of the running request.
-pub fn disarm_upstream() {
-    UPSTREAM_ASK.with(|a| a.set(UpstreamAsk::Disarm));
+/// The sockets an upstream deadline cuts when it passes: the upstream connection of
+/// the try, and the client's, which is looked at (and cut too) when it stalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub upstream: Socket,
+    pub client: Option<Socket>,
 }
 
-/// Whether the running request's upstream try was cut by its deadline.
-pub fn upstream_fired() -> bool {
-    FIRED.with(Cell::get) == Fired::Upstream
-}
-
-/// Whether the running request was ended because its client stopped reading.
-pub fn client_stalled() -> bool {
-    FIRED.with(Cell::get) == Fired::ClientStalled
+impl Cut {
+    /// Shuts the sockets down and says whose silence it was.
+    fn fire(&self) -> Fired {
+        let stalled = self.client.filter(|c| c.unsent_bytes() > 0);
+        if let Some(client) = stalled {
+            client.shut_down();
+        }
+        self.upstream.shut_down();
+        if stalled.is_some() {
+            Fired::ClientStalled
+        } else {
+            Fired::Upstream
+        }
+    }
 }
 
 /// What an upstream deadline found when it passed.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Fired {
+    #[default]
     No,
     /// The agent was silent: its try failed for that.
     Upstream,
@@ -124,19 +116,114 @@ enum Fired {
     ClientStalled,
 }
 
-const SHARDS: usize = 16;
-
-fn next_shard() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS
+/// A request's upstream deadline: first byte until the response header, idle after it.
+/// It lives in the request's state; dropping it gives its slot back.
+#[derive(Debug, Default)]
+pub struct UpstreamDeadline {
+    held: Option<Held>,
+    /// The verdict once no slot is held (a stalled client stays the request's verdict).
+    verdict: Fired,
 }
 
-#[derive(Default)]
+#[derive(Debug)]
+struct Held {
+    ticket: Ticket,
+    cut: Cut,
+}
+
+impl UpstreamDeadline {
+    /// Starts (or restarts, for the idle limit on each chunk) the deadline: `limit` from
+    /// now, on the sockets of `cut`. A new try starts unjudged; a client that stalled
+    /// stays the request's verdict.
+    pub fn arm(&mut self, cut: Cut, limit: Duration) {
+        let deadline_ms = deadline_after(limit);
+        if let Some(held) = &self.held {
+            // A fired deadline has passed, so a new one always differs from it.
+            if held.ticket.deadline_ms == deadline_ms && held.cut == cut {
+                return;
+            }
+        }
+        let table = Table::get();
+        match &mut self.held {
+            Some(held) => {
+                table.rearm(&mut held.ticket, deadline_ms, cut);
+                held.cut = cut;
+            }
+            None => {
+                let keep = match self.verdict {
+                    Fired::ClientStalled => Fired::ClientStalled,
+                    _ => Fired::No,
+                };
+                let watch = Watch::Upstream { cut, fired: keep };
+                let ticket = table.take(cut.upstream.fd as usize, deadline_ms, watch);
+                self.held = Some(Held { ticket, cut });
+            }
+        }
+    }
+
+    /// Ends the deadline (the upstream exchange is over, or failed); the verdict stays.
+    pub fn disarm(&mut self) {
+        if let Some(held) = self.held.take() {
+            if let Watch::Upstream { fired, .. } = Table::get().give_back(&held.ticket) {
+                self.verdict = fired;
+            }
+        }
+    }
+
+    fn verdict(&self) -> Fired {
+        match &self.held {
+            Some(held) => match Table::get().watch_of(&held.ticket) {
+                Watch::Upstream { fired, .. } => fired,
+                _ => Fired::No,
+            },
+            None => self.verdict,
+        }
+    }
+
+    /// Whether the latest upstream try was cut by its deadline.
+    pub fn upstream_fired(&self) -> bool {
+        self.verdict() == Fired::Upstream
+    }
+
+    /// Whether the request was ended because its client stopped reading.
+    pub fn client_stalled(&self) -> bool {
+        self.verdict() == Fired::ClientStalled
+    }
+}
+
+impl Drop for UpstreamDeadline {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
+const SHARDS: usize = 16;
+
+/// What a slot waits for.
+#[derive(Debug, Clone, Default)]
+enum Watch {
+    #[default]
+    Free,
+    /// A request waiting for its header; the sweeper takes the waker when it expires.
+    Header { waker: Option<Waker> },
+    /// An upstream try; the sweeper cuts its sockets when it expires.
+    Upstream { cut: Cut, fired: Fired },
+}
+
+#[derive(Debug)]
 struct Slot {
-    in_use: bool,
+    /// `u64::MAX` when nothing is due (free, or already fired).
     deadline_ms: u64,
-    /// Taken by the sweeper when it wakes the request: `None` in a used slot = expired.
-    waker: Option<Waker>,
+    watch: Watch,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            deadline_ms: u64::MAX,
+            watch: Watch::Free,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -145,7 +232,7 @@ struct Shard {
     free: Vec<usize>,
 }
 
-/// The table of requests waiting on a deadline, and its sweeper.
+/// The table of waiting deadlines, and its sweeper.
 struct Table {
     shards: Vec<Mutex<Shard>>,
 }
@@ -184,9 +271,17 @@ impl Table {
             for index in 0..SHARDS {
                 let mut shard = self.shard(index);
                 for slot in shard.slots.iter_mut() {
-                    if slot.in_use && slot.deadline_ms <= now {
-                        due.extend(slot.waker.take());
+                    if slot.deadline_ms > now {
+                        continue;
                     }
+                    match &mut slot.watch {
+                        Watch::Free => {}
+                        Watch::Header { waker } => due.extend(waker.take()),
+                        // Cut under the lock: the request disarms under it too, so the
+                        // sockets are still the ones it was armed on.
+                        Watch::Upstream { cut, fired } => *fired = cut.fire(),
+                    }
+                    slot.deadline_ms = u64::MAX;
                 }
                 drop(shard);
                 // Woken outside the lock: a wake can run the task right here.
@@ -195,8 +290,9 @@ impl Table {
         }
     }
 
-    fn take(&self, deadline_ms: u64, waker: &Waker) -> Ticket {
-        let shard_index = SHARD.with(|s| *s);
+    /// A slot in the shard `key` picks, holding `watch` until `deadline_ms`.
+    fn take(&self, key: usize, deadline_ms: u64, watch: Watch) -> Ticket {
+        let shard_index = key % SHARDS;
         let mut shard = self.shard(shard_index);
         let slot = match shard.free.pop() {
             Some(i) => i,
@@ -205,11 +301,7 @@ impl Table {
                 shard.slots.len() - 1
             }
         };
-        shard.slots[slot] = Slot {
-            in_use: true,
-            deadline_ms,
-            waker: Some(waker.clone()),
-        };
+        shard.slots[slot] = Slot { deadline_ms, watch };
         Ticket {
             shard: shard_index,
             slot,
@@ -217,99 +309,65 @@ impl Table {
         }
     }
 
-    /// Moves a held slot's deadline (and brings its waker up to date).
-    fn move_to(&self, ticket: &mut Ticket, deadline_ms: u64, waker: &Waker) {
+    /// Moves an upstream slot's deadline, on (possibly) new sockets.
+    fn rearm(&self, ticket: &mut Ticket, deadline_ms: u64, cut: Cut) {
         let mut shard = self.shard(ticket.shard);
         let slot = &mut shard.slots[ticket.slot];
-        slot.deadline_ms = deadline_ms;
-        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            slot.waker = Some(waker.clone());
-        }
+        let fired = match slot.watch {
+            Watch::Upstream {
+                fired: Fired::ClientStalled,
+                ..
+            } => Fired::ClientStalled,
+            _ => Fired::No,
+        };
+        *slot = Slot {
+            deadline_ms,
+            watch: Watch::Upstream { cut, fired },
+        };
         ticket.deadline_ms = deadline_ms;
     }
 
-    /// Whether the sweeper found this slot's deadline passed.
-    fn expired(&self, ticket: &Ticket) -> bool {
+    fn watch_of(&self, ticket: &Ticket) -> Watch {
+        self.shard(ticket.shard).slots[ticket.slot].watch.clone()
+    }
+
+    /// Whether the sweeper found this header slot's deadline passed.
+    fn header_expired(&self, ticket: &Ticket) -> bool {
         // The sweeper publishes its clock before it expires anything: while that clock
         // is short of the deadline, nothing can have expired it (no lock needed).
         if COARSE_MS.load(Ordering::Relaxed) < ticket.deadline_ms {
             return false;
         }
-        self.shard(ticket.shard).slots[ticket.slot].waker.is_none()
+        matches!(
+            self.shard(ticket.shard).slots[ticket.slot].watch,
+            Watch::Header { waker: None }
+        )
     }
 
-    fn give_back(&self, ticket: &Ticket) {
+    /// Frees the slot; returns what it held.
+    fn give_back(&self, ticket: &Ticket) -> Watch {
         let mut shard = self.shard(ticket.shard);
-        let waker = std::mem::take(&mut shard.slots[ticket.slot]).waker;
+        let slot = std::mem::take(&mut shard.slots[ticket.slot]);
         shard.free.push(ticket.slot);
         drop(shard);
-        drop(waker);
+        slot.watch
     }
 }
 
-/// A slot held while a request waits on a deadline.
+/// A slot held while a deadline waits.
+#[derive(Debug)]
 struct Ticket {
     shard: usize,
     slot: usize,
     deadline_ms: u64,
 }
 
-/// The upstream connection an armed deadline would cut.
-#[derive(Clone, Copy)]
-struct Upstream {
-    fd: RawFd,
-    local: Option<std::net::SocketAddr>,
-}
-
-impl Upstream {
-    /// Shuts the connection down so the proxy's pending read on it fails now. The
-    /// descriptor is checked to still be the same socket (same local address) first.
-    fn cut(self) {
-        let Some(local) = self.local else { return };
-        let now = PingoraAddr::from_raw_fd(self.fd, false);
-        if now.as_ref().and_then(|a| a.as_inet()) != Some(&local) {
-            return;
-        }
-        // The descriptor is open: pingora holds the connection while its read is
-        // pending, and it was just checked to be that socket.
-        shut_down(self.fd);
-    }
-}
-
-/// Shuts socket `fd` down both ways: its pending reads and writes fail now, and the
-/// descriptor stays open for its owner to close. The caller knows `fd` is open.
-fn shut_down(fd: RawFd) {
-    // SAFETY: shutdown(2) takes no pointers; on an open socket it only changes the
-    // socket's state, and the descriptor itself is left for its owner.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
-    }
-}
-
-/// Bytes written to socket `fd` that its peer has not yet acknowledged (`SIOCOUTQ`).
-fn unsent_bytes(fd: RawFd) -> usize {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: `fd` is the client socket of the running request, open while the request
-    // runs; SIOCOUTQ (TIOCOUTQ on Linux) only writes the int it is given.
-    let ok = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) } == 0;
-    if ok {
-        queued.max(0) as usize
-    } else {
-        0
-    }
-}
-
-/// A request and its deadlines. `None` means the header deadline won.
+/// A request and its header deadline. `None` means the deadline won.
 struct Race<'a, R> {
     request: Pin<&'a mut R>,
-    header_timeout_ms: u64,
+    header_timeout: Duration,
+    client: Arc<ClientSocket>,
     header_read: bool,
-    /// The client socket (absent for streams the gateway did not accept itself).
-    client_fd: Option<RawFd>,
-    /// The upstream connection while an upstream deadline is armed.
-    upstream: Option<Upstream>,
-    /// What the upstream deadline found (kept for the phases that classify the failure).
-    fired: Fired,
     ticket: Option<Ticket>,
 }
 
@@ -319,84 +377,37 @@ impl<R> Race<'_, R> {
             Table::get().give_back(&ticket);
         }
     }
-
-    /// Holds a slot with this deadline (taking one or moving the held one).
-    fn hold(&mut self, deadline_ms: u64, waker: &Waker) {
-        let table = Table::get();
-        match &mut self.ticket {
-            Some(t) if t.deadline_ms == deadline_ms => {}
-            Some(t) => table.move_to(t, deadline_ms, waker),
-            None => self.ticket = Some(table.take(deadline_ms, waker)),
-        }
-    }
-
-    fn deadline_after(limit_ms: u64) -> u64 {
-        COARSE_MS.load(Ordering::Relaxed) + SWEEP.as_millis() as u64 + limit_ms
-    }
 }
 
 impl<R: Future> Future for Race<'_, R> {
     type Output = Option<R::Output>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self
-            .ticket
-            .as_ref()
-            .is_some_and(|t| Table::get().expired(t))
+        if !self.header_read
+            && self
+                .ticket
+                .as_ref()
+                .is_some_and(|t| Table::get().header_expired(t))
         {
             self.release();
-            if !self.header_read {
-                return Poll::Ready(None);
-            }
-            if let Some(upstream) = self.upstream.take() {
-                match self.client_fd {
-                    Some(fd) if unsent_bytes(fd) > 0 => {
-                        // The client socket is open while its request runs.
-                        shut_down(fd);
-                        self.fired = Fired::ClientStalled;
-                    }
-                    _ => self.fired = Fired::Upstream,
-                }
-                upstream.cut();
-            }
+            return Poll::Ready(None);
         }
-        HEADER_READ.with(|f| f.set(self.header_read));
-        FIRED.with(|f| f.set(self.fired));
-        UPSTREAM_ASK.with(|a| a.set(UpstreamAsk::Keep));
         let polled = self.request.as_mut().poll(cx);
         if let Poll::Ready(done) = polled {
             self.release();
             return Poll::Ready(Some(done));
         }
-        self.fired = FIRED.with(Cell::get);
-        let was_waiting_for_header = !self.header_read;
-        self.header_read = HEADER_READ.with(Cell::get);
         if !self.header_read {
-            if self.ticket.is_none() {
-                let deadline = Self::deadline_after(self.header_timeout_ms);
-                self.hold(deadline, cx.waker());
-            }
-            return Poll::Pending;
-        }
-        match UPSTREAM_ASK.with(Cell::get) {
-            UpstreamAsk::Keep => {
-                // The header deadline is met; nothing upstream is armed yet.
-                if was_waiting_for_header {
-                    self.release();
-                }
-            }
-            UpstreamAsk::Arm {
-                fd,
-                local,
-                limit_ms,
-            } => {
-                self.upstream = Some(Upstream { fd, local });
-                let deadline = Self::deadline_after(limit_ms);
-                self.hold(deadline, cx.waker());
-            }
-            UpstreamAsk::Disarm => {
-                self.upstream = None;
+            if self.client.header_read.load(Ordering::Relaxed) {
+                self.header_read = true;
                 self.release();
+            } else if self.ticket.is_none() {
+                let watch = Watch::Header {
+                    waker: Some(cx.waker().clone()),
+                };
+                let deadline = deadline_after(self.header_timeout);
+                let key = self.client.socket.fd as usize;
+                self.ticket = Some(Table::get().take(key, deadline, watch));
             }
         }
         Poll::Pending
@@ -435,16 +446,22 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let timeout = self.timeout;
-        let client_fd = session.stream().and_then(super::refusals::client_fd);
+        let client = session
+            .stream()
+            .and_then(super::refusals::client_socket)
+            .cloned();
         let request = self.inner.process_new_http(session, shutdown);
+        let Some(client) = client else {
+            // Not a stream the gateway accepted itself: no header deadline to keep.
+            return request.await;
+        };
+        client.header_read.store(false, Ordering::Relaxed);
         tokio::pin!(request);
         let raced = Race {
             request,
-            header_timeout_ms: timeout.as_millis() as u64,
+            header_timeout: timeout,
+            client,
             header_read: false,
-            client_fd,
-            upstream: None,
-            fired: Fired::No,
             ticket: None,
         }
         .await;

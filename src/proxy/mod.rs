@@ -11,6 +11,7 @@ pub mod path;
 pub mod refusals;
 pub mod respond;
 pub mod routing;
+pub mod socket;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,16 +22,16 @@ use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
+use pingora::upstreams::peer::{HttpUpstreamRequestPolicy, Peer};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::clock::now_ms;
 use crate::errors::{ErrorKind, GatewayError};
 use crate::observe::metrics::{self, TryOutcome};
 use crate::observe::trace_context::TraceContext;
-use crate::state::Shared;
-use ctx::ClientGone;
-pub use ctx::RequestCtx;
+use crate::state::{Runtime, Shared};
+use ctx::{Client, ClientGone, Ctx, Identity, Request, Routed, Try};
+use deadlines::Cut;
 use headers::RequestScan;
 pub use observer::Observer;
 
@@ -45,32 +46,72 @@ impl Gateway {
         Self { shared, observer }
     }
 
-    /// Request id and trace context, set before anything can answer the request.
-    fn identify(&self, ctx: &mut RequestCtx, scan: &mut RequestScan) {
-        let Some(runtime) = &ctx.runtime else { return };
-        let trace =
-            TraceContext::from_incoming(scan.traceparent, runtime.config.trace.sample_ratio);
-        ctx.upstream_span_id = crate::observe::trace_context::random_span_id();
-        let traceparent = Bytes::copy_from_slice(&trace.traceparent_for(&ctx.upstream_span_id));
+    /// The request's state as its header arrives: request id and trace context (set
+    /// before anything can answer the request) and who sent it.
+    fn begin(
+        session: &Session,
+        runtime: Arc<Runtime>,
+        start: Instant,
+        scan: &mut RequestScan,
+    ) -> Request {
+        let config = &runtime.config;
+        let trace = TraceContext::from_incoming(scan.traceparent, config.trace.sample_ratio);
+        let upstream_span_id = crate::observe::trace_context::random_span_id();
+        let traceparent = Bytes::copy_from_slice(&trace.traceparent_for(&upstream_span_id));
         // Without a usable client id the request id is the trace id, as the traceparent
         // spells it (bytes 3..35): a view of the same bytes, not a second copy.
-        ctx.request_id = scan
+        let request_id = scan
             .request_id
             .take()
-            .or_else(|| HeaderValue::from_maybe_shared(traceparent.slice(3..35)).ok());
-        ctx.traceparent = HeaderValue::from_maybe_shared(traceparent).ok();
-        ctx.trace = Some(trace);
-        ctx.request_hop_by_hop = scan.hop_by_hop;
-        ctx.incoming_tracestate = scan.tracestate;
+            .or_else(|| HeaderValue::from_maybe_shared(traceparent.slice(3..35)).ok())
+            .unwrap_or(HeaderValue::from_static(""));
+        let traceparent =
+            HeaderValue::from_maybe_shared(traceparent).unwrap_or(HeaderValue::from_static(""));
+        let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let peer_ip = peer
+            .map(|a| a.ip())
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let client = Client {
+            peer_ip,
+            ip: headers::client_ip(
+                peer_ip,
+                &session.req_header().headers,
+                &config.server.trusted_proxies,
+            ),
+            socket: session
+                .as_downstream()
+                .stream()
+                .and_then(refusals::client_socket)
+                .map(|c| c.socket()),
+            key_id: None,
+        };
+        Request {
+            start_ms: crate::clock::note_request_start(start),
+            start,
+            id: Identity {
+                request_id,
+                trace,
+                traceparent,
+                upstream_span_id,
+                incoming_tracestate: scan.tracestate,
+            },
+            client,
+            hop_by_hop: scan.hop_by_hop,
+            route: None,
+            policy: Default::default(),
+            tries: Default::default(),
+            timing: Default::default(),
+            outcome: Default::default(),
+            response_scan: None,
+            runtime,
+        }
     }
 
     /// Notes the result of one try against the chosen backend (metrics, passive health).
-    fn record_try(&self, ctx: &mut RequestCtx, outcome: TryOutcome) {
-        ctx.last_outcome = Some(outcome);
-        let (Some(runtime), Some(route), Some(b)) = (&ctx.runtime, ctx.route, ctx.backend) else {
+    fn record_try(&self, req: &Request, outcome: TryOutcome) {
+        let (Some(upstream), Some(b)) = (req.upstream(), req.backend()) else {
             return;
         };
-        let upstream = &runtime.upstreams[runtime.routes[route].route.upstream];
         if let Some(m) = upstream.backend_metrics.get(b) {
             m.record(outcome);
         }
@@ -113,17 +154,19 @@ impl Gateway {
         }
     }
 
-    /// Classifies a pingora error into the error the client sees.
-    fn classify(&self, e: &Error, ctx: &RequestCtx) -> Option<GatewayError> {
-        if let Some(err) = &ctx.error {
+    /// What a pingora error means for the client: the failure already recorded, what
+    /// the upstream deadline found, or else the error's own type and source. `None`
+    /// when the client is the one gone (nothing to answer).
+    fn classify(e: &Error, req: &Request) -> Option<GatewayError> {
+        if let Some(err) = req.outcome.error() {
             return Some(err.clone());
         }
-        if deadlines::client_stalled() {
+        if req.tries.deadline.client_stalled() {
             // The client stopped reading: nothing to answer, nothing against the agent.
             return None;
         }
-        if deadlines::upstream_fired() {
-            return Some(timeout_error(ctx));
+        if req.tries.deadline.upstream_fired() {
+            return Some(timeout_error(req));
         }
         if matches!(e.esource(), ErrorSource::Downstream) {
             // The client's doing: never the agent's, never a retry.
@@ -151,7 +194,7 @@ impl Gateway {
                     "the agent did not accept the connection within connect_timeout",
                 ))
             }
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => return Some(timeout_error(ctx)),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => return Some(timeout_error(req)),
             ErrorType::HTTPStatus(413) => ErrorKind::PayloadTooLarge,
             _ => ErrorKind::UpstreamUnavailable,
         };
@@ -164,8 +207,11 @@ impl Gateway {
 
     /// Starts the upstream deadline for the current phase: first byte until the
     /// response header, idle after it (see `deadlines`).
-    fn arm_upstream_deadline(ctx: &RequestCtx, header_seen: bool) {
-        let (Some(fd), Some(u)) = (ctx.connect_fd, ctx.upstream_settings()) else {
+    fn arm_upstream_deadline(req: &mut Request, header_seen: bool) {
+        let Some(upstream) = req.tries.current.as_ref().and_then(|t| t.connection) else {
+            return;
+        };
+        let Some(u) = req.upstream_settings() else {
             return;
         };
         let limit = if header_seen {
@@ -173,12 +219,29 @@ impl Gateway {
         } else {
             u.first_byte_timeout
         };
-        deadlines::arm_upstream(fd, ctx.connect_local, limit);
+        let cut = Cut {
+            upstream,
+            client: req.client.socket,
+        };
+        req.tries.deadline.arm(cut, limit);
+    }
+
+    fn retries(req: &Request) -> u32 {
+        req.upstream_settings().map(|u| u.retries).unwrap_or(0)
     }
 }
 
-fn timeout_error(ctx: &RequestCtx) -> GatewayError {
-    let streaming = ctx.first_byte_at.is_some();
+/// Fails the request with `err` and gives pingora the error that stops the phase. The
+/// pingora error only carries the status: what the client, the log, the span and the
+/// metrics say comes from the request's outcome.
+fn stop(req: &mut Request, err: GatewayError) -> Box<Error> {
+    let status = err.kind.status();
+    req.outcome.fail(err);
+    Error::explain(ErrorType::HTTPStatus(status), "the request's outcome says why")
+}
+
+fn timeout_error(req: &Request) -> GatewayError {
+    let streaming = req.timing.first_byte_at.is_some();
     GatewayError::new(
         ErrorKind::UpstreamTimeout,
         if streaming {
@@ -189,15 +252,20 @@ fn timeout_error(ctx: &RequestCtx) -> GatewayError {
     )
 }
 
+fn no_request() -> Box<Error> {
+    Error::explain(ErrorType::InternalError, "no request state")
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
-    /// Boxed: pingora keeps the context inside each request's state machine, which it
-    /// copies whole into a box per request, and holds it there in more than one place;
-    /// by value it added 1.6 KB to that copy (callgrind: 1.7 k instructions a request).
-    type CTX = Box<RequestCtx>;
+    /// Boxed, and made only once the header is in: pingora keeps the context inside
+    /// each request's state machine, which it copies whole into a box per request, and
+    /// by value the request's state added 1.6 KB to that copy (callgrind: 1.7 k
+    /// instructions a request).
+    type CTX = Ctx;
 
-    fn new_ctx(&self) -> Box<RequestCtx> {
-        Box::default()
+    fn new_ctx(&self) -> Ctx {
+        None
     }
 
     /// No downstream modules: pingora's default adds a (disabled) compression module that
@@ -205,19 +273,19 @@ impl ProxyHttp for Gateway {
     /// all, are never compressed by the gateway.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
-    async fn early_request_filter(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut Self::CTX,
-    ) -> Result<()> {
-        deadlines::mark_header_read();
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        if let Some(client) = session
+            .as_downstream()
+            .stream()
+            .and_then(refusals::client_socket)
+        {
+            client.mark_header_read();
+        }
         Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let start = Instant::now();
-        ctx.start_ms = crate::clock::note_request_start(start);
-        ctx.start = Some(start);
         let runtime = self.shared.runtime.load_full();
         // Every read of the request body must deliver within body_timeout (pingora's
         // per-read timer on the downstream, which it arms for body reads anyway).
@@ -226,13 +294,12 @@ impl ProxyHttp for Gateway {
         // A pipelined request behind this one is served after it, in order (RFC 9112
         // §9.3.2), rather than dropped with the connection.
         downstream.set_pipelining_enabled(true);
-        ctx.runtime = Some(runtime);
         let mut scan = RequestScan::of(&session.req_header().headers);
-        self.identify(ctx, &mut scan);
-        match admission::admit(&self.shared, session, ctx, &scan).await {
+        let req = ctx.insert(Box::new(Self::begin(session, runtime, start, &mut scan)));
+        match admission::admit(&self.shared, session, req, &scan).await {
             Ok(()) => Ok(false),
             Err(err) => {
-                respond::send_error(session, ctx, err).await?;
+                respond::send_error(session, req, err).await?;
                 Ok(true)
             }
         }
@@ -243,74 +310,73 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Self::CTX,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        let Some(req) = ctx.as_deref_mut() else {
+            return Ok(());
+        };
         if let Some(b) = body {
             // A retry replays the body from the start: count what this try has seen,
             // and the request's size as the most any try saw.
-            ctx.body_this_try += b.len() as u64;
-            ctx.bytes_in = ctx.bytes_in.max(ctx.body_this_try);
-            let limit = ctx
-                .runtime
-                .as_ref()
-                .map(|r| r.config.server.max_request_body_bytes)
-                .unwrap_or(u64::MAX);
-            if ctx.bytes_in > limit {
-                ctx.error = Some(GatewayError::new(
+            let this_try = match &mut req.tries.current {
+                Some(t) => {
+                    t.body_bytes += b.len() as u64;
+                    t.body_bytes
+                }
+                None => req.outcome.bytes_in + b.len() as u64,
+            };
+            req.outcome.bytes_in = req.outcome.bytes_in.max(this_try);
+            let limit = req.runtime.config.server.max_request_body_bytes;
+            if req.outcome.bytes_in > limit {
+                let err = GatewayError::new(
                     ErrorKind::PayloadTooLarge,
                     format!("the request body is larger than the limit of {limit} bytes"),
-                ));
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(413),
-                    "request body too large",
-                ));
+                );
+                return Err(stop(req, err));
             }
         }
-        if end_of_stream && ctx.first_byte_at.is_none() {
+        if end_of_stream && req.timing.first_byte_at.is_none() {
             // The whole request is on its way to the agent: its time to first byte
             // starts now, not while the client is still uploading.
-            Self::arm_upstream_deadline(ctx, false);
+            Self::arm_upstream_deadline(req, false);
         }
         Ok(())
     }
 
-    async fn upstream_peer(
-        &self,
-        session: &mut Session,
-        ctx: &mut Self::CTX,
-    ) -> Result<Box<HttpPeer>> {
-        let (Some(runtime), Some(route)) = (ctx.runtime.clone(), ctx.route) else {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(req) = ctx.as_deref_mut() else {
+            return Err(no_request());
+        };
+        let Some(Routed { upstream, .. }) = req.route else {
             return Err(Error::explain(ErrorType::InternalError, "no route chosen"));
         };
-        let upstream = &runtime.upstreams[runtime.routes[route].route.upstream];
+        let runtime = Arc::clone(&req.runtime);
+        let upstream = &runtime.upstreams[upstream];
         let cfg = &upstream.pool.config;
-        ctx.in_flight = None;
-        let index = match upstream.pool.select(ctx.tried) {
+        if let Some(t) = &mut req.tries.current {
+            t.end();
+        }
+        let index = match upstream.pool.select(req.tries.tried) {
             Ok(i) => i,
             Err(_) => {
                 // A retry that finds no backend left reports why the last try failed.
-                ctx.error = Some(ctx.last_try_error.take().unwrap_or_else(|| {
+                let err = req.tries.last_error.take().unwrap_or_else(|| {
                     GatewayError::new(
                         ErrorKind::NoHealthyBackend,
                         format!("upstream {:?} has no healthy backend", cfg.name),
                     )
-                }));
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(503),
-                    "no healthy backend",
-                ));
+                });
+                return Err(stop(req, err));
             }
         };
-        if ctx.tries > 0 {
+        if req.tries.count > 0 {
             metrics::retry(&cfg.name);
         }
-        ctx.last_try_error = None;
-        ctx.body_this_try = 0;
         let backend = &upstream.pool.backends[index];
-        ctx.backend = Some(index);
-        ctx.tried |= 1 << index;
-        ctx.tries += 1;
-        ctx.in_flight = Some(backend.begin_request());
+        req.tries.last_error = None;
+        req.tries.current = Some(Try::new(index, backend.begin_request()));
+        req.tries.tried |= 1 << index;
+        req.tries.count += 1;
         let mut peer = HttpPeer::new(backend.addr, false, String::new());
         peer.options.connection_timeout = Some(cfg.connect_timeout);
         // No per-read timeout: first_byte_timeout and idle_timeout are request deadlines
@@ -344,18 +410,24 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _reused: bool,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
         digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut Self::CTX,
+        ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.connect_fd = Some(fd);
-        // Cached per connection by pingora: a syscall only on a new connection.
-        ctx.connect_local = digest
-            .and_then(|d| d.socket_digest.as_ref())
-            .and_then(|s| s.local_addr())
-            .and_then(|a| a.as_inet())
-            .copied();
+        let Some(t) = ctx.as_deref_mut().and_then(|r| r.tries.current.as_mut()) else {
+            return Ok(());
+        };
+        t.connection = Some(socket::Socket {
+            fd,
+            // Cached per connection by pingora: a syscall only on a new connection.
+            local: digest
+                .and_then(|d| d.socket_digest.as_ref())
+                .and_then(|s| s.local_addr())
+                .and_then(|a| a.as_inet())
+                .copied(),
+            peer: peer.address().as_inet().copied(),
+        });
         Ok(())
     }
 
@@ -363,21 +435,22 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut Self::CTX,
+        ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        let Some(req) = ctx.as_deref_mut() else {
+            return e;
+        };
         let outcome = if matches!(e.etype(), ErrorType::ConnectTimedout) {
             TryOutcome::Timeout
         } else {
             TryOutcome::ConnectError
         };
-        self.record_try(ctx, outcome);
-        ctx.last_try_error = self.classify(&e, ctx);
-        ctx.in_flight = None;
-        deadlines::disarm_upstream();
-        let retries = Self::retries(ctx);
+        self.record_try(req, outcome);
+        req.tries.last_error = Self::classify(&e, req);
+        req.tries.end_current();
         // A connect failure never reached the agent: always safe to try another backend.
-        e.set_retry(ctx.tries <= retries);
+        e.set_retry(req.tries.count <= Self::retries(req));
         e
     }
 
@@ -386,12 +459,16 @@ impl ProxyHttp for Gateway {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut Self::CTX,
+        ctx: &mut Ctx,
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("backend {peer}"));
-        deadlines::disarm_upstream();
-        if !matches!(e.esource(), ErrorSource::Upstream) || deadlines::client_stalled() {
+        let Some(req) = ctx.as_deref_mut() else {
+            e.set_retry(false);
+            return e;
+        };
+        req.tries.deadline.disarm();
+        if !matches!(e.esource(), ErrorSource::Upstream) || req.tries.deadline.client_stalled() {
             // The client went away, stalled or sent something unreadable: the request
             // ends here. A retry would be another paid generation nobody reads.
             e.set_retry(false);
@@ -400,25 +477,25 @@ impl ProxyHttp for Gateway {
         let timed_out = matches!(
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        ) || deadlines::upstream_fired();
+        ) || req.tries.deadline.upstream_fired();
         self.record_try(
-            ctx,
+            req,
             if timed_out {
                 TryOutcome::Timeout
             } else {
                 TryOutcome::Error
             },
         );
-        ctx.last_try_error = self.classify(&e, ctx);
+        req.tries.last_error = Self::classify(&e, req);
         let idempotent = session.req_header().method.is_idempotent();
         let safe = idempotent
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none()
-            && ctx.first_byte_at.is_none();
+            && req.timing.first_byte_at.is_none();
         // Never more than `retries + 1` tries in all, a reused connection's included.
-        e.set_retry(safe && ctx.tries <= Self::retries(ctx));
+        e.set_retry(safe && req.tries.count <= Self::retries(req));
         if e.retry() {
-            ctx.in_flight = None;
+            req.tries.end_current();
         }
         e
     }
@@ -427,11 +504,14 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut Self::CTX,
+        ctx: &mut Ctx,
     ) -> Result<()> {
-        admission::prepare_upstream_request(upstream_request, ctx)?;
-        ctx.upstream_sent_at = Some(Instant::now());
-        ctx.first_byte_at = None;
+        let Some(req) = ctx.as_deref_mut() else {
+            return Err(no_request());
+        };
+        admission::prepare_upstream_request(upstream_request, req);
+        req.timing.upstream_sent_at = Some(Instant::now());
+        req.timing.first_byte_at = None;
         Ok(())
     }
 
@@ -439,56 +519,59 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut Self::CTX,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        let Some(req) = ctx.as_deref_mut() else {
+            return Ok(());
+        };
         let now = Instant::now();
-        ctx.first_byte_at = Some(now);
-        Self::arm_upstream_deadline(ctx, true);
+        req.timing.first_byte_at = Some(now);
+        Self::arm_upstream_deadline(req, true);
         let status = upstream_response.status.as_u16();
-        ctx.upstream_status = Some(status);
+        req.outcome.upstream_status = Some(status);
         self.record_try(
-            ctx,
+            req,
             if status >= 500 {
                 TryOutcome::ServerError
             } else {
                 TryOutcome::Success
             },
         );
-        if let (Some(runtime), Some(route), Some(sent)) =
-            (&ctx.runtime, ctx.route, ctx.upstream_sent_at)
-        {
-            if let Some(h) = &runtime.routes[route].metrics.first_byte {
-                h.record(now.saturating_duration_since(sent));
+        if let (Some(route), Some(wait)) = (req.route_runtime(), req.timing.first_byte_wait()) {
+            if let Some(h) = &route.metrics.first_byte {
+                h.record(wait);
             }
         }
         let scan = respond::ResponseScan::of(&upstream_response.headers);
-        ctx.response_scan = Some(scan);
-        admission::check_upstream_response(&scan, ctx)
+        req.response_scan = Some(scan);
+        admission::check_upstream_response(&scan, req).map_err(|err| stop(req, err))
     }
 
     async fn response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut Self::CTX,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        let Some(req) = ctx.as_deref_mut() else {
+            return Ok(());
+        };
         let streaming = headers::edit_response(upstream_response, |map| {
             // Scanned on arrival (`upstream_response_filter`); a header that did not
             // come from there is scanned now.
-            let scan = ctx
+            let scan = req
                 .response_scan
                 .take()
                 .unwrap_or_else(|| respond::ResponseScan::of(map));
             scan.hop_by_hop.strip(map);
-            respond::decorate_response(map, ctx);
+            respond::decorate_response(map, req);
             scan.is_streaming()
         });
-        ctx.status = upstream_response.status.as_u16();
+        req.outcome.status = upstream_response.status.as_u16();
         if streaming {
-            ctx.streaming = true;
-            if let (Some(runtime), Some(route)) = (&ctx.runtime, ctx.route) {
-                runtime.routes[route].metrics.streams_active.increment(1.0);
-                ctx.stream_counted = true;
+            if let Some(route) = req.route_runtime() {
+                route.metrics.streams_active.increment(1.0);
+                req.outcome.streaming = true;
             }
         }
         Ok(())
@@ -499,16 +582,19 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Self::CTX,
+        ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        let Some(req) = ctx.as_deref_mut() else {
+            return Ok(None);
+        };
         if end_of_stream {
-            deadlines::disarm_upstream();
-            ctx.response_done_at = Some(Instant::now());
+            req.tries.deadline.disarm();
+            req.timing.response_done_at = Some(Instant::now());
         } else {
             // A chunk arrived: the silence starts again.
-            Self::arm_upstream_deadline(ctx, true);
+            Self::arm_upstream_deadline(req, true);
         }
-        admission::check_upstream_body(body, end_of_stream, ctx)?;
+        admission::check_upstream_body(body, end_of_stream, req).map_err(|err| stop(req, err))?;
         Ok(None)
     }
 
@@ -517,26 +603,26 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut Self::CTX,
+        ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if let Some(b) = body {
-            ctx.bytes_out += b.len() as u64;
+        if let (Some(req), Some(b)) = (ctx.as_deref_mut(), body) {
+            req.outcome.bytes_out += b.len() as u64;
         }
         Ok(None)
     }
 
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut Self::CTX,
-    ) -> FailToProxy {
-        let err = self.classify(e, ctx);
-        deadlines::disarm_upstream();
-        ctx.in_flight = None;
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let Some(req) = ctx.as_deref_mut() else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let err = Self::classify(e, req);
+        req.tries.end_current();
         let Some(err) = err else {
             // The client went away: nothing to answer.
-            ctx.client_gone.get_or_insert(ClientGone::Left);
+            req.outcome.client_gone(ClientGone::Left);
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
@@ -544,15 +630,15 @@ impl ProxyHttp for Gateway {
         };
         if session.response_written().is_some() {
             // Too late for an error response: the stream is cut; the log says why.
-            ctx.error = Some(err);
+            req.outcome.fail(err);
             return FailToProxy {
-                error_code: ctx.status,
+                error_code: req.outcome.status,
                 can_reuse_downstream: false,
             };
         }
         let status = err.kind.status();
-        if respond::send_error(session, ctx, err).await.is_err() {
-            ctx.client_gone.get_or_insert(ClientGone::Left);
+        if respond::send_error(session, req, err).await.is_err() {
+            req.outcome.client_gone(ClientGone::Left);
         }
         FailToProxy {
             error_code: status,
@@ -560,51 +646,52 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
-        deadlines::disarm_upstream();
-        ctx.in_flight = None;
-        if ctx.response_done_at.is_none() {
-            ctx.response_done_at = Some(Instant::now());
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let Some(req) = ctx.as_deref_mut() else {
+            return;
+        };
+        req.tries.end_current();
+        if req.timing.response_done_at.is_none() {
+            req.timing.response_done_at = Some(Instant::now());
         }
         if let Some(h) = session.response_written() {
-            ctx.status = h.status.as_u16();
+            req.outcome.status = h.status.as_u16();
         }
         if let Some(e) = e {
             let downstream = matches!(e.esource(), ErrorSource::Downstream);
-            if deadlines::client_stalled()
+            if req.tries.deadline.client_stalled()
                 || (downstream && matches!(e.etype(), ErrorType::WriteTimedout))
             {
                 // Stopped reading the response for idle_timeout: the client's failure.
-                ctx.client_gone = Some(ClientGone::StoppedReading);
+                req.outcome.client_gone(ClientGone::StoppedReading);
             } else if downstream
                 && matches!(
                     e.etype(),
                     ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
                 )
             {
-                ctx.client_gone.get_or_insert(ClientGone::Left);
+                req.outcome.client_gone(ClientGone::Left);
             }
-            if ctx.error.is_none() && ctx.first_byte_at.is_some() && !ctx.cancelled() {
-                ctx.error = self.classify(e, ctx);
+            if req.outcome.error().is_none()
+                && req.timing.first_byte_at.is_some()
+                && !req.outcome.cancelled()
+            {
+                if let Some(err) = Self::classify(e, req) {
+                    req.outcome.fail(err);
+                }
             }
         }
-        if ctx.cancelled() {
+        if req.outcome.cancelled() {
             // The client left before the response was complete: 499, as nginx logs it,
             // in the access log and the metrics alike.
-            ctx.status = 499;
+            req.outcome.status = 499;
         }
-        self.observer.finish_request(&self.shared, session, e, ctx);
+        self.observer.finish_request(&self.shared, session, req);
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
         // Every request gets one access log line with its error code; pingora's own
         // error line would repeat it without the request id.
-        ctx.start.is_some()
-    }
-}
-
-impl Gateway {
-    fn retries(ctx: &RequestCtx) -> u32 {
-        ctx.upstream_settings().map(|u| u.retries).unwrap_or(0)
+        ctx.is_some()
     }
 }

@@ -6,9 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use pingora::proxy::Session;
-use pingora::Error;
 
-use super::RequestCtx;
+use super::ctx::Request;
 use crate::config::{AccessLogTarget, Config};
 use crate::observe::access_log::{self, AccessRecord};
 use crate::observe::line_writer::{LineWriter, Sink};
@@ -98,17 +97,15 @@ impl Observer {
         &self,
         shared: &Shared,
         session: &Session,
-        _e: Option<&Error>,
-        ctx: &mut RequestCtx,
+        ctx: &Request,
     ) {
-        let Some(runtime) = ctx.runtime.as_ref() else {
-            return;
-        };
-        let Some(start) = ctx.start else { return };
+        let runtime = &*ctx.runtime;
+        let start = ctx.start;
         let elapsed = start.elapsed();
-        let first_byte = ctx.first_byte_wait();
+        let first_byte = ctx.timing.first_byte_wait();
         let req = session.req_header();
-        let route_rt = ctx.route.map(|r| &runtime.routes[r]);
+        let route_rt = ctx.route_runtime();
+        let outcome = &ctx.outcome;
         let route_metrics = route_rt
             .map(|r| &r.metrics)
             .unwrap_or(&shared.unmatched_metrics);
@@ -116,16 +113,16 @@ impl Observer {
         route_metrics.in_flight.decrement(1.0);
         route_metrics.record_request(
             &req.method,
-            ctx.status.max(if ctx.cancelled() { 499 } else { 0 }),
+            outcome.status.max(if outcome.cancelled() { 499 } else { 0 }),
             elapsed,
         );
-        let upstream_wait = ctx.upstream_elapsed();
+        let upstream_wait = ctx.timing.upstream_elapsed();
         route_metrics
             .overhead
             .record(elapsed.saturating_sub(upstream_wait));
-        if ctx.stream_counted {
+        if outcome.streaming {
             route_metrics.streams_active.decrement(1.0);
-            if ctx.cancelled() {
+            if outcome.cancelled() {
                 route_metrics.streams_cancelled.increment(1);
                 let ran = format!("{:.3}", elapsed.as_secs_f64());
                 logger::event(
@@ -145,10 +142,10 @@ impl Observer {
                 );
             }
         }
-        if let Some(p) = ctx.pagination {
+        if let Some(p) = ctx.policy.pagination {
             route_metrics.record_pagination(p);
         }
-        if ctx.rate_limited {
+        if ctx.policy.rate_limited() {
             route_metrics.rate_limited.increment(1);
         }
         self.record_alert_windows(runtime, route_rt, ctx, elapsed, first_byte);
@@ -157,7 +154,7 @@ impl Observer {
         let span_sink = self
             .spans
             .as_ref()
-            .filter(|_| ctx.trace.is_some_and(|t| t.sampled));
+            .filter(|_| ctx.id.trace.sampled);
         if writer.is_none() && span_sink.is_none() {
             return;
         }
@@ -167,38 +164,38 @@ impl Observer {
             elapsed,
         };
         if let Some(sink) = span_sink {
-            self.export_spans(sink, runtime, req, query.as_deref(), ctx, times);
+            self.export_spans(sink, req, query.as_deref(), ctx, times);
         }
         let Some(writer) = writer.as_ref() else {
             return;
         };
-        let backend = match (route_rt, ctx.backend) {
-            (Some(r), Some(b)) => runtime.upstreams[r.route.upstream].backend_log_names.get(b),
+        let backend = match (ctx.upstream(), ctx.backend()) {
+            (Some(u), Some(b)) => u.backend_log_names.get(b),
             _ => None,
         };
         let record = AccessRecord {
             finished: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(times.end_unix_ns()),
             request_id: ctx.request_id_str(),
-            trace: ctx.trace.map(|t| (t.trace_id, t.span_id)),
+            trace: Some((ctx.id.trace.trace_id, ctx.id.trace.span_id)),
             route: route_rt
                 .map(|r| &r.log_route)
                 .unwrap_or(&shared.unmatched_log_name),
             method: req.method.as_str(),
             path: req.uri.path(),
             query: query.as_deref(),
-            status: ctx.status,
-            upstream: route_rt.map(|r| &runtime.upstreams[r.route.upstream].log_name),
+            status: outcome.status,
+            upstream: ctx.upstream().map(|u| &u.log_name),
             backend,
             duration: elapsed,
             upstream_first_byte: first_byte,
-            bytes_in: ctx.bytes_in,
-            bytes_out: ctx.bytes_out,
-            client_ip: ctx.client_ip,
-            retries: ctx.tries.saturating_sub(1),
-            rate_limited: ctx.rate_limited,
-            pagination: ctx.pagination.map(|p| p.as_str()),
-            error: ctx.error_code(),
-            key_id: ctx.key_id.as_deref(),
+            bytes_in: outcome.bytes_in,
+            bytes_out: outcome.bytes_out,
+            client_ip: Some(ctx.client.ip),
+            retries: ctx.tries.retries(),
+            rate_limited: ctx.policy.rate_limited(),
+            pagination: ctx.policy.pagination.map(|p| p.as_str()),
+            error: outcome.error_code(),
+            key_id: ctx.client.key_id.as_deref(),
         };
         writer.write_with(|line| access_log::format_into(line, &record, &runtime.config.log));
     }
@@ -263,7 +260,7 @@ impl Observer {
         &self,
         runtime: &crate::state::Runtime,
         route_rt: Option<&crate::state::RouteRuntime>,
-        ctx: &RequestCtx,
+        ctx: &Request,
         elapsed: std::time::Duration,
         first_byte: Option<std::time::Duration>,
     ) {
@@ -273,8 +270,8 @@ impl Observer {
         }
         let first_byte_s = first_byte.map(|d| d.as_secs_f64());
         let outcome = crate::alerts::window::Outcome {
-            error: ctx.status >= 500 || ctx.error.as_ref().is_some_and(|e| e.kind.status() >= 500),
-            rate_limited: ctx.rate_limited,
+            error: ctx.outcome.is_server_error(),
+            rate_limited: ctx.policy.rate_limited(),
             latency_s: elapsed.as_secs_f64(),
             first_byte_s,
         };
@@ -291,33 +288,28 @@ impl Observer {
     fn export_spans(
         &self,
         sink: &SpanSink,
-        runtime: &crate::state::Runtime,
         req: &pingora::http::RequestHeader,
         query: Option<&str>,
-        ctx: &RequestCtx,
+        ctx: &Request,
         times: Times,
     ) {
-        let (Some(start), Some(trace)) = (ctx.start, ctx.trace) else {
-            return;
-        };
+        let (start, trace) = (ctx.start, ctx.id.trace);
         let start_ns = times.start_unix_ns;
         let at =
             |t: std::time::Instant| start_ns + t.saturating_duration_since(start).as_nanos() as u64;
-        let route_rt = ctx.route.map(|r| &runtime.routes[r]);
+        let route_rt = ctx.route_runtime();
         // Semantic conventions: known methods by name, anything else as _OTHER.
         let method: &'static str = match metrics::method_label(&req.method) {
             "OTHER" => "_OTHER",
             m => m,
         };
-        let error = ctx.error_code();
-        let backend = match (route_rt, ctx.backend) {
-            (Some(r), Some(b)) => runtime.upstreams[r.route.upstream]
-                .backend_span_attrs
-                .get(b),
+        let error = ctx.outcome.error_code();
+        let backend = match (ctx.upstream(), ctx.backend()) {
+            (Some(u), Some(b)) => u.backend_span_attrs.get(b),
             _ => None,
         };
         let server_end = times.end_unix_ns();
-        let client_span = match (ctx.upstream_sent_at, backend) {
+        let client_span = match (ctx.timing.upstream_sent_at, backend) {
             (Some(sent), Some(b)) => Some((sent, b)),
             _ => None,
         };
@@ -333,7 +325,7 @@ impl Observer {
             parent: trace.parent_span_id.map(|p| (p, true)),
             start_unix_nanos: start_ns,
             end_unix_nanos: server_end,
-            error: if ctx.status >= 500 {
+            error: if ctx.outcome.status >= 500 {
                 error.or(Some("server error"))
             } else {
                 None
@@ -343,27 +335,29 @@ impl Observer {
             spans.span(&server, |b| {
                 otlp::str_attr(b, "http.request.method", method);
                 otlp::str_attr(b, "url.path", req.uri.path());
-                otlp::int_attr(b, "http.response.status_code", ctx.status as i64);
+                otlp::int_attr(b, "http.response.status_code", ctx.outcome.status as i64);
                 b.extend_from_slice(&self.server_attrs);
                 otlp::str_attr(b, "agentgate.request_id", ctx.request_id_str());
-                otlp::int_attr(b, "agentgate.retries", ctx.tries.saturating_sub(1) as i64);
-                otlp::bool_attr(b, "agentgate.rate_limited", ctx.rate_limited);
+                otlp::int_attr(b, "agentgate.retries", ctx.tries.retries() as i64);
+                otlp::bool_attr(b, "agentgate.rate_limited", ctx.policy.rate_limited());
                 if let Some(q) = query {
                     otlp::str_attr(b, "url.query", q);
                 }
-                if let Some(ip) = ctx.client_ip {
-                    otlp::text_attr(b, "client.address", json::IpText::new(ip).as_bytes());
-                }
+                otlp::text_attr(
+                    b,
+                    "client.address",
+                    json::IpText::new(ctx.client.ip).as_bytes(),
+                );
                 if let Some(r) = route_rt {
                     b.extend_from_slice(&r.span_attrs);
                 }
                 if let Some(backend) = backend {
                     b.extend_from_slice(&backend.backend);
                 }
-                if let Some(p) = ctx.pagination {
+                if let Some(p) = ctx.policy.pagination {
                     otlp::str_attr(b, "agentgate.pagination", p.as_str());
                 }
-                if let Some(k) = &ctx.key_id {
+                if let Some(k) = &ctx.client.key_id {
                     otlp::str_attr(b, "agentgate.key_id", k);
                 }
                 if let Some(e) = error {
@@ -377,11 +371,11 @@ impl Observer {
                 name: &[method],
                 kind: Kind::Client,
                 trace_id: trace.trace_id,
-                span_id: ctx.upstream_span_id,
+                span_id: ctx.id.upstream_span_id,
                 parent: Some((trace.span_id, false)),
                 start_unix_nanos: at(sent),
-                end_unix_nanos: ctx.response_done_at.map(at).unwrap_or(server_end),
-                error: match ctx.upstream_status {
+                end_unix_nanos: ctx.timing.response_done_at.map(at).unwrap_or(server_end),
+                error: match ctx.outcome.upstream_status {
                     Some(s) if s >= 500 => Some("server error"),
                     None => error.or(Some("no response")),
                     _ => None,
@@ -401,9 +395,9 @@ impl Observer {
                 otlp::int_attr(
                     b,
                     "http.request.resend_count",
-                    ctx.tries.saturating_sub(1) as i64,
+                    ctx.tries.retries() as i64,
                 );
-                if let Some(s) = ctx.upstream_status {
+                if let Some(s) = ctx.outcome.upstream_status {
                     otlp::int_attr(b, "http.response.status_code", s as i64);
                 }
             });

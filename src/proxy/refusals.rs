@@ -11,12 +11,12 @@
 //! header, and by carrying no `x-request-id`, which every response of the proxy phases
 //! has: a response an agent sent is never touched. Everything else passes through the
 //! wrapper untouched; its cost on the hot path is one comparison of a write's first
-//! bytes. The wrapper also keeps the client socket's descriptor ([`client_fd`]), which
-//! the request deadlines consult to tell a stalled client from a silent agent.
+//! bytes. The wrapper also carries the client socket for the request deadlines
+//! ([`client_socket`]), which they consult to tell a stalled client from a silent agent.
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -34,7 +34,9 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::deadlines::ClientSocket;
 use super::observer::{Observer, Refusal};
+use super::socket::Socket;
 use crate::errors::{json_body, ErrorKind, GatewayError};
 use crate::observe::trace_context::{hex_string, random_trace_id};
 use crate::state::Shared;
@@ -128,13 +130,24 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let fd = stream
+        // The peer address comes from the socket digest, which caches it for the
+        // proxy's own `client_addr` too: no extra syscall.
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let client = stream
             .as_any()
             .downcast_ref::<L4Stream>()
-            .map(AsRawFd::as_raw_fd);
+            .map(|l4| {
+                Arc::new(ClientSocket::new(Socket {
+                    fd: l4.as_raw_fd(),
+                    local: None,
+                    peer,
+                }))
+            });
         let guarded = Guarded {
             inner: stream,
-            fd,
+            client,
             recorder: Arc::clone(&self.recorder),
             pending: None,
         };
@@ -150,16 +163,16 @@ where
 #[derive(Debug)]
 pub struct Guarded {
     inner: Stream,
-    /// The client socket, for the deadlines that look at what it has not yet taken.
-    fd: Option<RawFd>,
+    /// The client socket as the request deadlines see it.
+    client: Option<Arc<ClientSocket>>,
     recorder: Arc<Recorder>,
     /// The replacement still to be written, and how much of it is.
     pending: Option<(Vec<u8>, usize)>,
 }
 
 /// The client socket under a stream the gateway accepted (see [`Guarded`]).
-pub fn client_fd(stream: &Stream) -> Option<RawFd> {
-    stream.as_any().downcast_ref::<Guarded>()?.fd
+pub fn client_socket(stream: &Stream) -> Option<&Arc<ClientSocket>> {
+    stream.as_any().downcast_ref::<Guarded>()?.client.as_ref()
 }
 
 impl std::fmt::Debug for Recorder {

@@ -11,14 +11,14 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-use super::ctx::RequestCtx;
+use super::ctx::Request;
 use super::headers;
 use crate::errors::{json_body, ErrorKind, GatewayError};
 
 /// Writes a JSON error response and records it in the context.
 pub async fn send_error(
     session: &mut Session,
-    ctx: &mut RequestCtx,
+    ctx: &mut Request,
     err: GatewayError,
 ) -> Result<()> {
     let status = err.kind.status();
@@ -29,17 +29,19 @@ pub async fn send_error(
         map.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         map.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if err.kind == ErrorKind::RateLimited {
-            map.insert(
-                http::header::RETRY_AFTER,
-                HeaderValue::from(ctx.retry_after_s.max(1)),
-            );
+            let wait = ctx
+                .policy
+                .rate_limit
+                .and_then(|r| r.denied_retry_after_s)
+                .unwrap_or(1);
+            map.insert(http::header::RETRY_AFTER, HeaderValue::from(wait.max(1)));
         }
         decorate_response(map, ctx);
     });
-    ctx.status = status;
-    ctx.error = Some(err);
+    ctx.outcome.status = status;
+    ctx.outcome.fail(err);
     // Written directly, so the body filters that count bytes never see it.
-    ctx.bytes_out += body.len() as u64;
+    ctx.outcome.bytes_out += body.len() as u64;
     // Whatever the client still sends is not read: close rather than resync the stream.
     session.set_keepalive(None);
     session
@@ -52,19 +54,17 @@ pub async fn send_error(
 }
 
 /// Adds the headers every response carries.
-pub fn decorate_response(map: &mut HeaderMap, ctx: &RequestCtx) {
+pub fn decorate_response(map: &mut HeaderMap, ctx: &Request) {
     // Room for everything below: the map grows once, not on every insert.
     map.reserve(6);
-    if let Some(id) = &ctx.request_id {
-        map.insert(headers::X_REQUEST_ID, id.clone());
-    }
+    map.insert(headers::X_REQUEST_ID, ctx.id.request_id.clone());
     map.insert(headers::SERVER_TIMING, server_timing(ctx));
-    if let Some((limit, remaining, reset)) = ctx.rate_limit_headers {
-        map.insert(headers::RATELIMIT_LIMIT, count_value(0, limit.into()));
-        map.insert(headers::RATELIMIT_REMAINING, HeaderValue::from(remaining));
-        map.insert(headers::RATELIMIT_RESET, count_value(1, reset));
+    if let Some(note) = ctx.policy.rate_limit {
+        map.insert(headers::RATELIMIT_LIMIT, count_value(0, note.limit.into()));
+        map.insert(headers::RATELIMIT_REMAINING, HeaderValue::from(note.remaining));
+        map.insert(headers::RATELIMIT_RESET, count_value(1, note.reset_s));
     }
-    if let Some((asked, max)) = ctx.pagination_clamped {
+    if let Some((asked, max)) = ctx.policy.pagination_clamped {
         if let Ok(value) = HeaderValue::from_str(&format!("{asked}->{max}")) {
             map.insert(headers::X_PAGINATION_CLAMPED, value);
         }
@@ -92,15 +92,15 @@ fn count_value(slot: usize, n: u64) -> HeaderValue {
 
 /// `gateway;dur=<ms>, upstream;dur=<ms>`: upstream is the wait for the response header,
 /// gateway is the rest of the time so far.
-fn server_timing(ctx: &RequestCtx) -> HeaderValue {
+fn server_timing(ctx: &Request) -> HeaderValue {
     // Right after the agent's response header (first_byte_at) when there is one: no
     // second clock read.
-    let now = ctx.first_byte_at.unwrap_or_else(std::time::Instant::now);
-    let total = ctx
-        .start
-        .map(|s| now.saturating_duration_since(s))
-        .unwrap_or_default();
-    let upstream = ctx.first_byte_wait().unwrap_or_default();
+    let now = ctx
+        .timing
+        .first_byte_at
+        .unwrap_or_else(std::time::Instant::now);
+    let total = now.saturating_duration_since(ctx.start);
+    let upstream = ctx.timing.first_byte_wait().unwrap_or_default();
     let gateway = total.saturating_sub(upstream);
     let mut out = [0u8; 80];
     let mut text = Cursor(&mut out, 0);
