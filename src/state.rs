@@ -9,71 +9,37 @@ use std::sync::Mutex;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::alerts::window::Ring;
+use crate::alerts::window::Windows;
 use crate::alerts::AlertBoard;
 use crate::balance::{BackendRegistry, UpstreamPool};
-use crate::config::{Config, OnUnavailable, RateLimitScope, Route, Signal};
-use crate::observe::json::LogName;
-use crate::observe::metrics::{BackendMetrics, RouteMetrics};
-use crate::observe::otlp::{self, PrebuiltValue};
+use crate::config::{Config, OnUnavailable, RateLimitScope, Route};
+use crate::observe::per_config::Telemetry;
 use crate::ratelimit::store::RedisStore;
 use crate::ratelimit::RouteLimiter;
 
-/// A route with the handles the hot path needs.
+/// A route with its limiter.
 pub struct RouteRuntime {
     pub route: Arc<Route>,
-    pub metrics: RouteMetrics,
     pub limiter: Option<Arc<RouteLimiter>>,
-    /// Outcome window for alerts naming this route (none when no alert does).
-    pub window: Option<Ring>,
-    /// Span attributes that only depend on the route, encoded once (OTLP protobuf).
-    pub span_attrs: Vec<u8>,
-    /// The route's name for the access log, escaped once.
-    pub log_route: LogName,
 }
 
-/// An upstream pool with its per-backend metric handles (same order as `pool.backends`).
+/// An upstream's pool of backends.
 pub struct UpstreamRuntime {
     pub pool: Arc<UpstreamPool>,
-    pub backend_metrics: Vec<BackendMetrics>,
-    /// Span attributes of each backend (same order as `pool.backends`).
-    pub backend_span_attrs: Vec<BackendSpanAttrs>,
-    /// The upstream's name and each backend's label (same order as `pool.backends`)
-    /// for the access log, escaped once.
-    pub log_name: LogName,
-    pub backend_log_names: Vec<LogName>,
-}
-
-/// What a span says about a backend, encoded once per config (OTLP protobuf).
-pub struct BackendSpanAttrs {
-    /// `agentgate.backend` for the server span.
-    pub backend: Vec<u8>,
-    /// `server.address` and `server.port` for the client span.
-    pub address_port: Vec<u8>,
-    /// `http://IP:PORT`, the start of `url.full`.
-    pub origin: Arc<str>,
 }
 
 /// Everything built from one config. Requests hold an `Arc<Runtime>` from start to end,
-/// so a reload never changes the config under a request already running.
+/// so a reload never changes the config under a request already running. Each layer
+/// builds its own part from the config: the balancer its pools, the limiters theirs,
+/// the telemetry its per-config entries, the alerts their windows.
 pub struct Runtime {
     pub config: Arc<Config>,
     /// Same order as `config.routes`.
     pub routes: Vec<RouteRuntime>,
     /// Same order as `config.upstreams`.
     pub upstreams: Vec<UpstreamRuntime>,
-    /// Outcome window for alerts over all routes.
-    pub all_window: Option<Ring>,
-}
-
-/// Seconds of window a ring needs for the alerts that read it.
-fn window_seconds(config: &Config, route: Option<&str>) -> Option<u64> {
-    config
-        .alerts
-        .iter()
-        .filter(|a| a.route.as_deref() == route && a.signal != Signal::HealthyBackends)
-        .map(|a| a.window.as_secs().max(1))
-        .max()
+    pub telemetry: Telemetry,
+    pub windows: Windows,
 }
 
 /// State that outlives one runtime: backend health and load, rate-limit budgets, the
@@ -137,55 +103,15 @@ impl Runtime {
             .map(|r| RouteRuntime {
                 limiter: carry.limiter_for(r, &store),
                 route: Arc::clone(r),
-                metrics: RouteMetrics::new(&r.name, Some(&config.upstreams[r.upstream].name)),
-                window: window_seconds(&config, Some(&r.name)).map(Ring::new),
-                span_attrs: otlp::prebuilt(&[
-                    ("http.route", PrebuiltValue::Str(&r.path_prefix)),
-                    ("agentgate.route", PrebuiltValue::Str(&r.name)),
-                    (
-                        "agentgate.upstream",
-                        PrebuiltValue::Str(&config.upstreams[r.upstream].name),
-                    ),
-                ]),
-                log_route: LogName::new(&r.name),
             })
             .collect();
-        let mut upstreams = Vec::new();
-        for u in &config.upstreams {
-            let pool = Arc::new(UpstreamPool::new(Arc::clone(u), registry));
-            let backend_metrics = pool
-                .backends
-                .iter()
-                .map(|b| BackendMetrics::new(&u.name, &b.label))
-                .collect();
-            let backend_span_attrs = pool
-                .backends
-                .iter()
-                .map(|b| BackendSpanAttrs {
-                    backend: otlp::prebuilt(&[("agentgate.backend", PrebuiltValue::Str(&b.label))]),
-                    address_port: otlp::prebuilt(&[
-                        (
-                            "server.address",
-                            PrebuiltValue::Str(&b.addr.ip().to_string()),
-                        ),
-                        ("server.port", PrebuiltValue::Int(b.addr.port() as i64)),
-                    ]),
-                    origin: Arc::from(format!("http://{}", b.addr)),
-                })
-                .collect();
-            let backend_log_names = pool
-                .backends
-                .iter()
-                .map(|b| LogName::new(&b.label))
-                .collect();
-            upstreams.push(UpstreamRuntime {
-                log_name: LogName::new(&u.name),
-                pool,
-                backend_metrics,
-                backend_span_attrs,
-                backend_log_names,
-            });
-        }
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamRuntime {
+                pool: Arc::new(UpstreamPool::new(Arc::clone(u), registry)),
+            })
+            .collect();
         let keep: Vec<_> = config
             .upstreams
             .iter()
@@ -193,7 +119,8 @@ impl Runtime {
             .collect();
         registry.retain(&keep);
         Runtime {
-            all_window: window_seconds(&config, None).map(Ring::new),
+            telemetry: Telemetry::build(&config),
+            windows: Windows::for_config(&config),
             config,
             routes,
             upstreams,
@@ -205,10 +132,6 @@ impl Runtime {
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub carry: Carryover,
-    /// Unmatched requests count here (route="unmatched").
-    pub unmatched_metrics: RouteMetrics,
-    /// `unmatched` as the access log's route name.
-    pub unmatched_log_name: LogName,
     pub alerts: AlertBoard,
     draining: AtomicBool,
 }
@@ -223,8 +146,6 @@ impl Shared {
             alerts,
             runtime: ArcSwap::from_pointee(runtime),
             carry,
-            unmatched_metrics: RouteMetrics::new("unmatched", None),
-            unmatched_log_name: LogName::new("unmatched"),
             draining: AtomicBool::new(false),
         })
     }

@@ -164,6 +164,57 @@ pub fn quantile(q: f64, buckets: &[u64; BUCKETS]) -> Option<f64> {
     Some(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1])
 }
 
+/// The outcome windows one config's alerts read: one per route an alert names, one over
+/// all routes when an alert does. Rings exist only for what some alert reads.
+pub struct Windows {
+    /// Same order as the config's routes.
+    routes: Vec<Option<Ring>>,
+    all: Option<Ring>,
+}
+
+impl Windows {
+    pub fn for_config(config: &crate::config::Config) -> Windows {
+        let seconds = |route: Option<&str>| {
+            config
+                .alerts
+                .iter()
+                .filter(|a| {
+                    a.route.as_deref() == route && a.signal != crate::config::Signal::HealthyBackends
+                })
+                .map(|a| a.window.as_secs().max(1))
+                .max()
+        };
+        Windows {
+            routes: config
+                .routes
+                .iter()
+                .map(|r| seconds(Some(&r.name)).map(Ring::new))
+                .collect(),
+            all: seconds(None).map(Ring::new),
+        }
+    }
+
+    /// The window of route `index` (`None` when no alert reads it).
+    pub fn route(&self, index: usize) -> Option<&Ring> {
+        self.routes.get(index).and_then(Option::as_ref)
+    }
+
+    /// The window over all routes (`None` when no alert reads it).
+    pub fn all(&self) -> Option<&Ring> {
+        self.all.as_ref()
+    }
+
+    /// Records a request of route `route` (unmatched: `None`) in every window it feeds.
+    pub fn record(&self, route: Option<usize>, now_s: u64, outcome: Outcome) {
+        if let Some(w) = route.and_then(|r| self.route(r)) {
+            w.record(now_s, outcome);
+        }
+        if let Some(w) = &self.all {
+            w.record(now_s, outcome);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod line_writer;
 pub mod logger;
 pub mod metrics;
 pub mod otlp;
+pub mod per_config;
 pub mod redact;
 pub mod shards;
 pub mod spans;

@@ -16,11 +16,9 @@ use crate::errors::{ErrorKind, GatewayError};
 use crate::observe::metrics::PaginationAction;
 use crate::pagination::ResponseCap;
 use crate::ratelimit::{key_material, RouteLimiter, Verdict};
-use crate::state::Shared;
 
 /// Runs every admission check in order; the first failure is the answer.
 pub async fn admit(
-    _shared: &Shared,
     session: &mut Session,
     ctx: &mut Request,
     scan: &RequestScan,
@@ -28,13 +26,13 @@ pub async fn admit(
     let runtime = std::sync::Arc::clone(&ctx.runtime);
     let config = &runtime.config;
     if let Err(e) = normalize_target(session.req_header_mut()) {
-        _shared.unmatched_metrics.in_flight.increment(1.0);
+        runtime.telemetry.unmatched.metrics.in_flight.increment(1.0);
         return Err(e);
     }
     let req = session.req_header();
     let route = find_route(&config.routes, req.uri.path(), &req.method).map(|(i, _)| i);
     let Some(route_index) = route else {
-        _shared.unmatched_metrics.in_flight.increment(1.0);
+        runtime.telemetry.unmatched.metrics.in_flight.increment(1.0);
         return Err(GatewayError::new(
             ErrorKind::RouteNotFound,
             format!(
@@ -48,7 +46,10 @@ pub async fn admit(
         route: route_index,
         upstream: config.routes[route_index].upstream,
     });
-    runtime.routes[route_index].metrics.in_flight.increment(1.0);
+    runtime.telemetry.routes[route_index]
+        .metrics
+        .in_flight
+        .increment(1.0);
 
     check_framing(req, scan, session.get_keepalive().is_none())?;
     check_declared_length(scan, config.server.max_request_body_bytes)?;

@@ -22,6 +22,7 @@ use super::socket::Socket;
 use crate::balance::InFlightGuard;
 use crate::errors::GatewayError;
 use crate::observe::metrics::PaginationAction;
+use crate::observe::per_config::{BackendTelemetry, RouteTelemetry, UpstreamTelemetry};
 use crate::observe::trace_context::TraceContext;
 use crate::pagination::ResponseCap;
 use crate::state::{RouteRuntime, Runtime, UpstreamRuntime};
@@ -300,6 +301,24 @@ impl Request {
     /// The settings of this request's upstream.
     pub fn upstream_settings(&self) -> Option<&crate::config::Upstream> {
         self.route.map(|r| &*self.runtime.config.upstreams[r.upstream])
+    }
+
+    /// The chosen route's telemetry entries, or the unmatched ones.
+    pub fn route_telemetry(&self) -> &RouteTelemetry {
+        match self.route {
+            Some(r) => &self.runtime.telemetry.routes[r.route],
+            None => &self.runtime.telemetry.unmatched,
+        }
+    }
+
+    /// The telemetry entries of this request's upstream.
+    pub fn upstream_telemetry(&self) -> Option<&UpstreamTelemetry> {
+        self.route.map(|r| &self.runtime.telemetry.upstreams[r.upstream])
+    }
+
+    /// The telemetry entries of the latest try's backend.
+    pub fn backend_telemetry(&self) -> Option<&BackendTelemetry> {
+        self.upstream_telemetry()?.backends.get(self.backend()?)
     }
 
     /// The backend index of the latest try, if one was made.

@@ -112,8 +112,8 @@ impl Gateway {
         let (Some(upstream), Some(b)) = (req.upstream(), req.backend()) else {
             return;
         };
-        if let Some(m) = upstream.backend_metrics.get(b) {
-            m.record(outcome);
+        if let Some(t) = req.backend_telemetry() {
+            t.metrics.record(outcome);
         }
         let Some(backend) = upstream.pool.backends.get(b) else {
             return;
@@ -296,7 +296,7 @@ impl ProxyHttp for Gateway {
         downstream.set_pipelining_enabled(true);
         let mut scan = RequestScan::of(&session.req_header().headers);
         let req = ctx.insert(Box::new(Self::begin(session, runtime, start, &mut scan)));
-        match admission::admit(&self.shared, session, req, &scan).await {
+        match admission::admit(session, req, &scan).await {
             Ok(()) => Ok(false),
             Err(err) => {
                 respond::send_error(session, req, err).await?;
@@ -537,10 +537,11 @@ impl ProxyHttp for Gateway {
                 TryOutcome::Success
             },
         );
-        if let (Some(route), Some(wait)) = (req.route_runtime(), req.timing.first_byte_wait()) {
-            if let Some(h) = &route.metrics.first_byte {
-                h.record(wait);
-            }
+        if let (Some(h), Some(wait)) = (
+            &req.route_telemetry().metrics.first_byte,
+            req.timing.first_byte_wait(),
+        ) {
+            h.record(wait);
         }
         let scan = respond::ResponseScan::of(&upstream_response.headers);
         req.response_scan = Some(scan);
@@ -569,10 +570,8 @@ impl ProxyHttp for Gateway {
         });
         req.outcome.status = upstream_response.status.as_u16();
         if streaming {
-            if let Some(route) = req.route_runtime() {
-                route.metrics.streams_active.increment(1.0);
-                req.outcome.streaming = true;
-            }
+            req.route_telemetry().metrics.streams_active.increment(1.0);
+            req.outcome.streaming = true;
         }
         Ok(())
     }
@@ -686,7 +685,7 @@ impl ProxyHttp for Gateway {
             // in the access log and the metrics alike.
             req.outcome.status = 499;
         }
-        self.observer.finish_request(&self.shared, session, req);
+        self.observer.finish_request(session, req);
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {

@@ -93,12 +93,7 @@ impl Observer {
     }
 
     /// Records one finished request. Runs in pingora's logging phase, for every request.
-    pub fn finish_request(
-        &self,
-        shared: &Shared,
-        session: &Session,
-        ctx: &Request,
-    ) {
+    pub fn finish_request(&self, session: &Session, ctx: &Request) {
         let runtime = &*ctx.runtime;
         let start = ctx.start;
         let elapsed = start.elapsed();
@@ -106,9 +101,8 @@ impl Observer {
         let req = session.req_header();
         let route_rt = ctx.route_runtime();
         let outcome = &ctx.outcome;
-        let route_metrics = route_rt
-            .map(|r| &r.metrics)
-            .unwrap_or(&shared.unmatched_metrics);
+        let telemetry = ctx.route_telemetry();
+        let route_metrics = &telemetry.metrics;
 
         route_metrics.in_flight.decrement(1.0);
         route_metrics.record_request(
@@ -148,7 +142,7 @@ impl Observer {
         if ctx.policy.rate_limited() {
             route_metrics.rate_limited.increment(1);
         }
-        self.record_alert_windows(runtime, route_rt, ctx, elapsed, first_byte);
+        self.record_alert_windows(ctx, elapsed, first_byte);
 
         let writer = self.access_log.load();
         let span_sink = self
@@ -169,22 +163,17 @@ impl Observer {
         let Some(writer) = writer.as_ref() else {
             return;
         };
-        let backend = match (ctx.upstream(), ctx.backend()) {
-            (Some(u), Some(b)) => u.backend_log_names.get(b),
-            _ => None,
-        };
+        let backend = ctx.backend_telemetry().map(|b| &b.log_name);
         let record = AccessRecord {
             finished: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(times.end_unix_ns()),
             request_id: ctx.request_id_str(),
             trace: Some((ctx.id.trace.trace_id, ctx.id.trace.span_id)),
-            route: route_rt
-                .map(|r| &r.log_route)
-                .unwrap_or(&shared.unmatched_log_name),
+            route: &telemetry.log_name,
             method: req.method.as_str(),
             path: req.uri.path(),
             query: query.as_deref(),
             status: outcome.status,
-            upstream: ctx.upstream().map(|u| &u.log_name),
+            upstream: ctx.upstream_telemetry().map(|u| &u.log_name),
             backend,
             duration: elapsed,
             upstream_first_byte: first_byte,
@@ -221,18 +210,19 @@ impl Observer {
         } else {
             http::Method::from_bytes(b"-").unwrap_or_default()
         };
-        shared
-            .unmatched_metrics
+        let runtime = shared.runtime.load();
+        let unmatched = &runtime.telemetry.unmatched;
+        unmatched
+            .metrics
             .record_request(&method, refusal.status, refusal.duration);
         let Some(writer) = self.access_log.load_full() else {
             return;
         };
-        let runtime = shared.runtime.load();
         let record = AccessRecord {
             finished: std::time::SystemTime::now(),
             request_id: refusal.request_id,
             trace: None,
-            route: &shared.unmatched_log_name,
+            route: &unmatched.log_name,
             method: method.as_str(),
             path: "-",
             query: None,
@@ -258,14 +248,13 @@ impl Observer {
     /// Feeds the per-second windows the in-process alert rules read.
     fn record_alert_windows(
         &self,
-        runtime: &crate::state::Runtime,
-        route_rt: Option<&crate::state::RouteRuntime>,
         ctx: &Request,
         elapsed: std::time::Duration,
         first_byte: Option<std::time::Duration>,
     ) {
-        let route_window = route_rt.and_then(|r| r.window.as_ref());
-        if route_window.is_none() && runtime.all_window.is_none() {
+        let windows = &ctx.runtime.windows;
+        let route = ctx.route.map(|r| r.route);
+        if route.and_then(|r| windows.route(r)).is_none() && windows.all().is_none() {
             return;
         }
         let first_byte_s = first_byte.map(|d| d.as_secs_f64());
@@ -276,12 +265,7 @@ impl Observer {
             first_byte_s,
         };
         let now_s = (ctx.start_ms + elapsed.as_millis() as u64) / 1000;
-        if let Some(w) = route_window {
-            w.record(now_s, outcome);
-        }
-        if let Some(w) = &runtime.all_window {
-            w.record(now_s, outcome);
-        }
+        windows.record(route, now_s, outcome);
     }
 
     /// The server span of the request and the client span of its (last) upstream call.
@@ -304,10 +288,7 @@ impl Observer {
             m => m,
         };
         let error = ctx.outcome.error_code();
-        let backend = match (ctx.upstream(), ctx.backend()) {
-            (Some(u), Some(b)) => u.backend_span_attrs.get(b),
-            _ => None,
-        };
+        let backend = ctx.backend_telemetry();
         let server_end = times.end_unix_ns();
         let client_span = match (ctx.timing.upstream_sent_at, backend) {
             (Some(sent), Some(b)) => Some((sent, b)),
@@ -348,11 +329,9 @@ impl Observer {
                     "client.address",
                     json::IpText::new(ctx.client.ip).as_bytes(),
                 );
-                if let Some(r) = route_rt {
-                    b.extend_from_slice(&r.span_attrs);
-                }
+                b.extend_from_slice(&ctx.route_telemetry().span_attrs);
                 if let Some(backend) = backend {
-                    b.extend_from_slice(&backend.backend);
+                    b.extend_from_slice(&backend.span_backend);
                 }
                 if let Some(p) = ctx.policy.pagination {
                     otlp::str_attr(b, "agentgate.pagination", p.as_str());
@@ -383,7 +362,7 @@ impl Observer {
             };
             spans.span(&client, |b| {
                 otlp::str_attr(b, "http.request.method", method);
-                b.extend_from_slice(&backend.address_port);
+                b.extend_from_slice(&backend.span_address_port);
                 match query {
                     Some(q) => otlp::str_parts_attr(
                         b,

@@ -46,12 +46,9 @@ pub fn signal_value(
     }
     let ring = match route {
         Some(name) => runtime
-            .routes
-            .iter()
-            .find(|r| r.route.name == name)?
-            .window
-            .as_ref()?,
-        None => runtime.all_window.as_ref()?,
+            .windows
+            .route(runtime.routes.iter().position(|r| r.route.name == name)?)?,
+        None => runtime.windows.all()?,
     };
     let sums = ring.sum(now_s, window.as_secs().max(1));
     match signal {
