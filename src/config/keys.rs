@@ -12,15 +12,12 @@ use super::model::ApiKeyEntry;
 pub fn load_keys_file(path: &Path) -> Result<Vec<ApiKeyEntry>, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| file_error(path, format!("cannot read keys file: {e}")))?;
-    let parsed: KeysFile = match toml::from_str(&text) {
-        Ok(p) => p,
-        Err(e) => {
-            let loc = Locator::new(path, &text);
-            let err = loc.error_at(e.span().unwrap_or(0..0), e.message().to_string());
-            return Err(ConfigErrors(vec![err]));
-        }
-    };
+    let (parsed, problems) = super::read::deserialize_all::<KeysFile>(&text);
     let mut loc = Locator::new(path, &text);
+    for (span, message) in problems {
+        loc.push(span, message);
+    }
+    let parsed = parsed.unwrap_or_default();
     let mut keys = Vec::new();
     let mut ids = std::collections::HashSet::new();
     for entry in &parsed.keys {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod file;
 pub mod keys;
 pub mod model;
+pub mod read;
 pub mod redacted;
 pub mod validate;
 
@@ -33,16 +34,46 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Parses and validates config text; `path` names it in errors and anchors relative paths.
+/// Every problem is reported, unknown keys and wrong types included, in line order.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let parsed: file::FileConfig = match toml::from_str(text) {
-        Ok(p) => p,
-        Err(e) => {
-            let loc = Locator::new(path, text);
-            let err = loc.error_at(e.span().unwrap_or(0..0), explain_parse_error(e.message()));
-            return Err(ConfigErrors(vec![err]));
+    let (parsed, problems) = read::deserialize_all::<file::FileConfig>(text);
+    let loc = Locator::new(path, text);
+    let mut errors: Vec<ConfigError> = problems
+        .into_iter()
+        .map(|(span, message)| loc.error_at(span, explain_parse_error(&message)))
+        .collect();
+    if let Some(parsed) = parsed {
+        match validate::validate(&validate::Source { path, text }, parsed) {
+            Ok(config) if errors.is_empty() => return Ok(config),
+            Ok(_) => {}
+            Err(e) => errors.extend(e.0),
         }
-    };
-    validate::validate(&validate::Source { path, text }, parsed)
+    }
+    Err(in_line_order(path, errors))
+}
+
+/// The config file's errors by line and column, each error about another file (the keys
+/// file) right after the error that named that file; duplicates once.
+fn in_line_order(path: &Path, errors: Vec<ConfigError>) -> ConfigErrors {
+    let mut anchor = (0, 0);
+    let mut keyed: Vec<((usize, usize), usize, ConfigError)> = errors
+        .into_iter()
+        .enumerate()
+        .map(|(seq, e)| {
+            if e.file == path {
+                anchor = (e.line, e.column);
+            }
+            (anchor, seq, e)
+        })
+        .collect();
+    keyed.sort_by_key(|(at, seq, _)| (*at, *seq));
+    let mut out: Vec<ConfigError> = Vec::with_capacity(keyed.len());
+    for (_, _, e) in keyed {
+        if !out.contains(&e) {
+            out.push(e);
+        }
+    }
+    ConfigErrors(out)
 }
 
 /// serde's messages name the problem; add what to do about the most common ones.
