@@ -179,7 +179,8 @@ impl Windows {
                 .alerts
                 .iter()
                 .filter(|a| {
-                    a.route.as_deref() == route && a.signal != crate::config::Signal::HealthyBackends
+                    a.route.as_deref() == route
+                        && a.signal != crate::config::Signal::HealthyBackends
                 })
                 .map(|a| a.window.as_secs().max(1))
                 .max()

@@ -66,7 +66,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total = total.checked_add(nanos).ok_or_else(too_large)?;
         rest = after.trim_start();
     }
-    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| invalid("the number is too large"))?;
+    let secs =
+        u64::try_from(total / 1_000_000_000).map_err(|_| invalid("the number is too large"))?;
     Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }
 

@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::model::{
+    BalanceMode, LogFormat, LogLevel, OnExceed, OnUnavailable, RateLimitScope, Signal,
+};
+
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,8 +51,8 @@ pub struct ServerSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
-    pub format: Option<Spanned<String>>,
-    pub level: Option<Spanned<String>>,
+    pub format: Option<Spanned<LogFormat>>,
+    pub level: Option<Spanned<LogLevel>>,
     pub access_log: Option<Spanned<String>>,
     pub redact_headers: Option<Vec<Spanned<String>>>,
     pub redact_query_params: Option<Vec<Spanned<String>>>,
@@ -66,7 +70,7 @@ pub struct TraceSection {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     pub backends: Spanned<Vec<Spanned<String>>>,
-    pub balance: Option<Spanned<String>>,
+    pub balance: Option<Spanned<BalanceMode>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub first_byte_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
@@ -105,7 +109,7 @@ pub struct RateLimitSection {
     pub key: Option<Spanned<String>>,
     pub requests_per_second: Spanned<f64>,
     pub burst: Option<Spanned<i64>>,
-    pub scope: Option<Spanned<String>>,
+    pub scope: Option<Spanned<RateLimitScope>>,
     /// How many gateway replicas share a global limit; sizes the local fallback share.
     pub expected_replicas: Option<Spanned<i64>>,
 }
@@ -117,7 +121,7 @@ pub struct PaginationSection {
     pub limit_param: Option<Spanned<String>>,
     pub default_limit: Option<Spanned<i64>>,
     pub max_limit: Option<Spanned<i64>>,
-    pub on_exceed: Option<Spanned<String>>,
+    pub on_exceed: Option<Spanned<OnExceed>>,
     pub max_response_bytes: Option<Spanned<i64>>,
 }
 
@@ -125,7 +129,7 @@ pub struct PaginationSection {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitStoreSection {
     pub redis_url: Spanned<String>,
-    pub on_unavailable: Option<Spanned<String>>,
+    pub on_unavailable: Option<Spanned<OnUnavailable>>,
     pub timeout: Option<Spanned<String>>,
 }
 
@@ -147,7 +151,7 @@ pub struct AlertingSection {
 pub struct AlertSection {
     pub name: Spanned<String>,
     pub route: Option<Spanned<String>>,
-    pub signal: Spanned<String>,
+    pub signal: Spanned<Signal>,
     pub above: Option<Spanned<f64>>,
     pub below: Option<Spanned<f64>>,
     pub window: Option<Spanned<String>>,

@@ -12,14 +12,19 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::Method;
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use strum::IntoStaticStr;
 
-#[derive(Debug, Clone)]
+use super::redacted as show;
+
+#[derive(Debug, Clone, Serialize)]
 pub struct Config {
     /// The file this was loaded from; reloads read it again.
     pub path: PathBuf,
     pub server: ServerSettings,
     pub log: LogSettings,
     pub trace: TraceSettings,
+    #[serde(serialize_with = "show::upstreams_by_name")]
     pub upstreams: Vec<Arc<Upstream>>,
     /// Longest `path_prefix` first, so the first match is the longest.
     pub routes: Vec<Arc<Route>>,
@@ -29,36 +34,67 @@ pub struct Config {
     pub alerts: Vec<AlertRule>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub threads: usize,
+    #[serde(serialize_with = "show::duration")]
     pub grace_period: Duration,
     pub max_request_body_bytes: u64,
+    #[serde(serialize_with = "show::secret")]
     pub admin_token: Option<String>,
     pub trusted_proxies: Vec<IpNet>,
+    #[serde(serialize_with = "show::duration")]
     pub header_timeout: Duration,
     /// Longest wait for the next piece of a request body (then 408).
+    #[serde(serialize_with = "show::duration")]
     pub body_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum LogFormat {
     Json,
     Pretty,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
 pub enum AccessLogTarget {
     Stdout,
     Off,
     File(PathBuf),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct LogSettings {
     pub format: LogFormat,
+    #[serde(serialize_with = "show::level")]
     pub level: log::LevelFilter,
     pub access_log: AccessLogTarget,
     /// Lower-case header names whose values never reach a log or span.
@@ -67,14 +103,17 @@ pub struct LogSettings {
     pub redact_query_params: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TraceSettings {
+    #[serde(serialize_with = "show::url")]
     pub otlp_endpoint: Option<String>,
     pub service_name: String,
     pub sample_ratio: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum BalanceMode {
     RoundRobin,
     Random,
@@ -83,54 +122,66 @@ pub enum BalanceMode {
 
 impl BalanceMode {
     pub fn as_str(self) -> &'static str {
-        match self {
-            BalanceMode::RoundRobin => "round_robin",
-            BalanceMode::Random => "random",
-            BalanceMode::LeastInFlight => "least_in_flight",
-        }
+        self.into()
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Upstream {
+    /// The key of `Config::upstreams` when shown.
+    #[serde(skip)]
     pub name: String,
     /// Position in `Config::upstreams`.
+    #[serde(skip)]
     pub index: usize,
     pub backends: Vec<SocketAddr>,
     pub balance: BalanceMode,
+    #[serde(serialize_with = "show::duration")]
     pub connect_timeout: Duration,
+    #[serde(serialize_with = "show::duration")]
     pub first_byte_timeout: Duration,
+    #[serde(serialize_with = "show::duration")]
     pub idle_timeout: Duration,
     pub retries: u32,
     pub health: HealthSettings,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HealthSettings {
     pub path: String,
+    #[serde(serialize_with = "show::duration")]
     pub interval: Duration,
+    #[serde(serialize_with = "show::duration")]
     pub timeout: Duration,
     pub unhealthy_after: u32,
     pub healthy_after: u32,
     pub eject_after: u32,
+    #[serde(serialize_with = "show::duration")]
     pub eject_for: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Route {
     pub name: String,
     /// Position in the file's `[[routes]]`, stable for the life of this config.
+    #[serde(skip)]
     pub index: usize,
     pub path_prefix: String,
     /// Empty means every method.
+    #[serde(serialize_with = "show::methods")]
     pub methods: Vec<Method>,
     /// Index into `Config::upstreams`.
+    #[serde(skip)]
     pub upstream: usize,
+    /// The upstream's name, as the file wrote it.
+    #[serde(rename = "upstream")]
+    pub upstream_name: String,
     pub auth: bool,
     pub rate_limit: Option<RateLimitRule>,
     pub pagination: Option<PaginationRule>,
 }
 
+/// Written `client_ip`, `api_key`, `header:<Name>` or `global` (see its `Display`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateLimitKey {
     ClientIp,
@@ -139,14 +190,17 @@ pub enum RateLimitKey {
     Global,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum RateLimitScope {
     Local,
     Global,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RateLimitRule {
+    #[serde(serialize_with = "show::display")]
     pub key: RateLimitKey,
     pub requests_per_second: f64,
     pub burst: u32,
@@ -155,14 +209,17 @@ pub struct RateLimitRule {
     pub expected_replicas: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum OnExceed {
     Clamp,
     Reject,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PaginationRule {
+    #[serde(serialize_with = "show::methods")]
     pub methods: Vec<Method>,
     pub limit_param: String,
     pub default_limit: u64,
@@ -171,17 +228,21 @@ pub struct PaginationRule {
     pub max_response_bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum OnUnavailable {
     Local,
     Allow,
     Deny,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RateLimitStore {
+    #[serde(serialize_with = "show::url")]
     pub redis_url: String,
     pub on_unavailable: OnUnavailable,
+    #[serde(serialize_with = "show::duration")]
     pub timeout: Duration,
 }
 
@@ -191,19 +252,25 @@ pub struct ApiKeyEntry {
     pub sha256: [u8; 32],
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AuthSettings {
     pub keys_file: PathBuf,
+    /// Shown as the key ids alone: a hash never leaves the process.
+    #[serde(rename = "key_ids", serialize_with = "show::key_ids")]
     pub keys: Vec<ApiKeyEntry>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AlertingSettings {
+    #[serde(serialize_with = "show::duration")]
     pub evaluation_interval: Duration,
+    #[serde(serialize_with = "show::url")]
     pub webhook_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Signal {
     ErrorRatio,
     LatencyP99,
@@ -214,13 +281,7 @@ pub enum Signal {
 
 impl Signal {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Signal::ErrorRatio => "error_ratio",
-            Signal::LatencyP99 => "latency_p99",
-            Signal::FirstByteP99 => "first_byte_p99",
-            Signal::RateLimitedRatio => "rate_limited_ratio",
-            Signal::HealthyBackends => "healthy_backends",
-        }
+        self.into()
     }
 }
 
@@ -239,17 +300,118 @@ impl Threshold {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AlertRule {
     pub name: String,
     /// Route name; `None` covers every route.
     pub route: Option<String>,
     pub signal: Signal,
+    #[serde(flatten, serialize_with = "show::threshold")]
     pub threshold: Threshold,
+    #[serde(serialize_with = "show::duration")]
     pub window: Duration,
+    #[serde(rename = "for", serialize_with = "show::duration")]
     pub for_: Duration,
     pub severity: String,
     pub summary: String,
+}
+
+// The defaults of every setting the file may leave out, in one place; validation
+// starts from them.
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            threads: 2,
+            grace_period: Duration::from_secs(10),
+            max_request_body_bytes: 1_048_576,
+            admin_token: None,
+            trusted_proxies: Vec::new(),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Json,
+            level: log::LevelFilter::Info,
+            access_log: AccessLogTarget::Stdout,
+            redact_headers: ["authorization", "cookie", "x-api-key"]
+                .map(String::from)
+                .to_vec(),
+            redact_query_params: ["token", "api_key", "key"].map(String::from).to_vec(),
+        }
+    }
+}
+
+impl Default for TraceSettings {
+    fn default() -> Self {
+        TraceSettings {
+            otlp_endpoint: None,
+            service_name: "agentgate".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            unhealthy_after: 2,
+            healthy_after: 1,
+            eject_after: 5,
+            eject_for: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for AlertingSettings {
+    fn default() -> Self {
+        AlertingSettings {
+            evaluation_interval: Duration::from_secs(1),
+            webhook_url: None,
+        }
+    }
+}
+
+impl Upstream {
+    pub const DEFAULT_BALANCE: BalanceMode = BalanceMode::LeastInFlight;
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(120);
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_RETRIES: u32 = 1;
+}
+
+impl RateLimitStore {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+}
+
+impl From<AccessLogTarget> for String {
+    fn from(t: AccessLogTarget) -> String {
+        match t {
+            AccessLogTarget::Stdout => "stdout".into(),
+            AccessLogTarget::Off => "off".into(),
+            AccessLogTarget::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for RateLimitKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateLimitKey::ClientIp => f.write_str("client_ip"),
+            RateLimitKey::ApiKey => f.write_str("api_key"),
+            RateLimitKey::Global => f.write_str("global"),
+            RateLimitKey::Header(h) => write!(f, "header:{h}"),
+        }
+    }
 }
 
 impl Config {

@@ -240,7 +240,9 @@ mod tests {
         for line in [2, 3, 4, 5] {
             assert!(at.contains(&line), "line {line} in {found:?}");
         }
-        assert!(found.iter().any(|(_, m)| m.contains("unknown field `bogus`")));
+        assert!(found
+            .iter()
+            .any(|(_, m)| m.contains("unknown field `bogus`")));
     }
 
     #[test]

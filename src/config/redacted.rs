@@ -1,110 +1,199 @@
-//! The effective config as JSON for GET /config, with every secret hidden: the admin
-//! token, key hashes, and passwords inside URLs.
+//! The effective config as JSON for GET /config, derived from the model itself
+//! (`#[derive(Serialize)]` on every settings type) with every secret hidden: the admin
+//! token, key hashes, and passwords inside URLs. This module holds the few ways a value
+//! is shown that serde cannot derive; a new setting shows up in /config by itself.
 
-use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::duration::format_duration as d;
-use super::model::*;
-use super::validate::redact_url;
+use http::Method;
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::Serializer;
+use serde_json::Value;
 
+use super::duration::format_duration;
+use super::model::{ApiKeyEntry, Config, Threshold, Upstream};
+
+/// The config as /config shows it.
 pub fn redacted_config(c: &Config) -> Value {
-    let s = &c.server;
-    json!({
-        "path": c.path.display().to_string(),
-        "server": {
-            "listen": s.listen.to_string(),
-            "admin_listen": s.admin_listen.to_string(),
-            "threads": s.threads,
-            "grace_period": d(s.grace_period),
-            "max_request_body_bytes": s.max_request_body_bytes,
-            "admin_token": s.admin_token.as_ref().map(|_| "REDACTED").unwrap_or(""),
-            "trusted_proxies": s.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            "header_timeout": d(s.header_timeout),
-            "body_timeout": d(s.body_timeout),
-        },
-        "log": {
-            "format": match c.log.format { LogFormat::Json => "json", LogFormat::Pretty => "pretty" },
-            "level": c.log.level.to_string().to_lowercase(),
-            "access_log": match &c.log.access_log {
-                AccessLogTarget::Stdout => "stdout".to_string(),
-                AccessLogTarget::Off => "off".to_string(),
-                AccessLogTarget::File(p) => p.display().to_string(),
-            },
-            "redact_headers": c.log.redact_headers,
-            "redact_query_params": c.log.redact_query_params,
-        },
-        "trace": {
-            "otlp_endpoint": c.trace.otlp_endpoint.as_deref().map(redact_url).unwrap_or_default(),
-            "service_name": c.trace.service_name,
-            "sample_ratio": c.trace.sample_ratio,
-        },
-        "upstreams": c.upstreams.iter().map(|u| (u.name.clone(), json!({
-            "backends": u.backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
-            "balance": u.balance.as_str(),
-            "connect_timeout": d(u.connect_timeout),
-            "first_byte_timeout": d(u.first_byte_timeout),
-            "idle_timeout": d(u.idle_timeout),
-            "retries": u.retries,
-            "health": {
-                "path": u.health.path,
-                "interval": d(u.health.interval),
-                "timeout": d(u.health.timeout),
-                "unhealthy_after": u.health.unhealthy_after,
-                "healthy_after": u.health.healthy_after,
-                "eject_after": u.health.eject_after,
-                "eject_for": d(u.health.eject_for),
-            }
-        }))).collect::<serde_json::Map<_, _>>(),
-        "routes": c.routes.iter().map(|r| json!({
-            "name": r.name,
-            "path_prefix": r.path_prefix,
-            "methods": r.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
-            "upstream": c.upstreams[r.upstream].name,
-            "auth": r.auth,
-            "rate_limit": r.rate_limit.as_ref().map(|rl| json!({
-                "key": match &rl.key {
-                    RateLimitKey::ClientIp => "client_ip".to_string(),
-                    RateLimitKey::ApiKey => "api_key".to_string(),
-                    RateLimitKey::Global => "global".to_string(),
-                    RateLimitKey::Header(h) => format!("header:{h}"),
-                },
-                "requests_per_second": rl.requests_per_second,
-                "burst": rl.burst,
-                "scope": match rl.scope { RateLimitScope::Local => "local", RateLimitScope::Global => "global" },
-                "expected_replicas": rl.expected_replicas,
-            })),
-            "pagination": r.pagination.as_ref().map(|p| json!({
-                "methods": p.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
-                "limit_param": p.limit_param,
-                "default_limit": p.default_limit,
-                "max_limit": p.max_limit,
-                "on_exceed": match p.on_exceed { OnExceed::Clamp => "clamp", OnExceed::Reject => "reject" },
-                "max_response_bytes": p.max_response_bytes,
-            })),
-        })).collect::<Vec<_>>(),
-        "rate_limit_store": c.rate_limit_store.as_ref().map(|st| json!({
-            "redis_url": redact_url(&st.redis_url),
-            "on_unavailable": match st.on_unavailable { OnUnavailable::Local => "local", OnUnavailable::Allow => "allow", OnUnavailable::Deny => "deny" },
-            "timeout": d(st.timeout),
-        })),
-        "auth": c.auth.as_ref().map(|a| json!({
-            "keys_file": a.keys_file.display().to_string(),
-            "key_ids": a.keys.iter().map(|k| k.id.as_ref()).collect::<Vec<_>>(),
-        })),
-        "alerting": {
-            "evaluation_interval": d(c.alerting.evaluation_interval),
-            "webhook_url": c.alerting.webhook_url.as_deref().map(redact_url).unwrap_or_default(),
-        },
-        "alerts": c.alerts.iter().map(|a| json!({
-            "name": a.name,
-            "route": a.route,
-            "signal": a.signal.as_str(),
-            "above": match a.threshold { Threshold::Above(v) => Some(v), _ => None },
-            "below": match a.threshold { Threshold::Below(v) => Some(v), _ => None },
-            "window": d(a.window),
-            "for": d(a.for_),
-            "severity": a.severity,
-            "summary": a.summary,
-        })).collect::<Vec<_>>(),
-    })
+    serde_json::to_value(c).unwrap_or_else(
+        |e| serde_json::json!({ "error": format!("the config could not be shown: {e}") }),
+    )
+}
+
+/// Hides a password in a URL (`redis://user:secret@host` -> `redis://user:***@host`).
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((creds, host)) = rest.rsplit_once('@') {
+            let user = creds.split(':').next().unwrap_or("");
+            return format!("{scheme}://{user}:***@{host}");
+        }
+    }
+    url.to_string()
+}
+
+pub(super) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+/// A secret is shown as whether it is set: `REDACTED`, or empty.
+pub(super) fn secret<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if v.is_some() { "REDACTED" } else { "" })
+}
+
+/// A URL with any password hidden (empty when unset).
+pub(super) fn url<S: Serializer, U: AsUrl>(v: &U, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.as_url().map(redact_url).unwrap_or_default())
+}
+
+pub(super) trait AsUrl {
+    fn as_url(&self) -> Option<&str>;
+}
+
+impl AsUrl for String {
+    fn as_url(&self) -> Option<&str> {
+        Some(self)
+    }
+}
+
+impl AsUrl for Option<String> {
+    fn as_url(&self) -> Option<&str> {
+        self.as_deref()
+    }
+}
+
+pub(super) fn level<S: Serializer>(l: &log::LevelFilter, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&l.to_string().to_lowercase())
+}
+
+pub(super) fn display<S: Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+pub(super) fn methods<S: Serializer>(m: &[Method], s: S) -> Result<S::Ok, S::Error> {
+    let mut seq = s.serialize_seq(Some(m.len()))?;
+    for method in m {
+        seq.serialize_element(method.as_str())?;
+    }
+    seq.end()
+}
+
+/// Upstreams as a table by name, as the file writes them.
+pub(super) fn upstreams_by_name<S: Serializer>(
+    upstreams: &[Arc<Upstream>],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(upstreams.len()))?;
+    for u in upstreams {
+        map.serialize_entry(&u.name, &**u)?;
+    }
+    map.end()
+}
+
+pub(super) fn key_ids<S: Serializer>(keys: &[ApiKeyEntry], s: S) -> Result<S::Ok, S::Error> {
+    let mut seq = s.serialize_seq(Some(keys.len()))?;
+    for k in keys {
+        seq.serialize_element(&*k.id)?;
+    }
+    seq.end()
+}
+
+/// `above` and `below`, one of them null.
+pub(super) fn threshold<S: Serializer>(t: &Threshold, s: S) -> Result<S::Ok, S::Error> {
+    let (above, below) = match *t {
+        Threshold::Above(v) => (Some(v), None),
+        Threshold::Below(v) => (None, Some(v)),
+    };
+    let mut map = s.serialize_map(Some(2))?;
+    map.serialize_entry("above", &above)?;
+    map.serialize_entry("below", &below)?;
+    map.end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const FULL: &str = r#"
+[server]
+listen = "127.0.0.1:18080"
+admin_token = "admin-secret"
+trusted_proxies = ["10.0.0.0/8"]
+header_timeout = "1.5s"
+
+[log]
+level = "debug"
+access_log = "off"
+
+[trace]
+otlp_endpoint = "http://127.0.0.1:4318/v1/traces"
+
+[upstreams.agents]
+backends = ["127.0.0.1:9001"]
+balance = "round_robin"
+
+[[routes]]
+name = "chat"
+path_prefix = "/v1"
+methods = ["POST"]
+upstream = "agents"
+rate_limit = { requests_per_second = 5, key = "header:x-tenant", scope = "global" }
+pagination = { max_limit = 50 }
+
+[rate_limit_store]
+redis_url = "redis://:hunter2@127.0.0.1:6379"
+
+[alerting]
+webhook_url = "http://am:pw@127.0.0.1:9093/api/v2/alerts"
+
+[[alerts]]
+name = "slow"
+signal = "latency_p99"
+above = 2.0
+window = "1m30s"
+"#;
+
+    #[test]
+    fn the_shown_config_follows_the_model_and_hides_secrets() {
+        let config = crate::config::parse(Path::new("/etc/agentgate.toml"), FULL)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let shown = redacted_config(&config);
+        let text = shown.to_string();
+        for secret in ["admin-secret", "hunter2", ":pw@"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(shown["server"]["admin_token"], "REDACTED");
+        assert_eq!(shown["server"]["header_timeout"], "1500ms");
+        assert_eq!(shown["server"]["trusted_proxies"][0], "10.0.0.0/8");
+        assert_eq!(shown["log"]["level"], "debug");
+        assert_eq!(shown["log"]["access_log"], "off");
+        assert_eq!(shown["upstreams"]["agents"]["balance"], "round_robin");
+        assert_eq!(
+            shown["upstreams"]["agents"]["backends"][0],
+            "127.0.0.1:9001"
+        );
+        assert_eq!(shown["routes"][0]["upstream"], "agents");
+        assert_eq!(shown["routes"][0]["methods"][0], "POST");
+        assert_eq!(shown["routes"][0]["rate_limit"]["key"], "header:x-tenant");
+        assert_eq!(shown["routes"][0]["rate_limit"]["scope"], "global");
+        assert_eq!(shown["routes"][0]["pagination"]["on_exceed"], "clamp");
+        assert_eq!(
+            shown["rate_limit_store"]["redis_url"],
+            "redis://:***@127.0.0.1:6379"
+        );
+        assert_eq!(shown["alerts"][0]["signal"], "latency_p99");
+        assert_eq!(shown["alerts"][0]["above"], 2.0);
+        assert!(shown["alerts"][0]["below"].is_null());
+        assert_eq!(shown["alerts"][0]["window"], "90s");
+        assert_eq!(
+            shown["alerting"]["webhook_url"],
+            "http://am:***@127.0.0.1:9093/api/v2/alerts"
+        );
+        assert_eq!(
+            shown["trace"]["otlp_endpoint"],
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert!(shown["upstreams"]["agents"].get("index").is_none());
+    }
 }

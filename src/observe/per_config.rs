@@ -83,10 +83,7 @@ impl Telemetry {
                                 PrebuiltValue::Str(&label),
                             )]),
                             span_address_port: otlp::prebuilt(&[
-                                (
-                                    "server.address",
-                                    PrebuiltValue::Str(&addr.ip().to_string()),
-                                ),
+                                ("server.address", PrebuiltValue::Str(&addr.ip().to_string())),
                                 ("server.port", PrebuiltValue::Int(addr.port() as i64)),
                             ]),
                             origin: Arc::from(format!("http://{addr}")),

@@ -304,10 +304,7 @@ fn prepare_upstream_headers(map: &mut HeaderMap, ctx: &Request) {
 
 /// Checks the agent's response header before it reaches the client: a list response
 /// that declares more than the cap is refused whole (502) and its connection dropped.
-pub fn check_upstream_response(
-    scan: &ResponseScan,
-    ctx: &mut Request,
-) -> Result<(), GatewayError> {
+pub fn check_upstream_response(scan: &ResponseScan, ctx: &mut Request) -> Result<(), GatewayError> {
     let Some(cap) = ctx.policy.response_cap else {
         return Ok(());
     };

@@ -300,7 +300,8 @@ impl Request {
 
     /// The settings of this request's upstream.
     pub fn upstream_settings(&self) -> Option<&crate::config::Upstream> {
-        self.route.map(|r| &*self.runtime.config.upstreams[r.upstream])
+        self.route
+            .map(|r| &*self.runtime.config.upstreams[r.upstream])
     }
 
     /// The chosen route's telemetry entries, or the unmatched ones.
@@ -313,7 +314,8 @@ impl Request {
 
     /// The telemetry entries of this request's upstream.
     pub fn upstream_telemetry(&self) -> Option<&UpstreamTelemetry> {
-        self.route.map(|r| &self.runtime.telemetry.upstreams[r.upstream])
+        self.route
+            .map(|r| &self.runtime.telemetry.upstreams[r.upstream])
     }
 
     /// The telemetry entries of the latest try's backend.

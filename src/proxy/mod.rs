@@ -237,7 +237,10 @@ impl Gateway {
 fn stop(req: &mut Request, err: GatewayError) -> Box<Error> {
     let status = err.kind.status();
     req.outcome.fail(err);
-    Error::explain(ErrorType::HTTPStatus(status), "the request's outcome says why")
+    Error::explain(
+        ErrorType::HTTPStatus(status),
+        "the request's outcome says why",
+    )
 }
 
 fn timeout_error(req: &Request) -> GatewayError {

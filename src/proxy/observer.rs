@@ -107,7 +107,9 @@ impl Observer {
         route_metrics.in_flight.decrement(1.0);
         route_metrics.record_request(
             &req.method,
-            outcome.status.max(if outcome.cancelled() { 499 } else { 0 }),
+            outcome
+                .status
+                .max(if outcome.cancelled() { 499 } else { 0 }),
             elapsed,
         );
         let upstream_wait = ctx.timing.upstream_elapsed();
@@ -145,10 +147,7 @@ impl Observer {
         self.record_alert_windows(ctx, elapsed, first_byte);
 
         let writer = self.access_log.load();
-        let span_sink = self
-            .spans
-            .as_ref()
-            .filter(|_| ctx.id.trace.sampled);
+        let span_sink = self.spans.as_ref().filter(|_| ctx.id.trace.sampled);
         if writer.is_none() && span_sink.is_none() {
             return;
         }
@@ -371,11 +370,7 @@ impl Observer {
                     ),
                     None => otlp::str_parts_attr(b, "url.full", &[&backend.origin, req.uri.path()]),
                 }
-                otlp::int_attr(
-                    b,
-                    "http.request.resend_count",
-                    ctx.tries.retries() as i64,
-                );
+                otlp::int_attr(b, "http.request.resend_count", ctx.tries.retries() as i64);
                 if let Some(s) = ctx.outcome.upstream_status {
                     otlp::int_attr(b, "http.response.status_code", s as i64);
                 }

@@ -135,16 +135,13 @@ where
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        let client = stream
-            .as_any()
-            .downcast_ref::<L4Stream>()
-            .map(|l4| {
-                Arc::new(ClientSocket::new(Socket {
-                    fd: l4.as_raw_fd(),
-                    local: None,
-                    peer,
-                }))
-            });
+        let client = stream.as_any().downcast_ref::<L4Stream>().map(|l4| {
+            Arc::new(ClientSocket::new(Socket {
+                fd: l4.as_raw_fd(),
+                local: None,
+                peer,
+            }))
+        });
         let guarded = Guarded {
             inner: stream,
             client,

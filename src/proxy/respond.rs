@@ -16,11 +16,7 @@ use super::headers;
 use crate::errors::{json_body, ErrorKind, GatewayError};
 
 /// Writes a JSON error response and records it in the context.
-pub async fn send_error(
-    session: &mut Session,
-    ctx: &mut Request,
-    err: GatewayError,
-) -> Result<()> {
+pub async fn send_error(session: &mut Session, ctx: &mut Request, err: GatewayError) -> Result<()> {
     let status = err.kind.status();
     let body = json_body(&err, ctx.request_id_str());
     let mut header = ResponseHeader::build_no_case(status, Some(10))?;
@@ -61,7 +57,10 @@ pub fn decorate_response(map: &mut HeaderMap, ctx: &Request) {
     map.insert(headers::SERVER_TIMING, server_timing(ctx));
     if let Some(note) = ctx.policy.rate_limit {
         map.insert(headers::RATELIMIT_LIMIT, count_value(0, note.limit.into()));
-        map.insert(headers::RATELIMIT_REMAINING, HeaderValue::from(note.remaining));
+        map.insert(
+            headers::RATELIMIT_REMAINING,
+            HeaderValue::from(note.remaining),
+        );
         map.insert(headers::RATELIMIT_RESET, count_value(1, note.reset_s));
     }
     if let Some((asked, max)) = ctx.policy.pagination_clamped {

@@ -34,10 +34,12 @@ impl Socket {
         }
         let matches = |expected: Option<SocketAddr>, peer: bool| match expected {
             None => true,
-            Some(want) => PingoraAddr::from_raw_fd(self.fd, peer)
-                .as_ref()
-                .and_then(|a| a.as_inet())
-                == Some(&want),
+            Some(want) => {
+                PingoraAddr::from_raw_fd(self.fd, peer)
+                    .as_ref()
+                    .and_then(|a| a.as_inet())
+                    == Some(&want)
+            }
         };
         matches(self.local, false) && matches(self.peer, true)
     }

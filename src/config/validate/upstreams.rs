@@ -1,0 +1,184 @@
+//! `[upstreams.NAME]`: backends, balancing, timeouts, retries and health checks.
+
+#[allow(unused_imports)]
+use super::*;
+
+pub(super) fn upstreams(
+    loc: &mut Locator,
+    sections: &std::collections::BTreeMap<String, Spanned<UpstreamSection>>,
+) -> Vec<Arc<Upstream>> {
+    let mut out = Vec::new();
+    for (name, section) in sections {
+        let table_span = span(section);
+        let s = section.get_ref();
+        let mut backends = Vec::new();
+        if s.backends.get_ref().is_empty() {
+            loc.push(
+                span(&s.backends),
+                format!("upstream {name:?} has no backends: list at least one \"IP:PORT\""),
+            );
+        }
+        let mut seen = HashSet::new();
+        for b in s.backends.get_ref() {
+            match parse_socket_addr(b.get_ref()) {
+                Ok(addr) => {
+                    if !seen.insert(addr) {
+                        loc.push(span(b), format!("backend {addr} is listed twice"));
+                    } else {
+                        backends.push(addr);
+                    }
+                }
+                Err(e) => loc.push(span(b), e),
+            }
+        }
+        let balance = chosen(&s.balance, Upstream::DEFAULT_BALANCE);
+        let connect_timeout = positive_duration_or(
+            loc,
+            &s.connect_timeout,
+            Upstream::DEFAULT_CONNECT_TIMEOUT,
+            "connect_timeout",
+        );
+        let first_byte_timeout = positive_duration_or(
+            loc,
+            &s.first_byte_timeout,
+            Upstream::DEFAULT_FIRST_BYTE_TIMEOUT,
+            "first_byte_timeout",
+        );
+        let idle_timeout = positive_duration_or(
+            loc,
+            &s.idle_timeout,
+            Upstream::DEFAULT_IDLE_TIMEOUT,
+            "idle_timeout",
+        );
+        let retries = int_in(
+            loc,
+            &s.retries,
+            Upstream::DEFAULT_RETRIES as i64,
+            0,
+            10,
+            "retries",
+        ) as u32;
+        let h = s.health.as_ref();
+        let health = health_settings(loc, h.unwrap_or(&HealthSection::default()));
+        let _ = table_span;
+        out.push(Arc::new(Upstream {
+            name: name.clone(),
+            index: out.len(),
+            backends,
+            balance,
+            connect_timeout,
+            first_byte_timeout,
+            idle_timeout,
+            retries,
+            health,
+        }));
+    }
+    out
+}
+
+pub(super) fn health_settings(loc: &mut Locator, h: &HealthSection) -> HealthSettings {
+    let d = HealthSettings::default();
+    let path = match &h.path {
+        None => d.path.clone(),
+        Some(p) => {
+            if !p.get_ref().starts_with('/') {
+                loc.push(span(p), "health path must start with '/'");
+            }
+            p.get_ref().clone()
+        }
+    };
+    let interval = positive_duration_or(loc, &h.interval, d.interval, "interval");
+    let timeout = positive_duration_or(loc, &h.timeout, d.timeout, "timeout");
+    if let Some(t) = &h.timeout {
+        if timeout > interval {
+            loc.push(
+                span(t),
+                "health timeout must not be longer than the interval",
+            );
+        }
+    }
+    HealthSettings {
+        path,
+        interval,
+        timeout,
+        unhealthy_after: int_in(
+            loc,
+            &h.unhealthy_after,
+            d.unhealthy_after.into(),
+            1,
+            1000,
+            "unhealthy_after",
+        ) as u32,
+        healthy_after: int_in(
+            loc,
+            &h.healthy_after,
+            d.healthy_after.into(),
+            1,
+            1000,
+            "healthy_after",
+        ) as u32,
+        eject_after: int_in(
+            loc,
+            &h.eject_after,
+            d.eject_after.into(),
+            0,
+            1000,
+            "eject_after",
+        ) as u32,
+        eject_for: positive_duration_or(loc, &h.eject_for, d.eject_for, "eject_for"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+
+    fn with_upstream(lines: &str) -> String {
+        GOOD.replace(
+            "backends = [\"127.0.0.1:9001\"]\n",
+            &format!("backends = [\"127.0.0.1:9001\"]\n{lines}\n"),
+        )
+    }
+
+    #[test]
+    fn backends() {
+        let t = GOOD.replace("[\"127.0.0.1:9001\"]", "[]");
+        assert_problem_at(&t, "[]", "no backends");
+        let t = GOOD.replace(
+            "\"127.0.0.1:9001\"",
+            "\"127.0.0.1:9001\", \"127.0.0.1:9001\"",
+        );
+        assert_problem(&t, "5:31", "listed twice");
+        let t = GOOD.replace("127.0.0.1:9001", "localhost:9001");
+        assert_problem_at(&t, "\"localhost:9001\"", "invalid address");
+    }
+
+    #[test]
+    fn balance_retries_and_timeouts() {
+        assert_clean(&with_upstream(
+            "balance = \"round_robin\"\nretries = 0\nconnect_timeout = \"250ms\"",
+        ));
+        let t = with_upstream("balance = \"fastest\"");
+        assert_problem_at(
+            &t,
+            "\"fastest\"",
+            "expected one of `round_robin`, `random`, `least_in_flight`",
+        );
+        let t = with_upstream("retries = 11");
+        assert_problem_at(&t, "11", "retries must be between 0 and 10");
+        let t = with_upstream("connect_timeout = \"10 sec\"");
+        assert_problem_at(&t, "\"10 sec\"", "invalid duration");
+        let t = with_upstream("idle_timeout = \"0ms\"");
+        assert_problem_at(&t, "\"0ms\"", "idle_timeout must be greater than zero");
+    }
+
+    #[test]
+    fn health_checks() {
+        let t = with_upstream("health = { path = \"healthz\" }");
+        assert_problem_at(&t, "\"healthz\"", "health path must start with '/'");
+        let t = with_upstream("health = { interval = \"1s\", timeout = \"2s\" }");
+        assert_problem_at(&t, "\"2s\"", "must not be longer than the interval");
+        let t = with_upstream("health = { eject_after = 1001 }");
+        assert_problem_at(&t, "1001", "eject_after must be between 0 and 1000");
+    }
+}
