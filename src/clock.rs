@@ -1,6 +1,6 @@
-//! Clocks for the hot path. Reading the system clock costs tens of nanoseconds in a VM
-//! and a request used to read it eight times; now it reads the monotonic clock at the
-//! phase boundaries it measures and derives everything else from those readings:
+//! Clocks for the hot path. Reading the system clock costs tens of nanoseconds in a VM,
+//! so a request reads the monotonic clock only at the phase boundaries it measures and
+//! derives everything else from those readings:
 //!
 //! - `now_ms`: milliseconds since process start, for background work.
 //! - `recent_ms`: the same scale, as of the latest request start on any thread (each

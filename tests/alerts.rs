@@ -327,7 +327,23 @@ window = "10s"
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Every request above (4 rounds of 30) is in what Prometheus scraped last.
+    wait_for(
+        Duration::from_secs(15),
+        "prometheus to scrape the last round",
+        || {
+            let (c, url) = (
+                c.clone(),
+                prom.url("/api/v1/query?query=sum(agentgate_http_requests_total)"),
+            );
+            async move {
+                let v: serde_json::Value = c.get(url).send().await.ok()?.json().await.ok()?;
+                let total: f64 = v["data"]["result"][0]["value"][1].as_str()?.parse().ok()?;
+                (total >= 120.0).then_some(())
+            }
+        },
+    )
+    .await;
 
     let query = |expr: String| {
         let c = c.clone();

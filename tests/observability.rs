@@ -207,17 +207,35 @@ async fn sampling_decisions_are_respected() {
         .send()
         .await
         .unwrap();
-    let spans = wait_spans(&rx, 2).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await; // one more export period
-    let spans_now = rx.spans();
+    // A second sampled request on another trace marks an export that came after every
+    // request above had finished: had the unsampled ones been recorded, they would be
+    // in it or before it.
+    let marker = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let _ = c
+        .get(gw.url("/echo"))
+        .header("traceparent", marker)
+        .send()
+        .await
+        .unwrap();
+    let spans = wait_for(Duration::from_secs(10), "the marker's spans", || {
+        let spans = rx.spans();
+        async move {
+            spans
+                .iter()
+                .any(|s| s.trace_id() == "0af7651916cd43dd8448eb211c80319c")
+                .then_some(spans)
+        }
+    })
+    .await;
     assert_eq!(
-        spans_now.len(),
-        2,
-        "only the sampled request was exported: {spans_now:?}"
+        spans.len(),
+        4,
+        "only the two sampled requests were exported: {spans:?}"
     );
     assert!(spans
         .iter()
-        .all(|s| s.trace_id() == "4bf92f3577b34da6a3ce929d0e0e4736"));
+        .all(|s| s.trace_id() == "4bf92f3577b34da6a3ce929d0e0e4736"
+            || s.trace_id() == "0af7651916cd43dd8448eb211c80319c"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
