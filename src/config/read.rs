@@ -24,6 +24,9 @@ const MAX_PROBLEMS: usize = 100;
 pub fn deserialize_all<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<Problem>) {
     let mut problems = Vec::new();
     let mut pruned = text.to_string();
+    // Keys taken out so far, with where they stood: the "missing field" a required key's
+    // removal causes is no second problem.
+    let mut blanked: Vec<(String, usize)> = Vec::new();
     for _ in 0..MAX_PROBLEMS {
         let doc = match ImDocument::parse(pruned.as_str()) {
             Ok(doc) => doc,
@@ -41,22 +44,45 @@ pub fn deserialize_all<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<Probl
             Err(e) => e,
         };
         let span = error.span().unwrap_or(0..0);
-        problems.push((span.clone(), error.message().trim_end().to_string()));
+        let message = error.message().trim_end().to_string();
         let Some(target) = entry_around(doc.as_table(), span.start, false)
             .or_else(|| table_around(doc.as_table(), span.start))
         else {
+            problems.push((span, message));
             return (None, problems);
         };
+        // The table runs on to the next header, past entries already blanked.
+        let region_end = pruned[target.range.end..]
+            .find("\n[")
+            .map_or(pruned.len(), |i| target.range.end + i);
+        let region = target.range.start..region_end;
+        let consequence = missing_field(&message).is_some_and(|name| {
+            blanked
+                .iter()
+                .any(|(key, at)| key == name && region.contains(at))
+        });
+        if !consequence {
+            problems.push((span, message));
+        }
+        if let Some(key) = &target.key {
+            blanked.push((key.clone(), target.range.start));
+        }
         blank(&mut pruned, target);
     }
     (None, problems)
 }
 
-/// What to blank: a byte range, and whether it sits inside an inline table (whose
-/// separating comma must go with it).
+/// The key serde's "missing field `key`" names.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+/// What to blank: a byte range, whether it sits inside an inline table (whose
+/// separating comma must go with it), and the key when it is one entry.
 struct Target {
     range: Range<usize>,
     inline: bool,
+    key: Option<String>,
 }
 
 /// The deepest key/value entry whose key or value contains byte `at`.
@@ -67,7 +93,7 @@ fn entry_around(table: &Table, at: usize, inline: bool) -> Option<Target> {
         };
         match item {
             Item::Value(value) => {
-                if let Some(found) = value_entry(key.span(), value, at, inline) {
+                if let Some(found) = value_entry(name, key.span(), value, at, inline) {
                     return Some(found);
                 }
             }
@@ -88,6 +114,7 @@ fn entry_around(table: &Table, at: usize, inline: bool) -> Option<Target> {
 }
 
 fn value_entry(
+    name: &str,
     key: Option<Range<usize>>,
     value: &Value,
     at: usize,
@@ -99,15 +126,19 @@ fn value_entry(
         return None;
     }
     if let Value::InlineTable(t) = value {
-        for (name, _) in t.iter() {
-            if let Some((k, Item::Value(v))) = t.get_key_value(name) {
-                if let Some(found) = value_entry(k.span(), v, at, true) {
+        for (inner, _) in t.iter() {
+            if let Some((k, Item::Value(v))) = t.get_key_value(inner) {
+                if let Some(found) = value_entry(inner, k.span(), v, at, true) {
                     return Some(found);
                 }
             }
         }
     }
-    Some(Target { range, inline })
+    Some(Target {
+        range,
+        inline,
+        key: Some(name.to_string()),
+    })
 }
 
 /// The innermost table (its header and everything in it) that contains byte `at`.
@@ -127,6 +158,7 @@ fn table_around(table: &Table, at: usize) -> Option<Target> {
                     return Some(Target {
                         range,
                         inline: false,
+                        key: None,
                     });
                 }
             }
@@ -251,6 +283,21 @@ mod tests {
         let found = lines(text);
         let at: Vec<usize> = found.iter().map(|(l, _)| *l).collect();
         assert!(at.contains(&2) && at.contains(&5), "{found:?}");
+    }
+
+    #[test]
+    fn a_required_key_taken_out_is_not_missing_as_well() {
+        let text = "[[items]]\nname = 3\n\n[[items]]\nother = 1\n";
+        let found = lines(text);
+        // name's wrong type, then other's unknown key and that item's missing name.
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].1.contains("invalid type"), "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|(l, m)| *l == 4 && m.contains("missing field `name`")),
+            "{found:?}"
+        );
     }
 
     #[test]
