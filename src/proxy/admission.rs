@@ -282,6 +282,9 @@ fn prepare_upstream_headers(map: &mut HeaderMap, ctx: &Request) {
     // What the scan on arrival found: every try's request is a copy of the client's, so
     // it holds the same hop-by-hop headers.
     ctx.hop_by_hop.strip(map);
+    if ctx.websocket {
+        headers::put_websocket_upgrade(map);
+    }
     // Room for the four headers below: the map grows once, not on every insert.
     map.reserve(4);
     let trusted = &ctx.runtime.config.server.trusted_proxies;

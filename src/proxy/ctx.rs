@@ -41,6 +41,9 @@ pub struct Request {
     pub client: Client,
     /// Hop-by-hop headers the request arrived with.
     pub hop_by_hop: HopByHop,
+    /// A WebSocket handshake (HTTP/1.1 GET with `Upgrade: websocket`): its upgrade
+    /// headers are forwarded, and after the agent's `101` bytes flow both ways.
+    pub websocket: bool,
     /// The route chosen, once routing found one.
     pub route: Option<Routed>,
     pub policy: PolicyNotes,

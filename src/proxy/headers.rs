@@ -45,8 +45,10 @@ const HOP_BY_HOP_TEXT: [&str; 9] = [
     "http2-settings",
 ];
 
-/// Where `connection` is in `HOP_BY_HOP_TEXT` (a unit test holds the two together).
+/// Where `connection` and `upgrade` are in `HOP_BY_HOP_TEXT` (a unit test holds them
+/// together).
 const CONNECTION_INDEX: usize = 0;
+const UPGRADE_INDEX: usize = 6;
 
 /// `HOP_BY_HOP_TEXT` as header names, for removal.
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -134,6 +136,9 @@ pub struct HopByHop {
     /// `Connection` lists something that is not a header name (RFC 9110 token), or
     /// names a header the gateway itself sets (`host`, `x-forwarded-*`).
     bad_nomination: bool,
+    /// `Connection` lists `upgrade`, and `Upgrade` offers (or accepts) `websocket`.
+    connection_upgrade: bool,
+    upgrade_websocket: bool,
 }
 
 impl HopByHop {
@@ -152,9 +157,14 @@ impl HopByHop {
             return false;
         };
         self.present |= 1 << i;
+        if i == UPGRADE_INDEX {
+            self.upgrade_websocket |=
+                connection_options(value).any(|p| p.eq_ignore_ascii_case(b"websocket"));
+        }
         if i == CONNECTION_INDEX {
             for token in connection_options(value) {
                 self.nominations += 1;
+                self.connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
                 if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
                 } else if !is_persistence_option(token) {
@@ -178,6 +188,12 @@ impl HopByHop {
         } else {
             None
         }
+    }
+
+    /// A WebSocket handshake (RFC 6455 §4): `Connection: upgrade` with
+    /// `Upgrade: websocket`, on a request or on the agent's `101`.
+    pub fn websocket(&self) -> bool {
+        self.connection_upgrade && self.upgrade_websocket
     }
 
     /// Whether `Connection` lists `close`.
@@ -205,6 +221,12 @@ impl HopByHop {
             }
         }
     }
+}
+
+/// The two hop-by-hop headers a WebSocket handshake carries across the gateway.
+pub fn put_websocket_upgrade(map: &mut HeaderMap) {
+    map.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    map.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
 /// Headers a request's `Connection` may not nominate: the gateway sets them itself.
@@ -523,8 +545,28 @@ mod tests {
     }
 
     #[test]
+    fn a_websocket_handshake_needs_both_headers() {
+        let scan = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(*n, HeaderValue::from_static(v));
+            }
+            HopByHop::of(&h).websocket()
+        };
+        assert!(scan(&[("connection", "Upgrade"), ("upgrade", "websocket")]));
+        assert!(scan(&[
+            ("connection", "keep-alive, upgrade"),
+            ("upgrade", "WebSocket")
+        ]));
+        assert!(!scan(&[("upgrade", "websocket")]));
+        assert!(!scan(&[("connection", "upgrade"), ("upgrade", "h2c")]));
+        assert!(!scan(&[("connection", "upgrade")]));
+    }
+
+    #[test]
     fn hop_by_hop_names_line_up() {
         assert_eq!(HOP_BY_HOP[CONNECTION_INDEX], CONNECTION);
+        assert_eq!(HOP_BY_HOP[UPGRADE_INDEX], http::header::UPGRADE);
         for (name, text) in HOP_BY_HOP.iter().zip(HOP_BY_HOP_TEXT) {
             assert_eq!(name.as_str(), text);
         }

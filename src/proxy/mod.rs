@@ -97,6 +97,9 @@ impl Gateway {
             },
             client,
             hop_by_hop: scan.hop_by_hop,
+            websocket: scan.hop_by_hop.websocket()
+                && session.req_header().method == http::Method::GET
+                && session.req_header().version == http::Version::HTTP_11,
             route: None,
             policy: Default::default(),
             tries: Default::default(),
@@ -290,15 +293,18 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let start = Instant::now();
         let runtime = self.shared.runtime.load_full();
-        // Every read of the request body must deliver within body_timeout (pingora's
-        // per-read timer on the downstream, which it arms for body reads anyway).
+        let mut scan = RequestScan::of(&session.req_header().headers);
+        let req = ctx.insert(Box::new(Self::begin(session, runtime, start, &mut scan)));
         let downstream = session.as_downstream_mut();
-        downstream.set_read_timeout(Some(runtime.config.server.body_timeout));
+        // Every read of the request body must deliver within body_timeout (pingora's
+        // per-read timer on the downstream, which it arms for body reads anyway). A
+        // WebSocket's client may stay silent while its agent talks: the stream's idle
+        // deadline (either direction) bounds it instead.
+        let body_timeout = (!req.websocket).then_some(req.runtime.config.server.body_timeout);
+        downstream.set_read_timeout(body_timeout);
         // A pipelined request behind this one is served after it, in order (RFC 9112
         // §9.3.2), rather than dropped with the connection.
         downstream.set_pipelining_enabled(true);
-        let mut scan = RequestScan::of(&session.req_header().headers);
-        let req = ctx.insert(Box::new(Self::begin(session, runtime, start, &mut scan)));
         match admission::admit(session, req, &scan).await {
             Ok(()) => Ok(false),
             Err(err) => {
@@ -338,7 +344,12 @@ impl ProxyHttp for Gateway {
                 return Err(stop(req, err));
             }
         }
-        if end_of_stream && req.timing.first_byte_at.is_none() {
+        if req.timing.first_byte_at.is_some() {
+            if req.websocket && body.is_some() {
+                // A WebSocket's client sent a frame: the stream is not idle.
+                Self::arm_upstream_deadline(req, true);
+            }
+        } else if end_of_stream {
             // The whole request is on its way to the agent: its time to first byte
             // starts now, not while the client is still uploading.
             Self::arm_upstream_deadline(req, false);
@@ -568,6 +579,10 @@ impl ProxyHttp for Gateway {
                 .take()
                 .unwrap_or_else(|| respond::ResponseScan::of(map));
             scan.hop_by_hop.strip(map);
+            if req.websocket && scan.hop_by_hop.websocket() {
+                // The agent accepted the handshake: the client needs the same answer.
+                headers::put_websocket_upgrade(map);
+            }
             respond::decorate_response(map, req);
             scan.is_streaming()
         });
@@ -658,6 +673,11 @@ impl ProxyHttp for Gateway {
         }
         if let Some(h) = session.response_written() {
             req.outcome.status = h.status.as_u16();
+        }
+        if req.outcome.error().is_none() && req.tries.deadline.upstream_fired() {
+            // An upgraded stream whose agent went silent ends without a pingora error:
+            // the deadline is the cause all the same.
+            req.outcome.fail(timeout_error(req));
         }
         if let Some(e) = e {
             let downstream = matches!(e.esource(), ErrorSource::Downstream);

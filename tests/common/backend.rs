@@ -13,6 +13,8 @@
 //! - `/think/{ms}`                    header after `ms`, then a small body
 //! - `/silent/{ms}`                   header and one chunk, then silence for `ms`, then the end
 //! - `/list...`, `/pages...`         like echo (list endpoints that report their query)
+//! - `/ws`                            a WebSocket (RFC 6455) echoing every message; `count N`
+//!   is answered with N messages
 //! - anything else                    200 JSON naming the backend
 
 use std::collections::HashMap;
@@ -318,6 +320,10 @@ async fn respond(sock: &mut TcpStream, name: &str, req: &Request) -> bool {
     let path = req.target.split('?').next().unwrap_or("").to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.first().copied().unwrap_or("") {
+        "ws" => {
+            websocket_echo(sock, req).await;
+            false
+        }
         "echo" | "list" | "pages" => {
             let headers: serde_json::Map<String, serde_json::Value> = req
                 .headers
@@ -424,6 +430,59 @@ async fn respond(sock: &mut TcpStream, name: &str, req: &Request) -> bool {
                 name,
             )
             .await
+        }
+    }
+}
+
+/// Accepts a WebSocket handshake and echoes messages until the peer closes.
+async fn websocket_echo(sock: &mut TcpStream, req: &Request) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let (Some(key), Some(upgrade)) = (header("sec-websocket-key"), header("upgrade")) else {
+        let _ = write_fixed(sock, 400, "text/plain", b"not a websocket handshake", "ws").await;
+        return;
+    };
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        let _ = write_fixed(sock, 400, "text/plain", b"not a websocket handshake", "ws").await;
+        return;
+    }
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    if sock.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(sock, Role::Server, None).await;
+    while let Some(Ok(msg)) = ws.next().await {
+        let reply = match msg {
+            Message::Text(text) => {
+                let count = text
+                    .strip_prefix("count ")
+                    .and_then(|n| n.parse::<u32>().ok());
+                if let Some(n) = count {
+                    for i in 0..n {
+                        if ws.send(Message::text(format!("{i}"))).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Message::Text(text)
+            }
+            Message::Binary(b) => Message::Binary(b),
+            Message::Close(_) => return,
+            _ => continue,
+        };
+        if ws.send(reply).await.is_err() {
+            return;
         }
     }
 }
