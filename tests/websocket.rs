@@ -155,3 +155,33 @@ async fn other_upgrades_stay_stripped() {
     assert!(body["headers"].get("upgrade").is_none(), "{body}");
     assert!(body["headers"].get("connection").is_none(), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_keeps_an_open_websocket_through_the_grace_period_then_closes_it() {
+    let b = Backend::start("ws").await;
+    let mut gw = Gateway::start("grace_period = \"2s\"", &config(&b, "30s"));
+    let url = format!("ws://{}/ws", gw.listen);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+
+    let signalled = std::time::Instant::now();
+    gw.send_signal(libc::SIGTERM);
+    wait_for(Duration::from_secs(2), "the drain to start", || {
+        let (c, url) = (client(), gw.admin_url("/readyz"));
+        async move { (c.get(url).send().await.ok()?.status() == 503).then_some(()) }
+    })
+    .await;
+    // Still carried while the drain runs.
+    ws.send(Message::text("draining")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("draining"));
+
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the WebSocket is closed once the drain is over");
+    let took = signalled.elapsed();
+    assert!(took >= Duration::from_millis(1900), "closed after {took:?}");
+    assert_eq!(gw.wait_exit(Duration::from_secs(8)), Some(0));
+}
