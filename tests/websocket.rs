@@ -180,7 +180,10 @@ async fn sigterm_keeps_an_open_websocket_through_the_grace_period_then_closes_it
         while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
-    assert!(closed.is_ok(), "the WebSocket is closed once the drain is over");
+    assert!(
+        closed.is_ok(),
+        "the WebSocket is closed once the drain is over"
+    );
     let took = signalled.elapsed();
     assert!(took >= Duration::from_millis(1900), "closed after {took:?}");
     assert_eq!(gw.wait_exit(Duration::from_secs(8)), Some(0));

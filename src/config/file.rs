@@ -46,6 +46,7 @@ pub struct ServerSection {
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub header_timeout: Option<Spanned<String>>,
     pub body_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

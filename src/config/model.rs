@@ -50,6 +50,9 @@ pub struct ServerSettings {
     /// Longest wait for the next piece of a request body (then 408).
     #[serde(serialize_with = "show::duration")]
     pub body_timeout: Duration,
+    /// Downstream connections held at once; past it new ones are closed at once.
+    /// 0: no cap.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr)]
@@ -330,6 +333,7 @@ impl Default for ServerSettings {
             trusted_proxies: Vec::new(),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
+            max_connections: 0,
         }
     }
 }

@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{counter, gauge, Counter, Gauge};
+use metrics::{counter, gauge};
+pub use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use super::histogram::{self, Histogram};
@@ -98,6 +99,14 @@ fn describe() {
     describe_counter!(
         "agentgate_spans_dropped_total",
         "Spans dropped because the exporter fell behind"
+    );
+    describe_gauge!(
+        "agentgate_connections_open",
+        "Downstream connections held open by the proxy listener"
+    );
+    describe_counter!(
+        "agentgate_connections_refused_total",
+        "Downstream connections closed at once because max_connections were open"
     );
     describe_gauge!(
         "agentgate_rate_limit_store_up",
@@ -339,6 +348,15 @@ pub fn spans_dropped(n: u64) {
     counter!("agentgate_spans_dropped_total").increment(n);
 }
 
+/// The open-connections gauge and the refused-connections counter, looked up once by
+/// their owner rather than by name on every connection.
+pub fn connection_handles() -> (Gauge, Counter) {
+    (
+        gauge!("agentgate_connections_open"),
+        counter!("agentgate_connections_refused_total"),
+    )
+}
+
 pub fn rate_limit_store_up(up: bool) {
     gauge!("agentgate_rate_limit_store_up").set(if up { 1.0 } else { 0.0 });
 }
@@ -350,4 +368,6 @@ pub fn touch_process_series() {
     counter!("agentgate_config_reloads_total", "result" => "failure").absolute(0);
     counter!("agentgate_access_log_dropped_total").absolute(0);
     counter!("agentgate_spans_dropped_total").absolute(0);
+    counter!("agentgate_connections_refused_total").absolute(0);
+    gauge!("agentgate_connections_open").set(0.0);
 }

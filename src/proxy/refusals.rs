@@ -18,6 +18,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -38,6 +39,7 @@ use super::deadlines::ClientSocket;
 use super::observer::{Observer, Refusal};
 use super::socket::Socket;
 use crate::errors::{json_body, ErrorKind, GatewayError};
+use crate::observe::metrics::{self, Counter, Gauge};
 use crate::observe::trace_context::{hex_string, random_trace_id};
 use crate::state::Shared;
 
@@ -105,17 +107,30 @@ pub struct Refusals<A> {
     recorder: Arc<Recorder>,
 }
 
-/// Where a replaced refusal is recorded.
+/// Where a replaced refusal is recorded, and the count of open connections that
+/// `max_connections` caps.
 pub struct Recorder {
     shared: Arc<Shared>,
     observer: Arc<Observer>,
+    open: AtomicUsize,
+    open_gauge: Gauge,
+    refused: Counter,
 }
 
 impl<A> Refusals<A> {
     pub fn new(inner: A, shared: Arc<Shared>, observer: Arc<Observer>) -> Self {
         Self {
             inner: Arc::new(inner),
-            recorder: Arc::new(Recorder { shared, observer }),
+            recorder: {
+                let (open_gauge, refused) = metrics::connection_handles();
+                Arc::new(Recorder {
+                    shared,
+                    observer,
+                    open: AtomicUsize::new(0),
+                    open_gauge,
+                    refused,
+                })
+            },
         }
     }
 }
@@ -130,6 +145,23 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Past max_connections a new connection is closed at once, before anything is
+        // read from it; the ones already open are served as before.
+        let cap = self
+            .recorder
+            .shared
+            .runtime
+            .load()
+            .config
+            .server
+            .max_connections;
+        let open = self.recorder.open.fetch_add(1, Ordering::Relaxed);
+        if cap != 0 && open >= cap {
+            self.recorder.open.fetch_sub(1, Ordering::Relaxed);
+            self.recorder.refused.increment(1);
+            return None;
+        }
+        self.recorder.open_gauge.increment(1.0);
         // The peer address comes from the socket digest, which caches it for the
         // proxy's own `client_addr` too: no extra syscall.
         let peer = stream
@@ -165,6 +197,13 @@ pub struct Guarded {
     recorder: Arc<Recorder>,
     /// The replacement still to be written, and how much of it is.
     pending: Option<(Vec<u8>, usize)>,
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.recorder.open.fetch_sub(1, Ordering::Relaxed);
+        self.recorder.open_gauge.decrement(1.0);
+    }
 }
 
 /// The client socket under a stream the gateway accepted (see [`Guarded`]).

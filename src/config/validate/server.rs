@@ -37,7 +37,16 @@ pub(super) fn server_settings(loc: &mut Locator, s: &ServerSection) -> ServerSet
     let header_timeout =
         positive_duration_or(loc, &s.header_timeout, d.header_timeout, "header_timeout");
     let body_timeout = positive_duration_or(loc, &s.body_timeout, d.body_timeout, "body_timeout");
+    let max_connections = int_in(
+        loc,
+        &s.max_connections,
+        d.max_connections as i64,
+        0,
+        10_000_000,
+        "max_connections",
+    ) as usize;
     ServerSettings {
+        max_connections,
         listen,
         admin_listen,
         threads,
@@ -191,6 +200,14 @@ mod tests {
         assert_problem_at(&t, "\"ten\"", "invalid duration");
         let t = with_server("grace_period = 10");
         assert_problem_at(&t, "10", "invalid type");
+    }
+
+    #[test]
+    fn max_connections_is_a_count_or_zero() {
+        assert_clean(&with_server("max_connections = 0"));
+        assert_clean(&with_server("max_connections = 5000"));
+        let t = with_server("max_connections = -1");
+        assert_problem_at(&t, "-1", "max_connections must be between 0 and 10000000");
     }
 
     #[test]
