@@ -503,3 +503,65 @@ async fn sigterm_drains_open_streams_then_exits() {
         "{took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_health_path_turns_active_checks_off() {
+    // The agent fails its health check; with checks on it is taken out of service.
+    let b = Backend::start("b").await;
+    b.set_health_status(503);
+    let health = |path: &str| {
+        format!(
+            "[upstreams.u.health]\npath = \"{path}\"\ninterval = \"100ms\"\nunhealthy_after = 1\n"
+        )
+    };
+    let gw = Gateway::start(
+        "",
+        &one_upstream(&[b.addr.to_string()], &health("/healthz"), ""),
+    );
+    let c = client();
+    wait_for(
+        Duration::from_secs(5),
+        "the failing check to take it out",
+        || {
+            let (c, url) = (c.clone(), gw.url("/echo"));
+            async move { (c.get(url).send().await.ok()?.status() == 503).then_some(()) }
+        },
+    )
+    .await;
+
+    // Turned off by a reload: the old verdict goes, and no check is made any more.
+    gw.rewrite_config(
+        &gw.config_text()
+            .replace("path = \"/healthz\"", "path = \"\""),
+    );
+    let reloaded = c.post(gw.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(reloaded.status(), 200);
+    wait_for(
+        Duration::from_secs(5),
+        "the backend back in service",
+        || {
+            let (c, url) = (c.clone(), gw.url("/echo"));
+            async move { (c.get(url).send().await.ok()?.status() == 200).then_some(()) }
+        },
+    )
+    .await;
+    let checks_before = b
+        .targets()
+        .iter()
+        .filter(|t| t.starts_with("/healthz"))
+        .count();
+    // Ten check intervals without a check, while requests keep flowing.
+    for _ in 0..10 {
+        assert_eq!(c.get(gw.url("/echo")).send().await.unwrap().status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let checks_after = b
+        .targets()
+        .iter()
+        .filter(|t| t.starts_with("/healthz"))
+        .count();
+    assert_eq!(
+        checks_before, checks_after,
+        "no active check once they are off"
+    );
+}

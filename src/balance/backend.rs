@@ -45,6 +45,13 @@ impl BackendState {
         }
     }
 
+    /// Active checks are off for this backend: no verdict of theirs stands, so only
+    /// passive ejection judges it.
+    pub fn forget_active_verdict(&self) {
+        self.active_healthy.store(true, Ordering::Relaxed);
+        self.active_streak.store(0, Ordering::Relaxed);
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }

@@ -151,6 +151,7 @@ pub struct Upstream {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HealthSettings {
+    /// The active check's path; empty: no active checks (passive ejection still runs).
     pub path: String,
     #[serde(serialize_with = "show::duration")]
     pub interval: Duration,

@@ -39,6 +39,12 @@ impl HealthService {
                     &backend.label,
                     backend.is_available(now),
                 );
+                if upstream.health.path.is_empty() {
+                    // Active checks are off (`path = ""`): a verdict from before a
+                    // reload that turned them off must not keep the backend out.
+                    backend.forget_active_verdict();
+                    continue;
+                }
                 if backend.next_check_ms.load(Ordering::Relaxed) > now
                     || backend.check_running.swap(true, Ordering::AcqRel)
                 {

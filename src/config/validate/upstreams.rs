@@ -81,8 +81,12 @@ pub(super) fn health_settings(loc: &mut Locator, h: &HealthSection) -> HealthSet
     let path = match &h.path {
         None => d.path.clone(),
         Some(p) => {
-            if !p.get_ref().starts_with('/') {
-                loc.push(span(p), "health path must start with '/'");
+            // Empty turns active checks off (passive ejection still runs).
+            if !p.get_ref().is_empty() && !p.get_ref().starts_with('/') {
+                loc.push(
+                    span(p),
+                    "health path must start with '/' (or be empty to turn active checks off)",
+                );
             }
             p.get_ref().clone()
         }
@@ -174,6 +178,7 @@ mod tests {
 
     #[test]
     fn health_checks() {
+        assert_clean(&with_upstream("health = { path = \"\" }"));
         let t = with_upstream("health = { path = \"healthz\" }");
         assert_problem_at(&t, "\"healthz\"", "health path must start with '/'");
         let t = with_upstream("health = { interval = \"1s\", timeout = \"2s\" }");
