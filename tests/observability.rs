@@ -97,6 +97,10 @@ async fn continues_an_incoming_trace_and_exports_server_and_client_spans() {
 
     assert_eq!(server.span.name, "GET /echo");
     assert_eq!(server.attr("http.request.method").as_deref(), Some("GET"));
+    assert_eq!(
+        server.attr("network.protocol.version").as_deref(),
+        Some("1.1")
+    );
     assert_eq!(server.attr("url.path").as_deref(), Some("/echo/1"));
     assert_eq!(server.attr("http.route").as_deref(), Some("/echo"));
     assert_eq!(
@@ -268,7 +272,7 @@ async fn a_dead_collector_never_fails_traffic() {
     .await;
 }
 
-const FIELDS: [&str; 22] = [
+const FIELDS: [&str; 23] = [
     "ts",
     "level",
     "msg",
@@ -278,6 +282,7 @@ const FIELDS: [&str; 22] = [
     "route",
     "method",
     "path",
+    "protocol",
     "status",
     "upstream",
     "backend",
@@ -342,6 +347,7 @@ async fn access_log_lines_have_every_field_for_success_404_and_502() {
             assert!(line.get(f).is_some(), "{f} missing in {line}");
         }
         assert_eq!(line["msg"], "request");
+        assert_eq!(line["protocol"], "HTTP/1.1", "{line}");
         assert_eq!(line["level"], "info");
         let ts = line["ts"].as_str().unwrap();
         assert_eq!(ts.len(), 27, "RFC 3339 with microseconds: {ts}");

@@ -17,6 +17,8 @@ pub struct AccessRecord<'a> {
     pub route: &'a LogName,
     pub method: &'a str,
     pub path: &'a str,
+    /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2` (`-` when the request could not be read).
+    pub protocol: &'a str,
     /// The query string with redacted values already replaced.
     pub query: Option<&'a str>,
     pub status: u16,
@@ -62,6 +64,8 @@ pub fn format_into(out: &mut Vec<u8>, record: &AccessRecord<'_>, settings: &LogS
         Some(q) => json::push_str_parts(out, &[record.path, "?", q]),
         None => json::push_str(out, record.path),
     }
+    out.extend_from_slice(b",\"protocol\":");
+    json::push_plain_str(out, record.protocol);
     out.extend_from_slice(b",\"status\":");
     json::push_u64(out, record.status as u64);
     out.extend_from_slice(b",\"upstream\":");
@@ -128,11 +132,12 @@ fn format_pretty(out: &mut Vec<u8>, record: &AccessRecord<'_>) {
     json::push_timestamp(out, record.finished);
     let _ = write!(
         out,
-        " INFO request {} {}{}{} {} {:.1}ms route={} backend={} request_id={} trace_id=",
+        " INFO request {} {}{}{} {} {} {:.1}ms route={} backend={} request_id={} trace_id=",
         record.method,
         record.path,
         if record.query.is_some() { "?" } else { "" },
         record.query.unwrap_or(""),
+        record.protocol,
         record.status,
         record.duration.as_secs_f64() * 1000.0,
         record.route.text,

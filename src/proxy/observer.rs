@@ -170,6 +170,7 @@ impl Observer {
             route: &telemetry.log_name,
             method: req.method.as_str(),
             path: req.uri.path(),
+            protocol: protocol_names(req.version).0,
             query: query.as_deref(),
             status: outcome.status,
             upstream: ctx.upstream_telemetry().map(|u| &u.log_name),
@@ -224,6 +225,7 @@ impl Observer {
             route: &unmatched.log_name,
             method: method.as_str(),
             path: "-",
+            protocol: "-",
             query: None,
             status: refusal.status,
             upstream: None,
@@ -315,6 +317,7 @@ impl Observer {
             spans.span(&server, |b| {
                 otlp::str_attr(b, "http.request.method", method);
                 otlp::str_attr(b, "url.path", req.uri.path());
+                otlp::str_attr(b, "network.protocol.version", protocol_names(req.version).1);
                 otlp::int_attr(b, "http.response.status_code", ctx.outcome.status as i64);
                 b.extend_from_slice(&self.server_attrs);
                 otlp::str_attr(b, "agentgate.request_id", ctx.request_id_str());
@@ -376,6 +379,18 @@ impl Observer {
                 }
             });
         });
+    }
+}
+
+/// The request's HTTP version as the access log (`HTTP/1.1`) and the span's
+/// `network.protocol.version` (`1.1`) write it.
+fn protocol_names(version: http::Version) -> (&'static str, &'static str) {
+    match version {
+        http::Version::HTTP_09 => ("HTTP/0.9", "0.9"),
+        http::Version::HTTP_10 => ("HTTP/1.0", "1.0"),
+        http::Version::HTTP_2 => ("HTTP/2", "2"),
+        http::Version::HTTP_3 => ("HTTP/3", "3"),
+        _ => ("HTTP/1.1", "1.1"),
     }
 }
 
