@@ -116,6 +116,17 @@ enum Fired {
     ClientStalled,
 }
 
+impl Fired {
+    /// The verdict a new try starts from: unjudged, unless the client stalled, which
+    /// stays the request's verdict.
+    fn for_a_new_try(self) -> Fired {
+        match self {
+            Fired::ClientStalled => Fired::ClientStalled,
+            _ => Fired::No,
+        }
+    }
+}
+
 /// A request's upstream deadline: first byte until the response header, idle after it.
 /// It lives in the request's state; dropping it gives its slot back.
 #[derive(Debug, Default)]
@@ -150,11 +161,10 @@ impl UpstreamDeadline {
                 held.cut = cut;
             }
             None => {
-                let keep = match self.verdict {
-                    Fired::ClientStalled => Fired::ClientStalled,
-                    _ => Fired::No,
+                let watch = Watch::Upstream {
+                    cut,
+                    fired: self.verdict.for_a_new_try(),
                 };
-                let watch = Watch::Upstream { cut, fired: keep };
                 let ticket = table.take(cut.upstream.fd as usize, deadline_ms, watch);
                 self.held = Some(Held { ticket, cut });
             }
@@ -314,10 +324,7 @@ impl Table {
         let mut shard = self.shard(ticket.shard);
         let slot = &mut shard.slots[ticket.slot];
         let fired = match slot.watch {
-            Watch::Upstream {
-                fired: Fired::ClientStalled,
-                ..
-            } => Fired::ClientStalled,
+            Watch::Upstream { fired, .. } => fired.for_a_new_try(),
             _ => Fired::No,
         };
         *slot = Slot {

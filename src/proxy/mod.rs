@@ -229,7 +229,8 @@ impl Gateway {
         req.tries.deadline.arm(cut, limit);
     }
 
-    fn retries(req: &Request) -> u32 {
+    /// Retries the request's upstream allows (`Tries::retries` counts those made).
+    fn allowed_retries(req: &Request) -> u32 {
         req.upstream_settings().map(|u| u.retries).unwrap_or(0)
     }
 }
@@ -464,7 +465,7 @@ impl ProxyHttp for Gateway {
         req.tries.last_error = Self::classify(&e, req);
         req.tries.end_current();
         // A connect failure never reached the agent: always safe to try another backend.
-        e.set_retry(req.tries.count <= Self::retries(req));
+        e.set_retry(req.tries.count <= Self::allowed_retries(req));
         e
     }
 
@@ -507,7 +508,7 @@ impl ProxyHttp for Gateway {
             && session.response_written().is_none()
             && req.timing.first_byte_at.is_none();
         // Never more than `retries + 1` tries in all, a reused connection's included.
-        e.set_retry(safe && req.tries.count <= Self::retries(req));
+        e.set_retry(safe && req.tries.count <= Self::allowed_retries(req));
         if e.retry() {
             req.tries.end_current();
         }
