@@ -25,6 +25,11 @@ pub enum Command {
         /// Config file; defaults to $AGENTGATE_CONFIG, then config/agentgate.toml.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Take the listening sockets from the running agentgate over
+        /// `server.upgrade_sock` (zero-downtime binary upgrade): start this, then send
+        /// the old process SIGQUIT.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config: prints `ok` and a summary, or every error with its location.
     Check {
@@ -80,10 +85,15 @@ pub enum KeysCommand {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             let path = config.unwrap_or_else(config::default_config_path);
+            let start = if upgrade {
+                crate::server::Start::Upgrade
+            } else {
+                crate::server::Start::Fresh
+            };
             match config::load(&path) {
-                Ok(c) => crate::server::run(c, Vec::new()),
+                Ok(c) => crate::server::run(c, start, Vec::new()),
                 Err(errors) => {
                     eprintln!("{errors}");
                     eprintln!("agentgate: not started: fix the config errors above");

@@ -55,6 +55,15 @@ pub fn reload(shared: &Shared, observer: &Observer) -> Result<ReloadReport, Conf
             o.threads, n.threads
         ));
     }
+    if o.h2c != n.h2c {
+        needs_restart.push(format!(
+            "server.h2c ({} -> {}) applies after a restart",
+            o.h2c, n.h2c
+        ));
+    }
+    if o.upgrade_sock != n.upgrade_sock {
+        needs_restart.push("server.upgrade_sock applies after a restart".into());
+    }
     if old.config.trace.otlp_endpoint != new.trace.otlp_endpoint
         || old.config.trace.service_name != new.trace.service_name
     {

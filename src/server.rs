@@ -1,7 +1,10 @@
 //! Builds the pingora server from a validated config and runs it until a signal stops it.
 //!
 //! Shutdown: SIGTERM drains (readiness turns 503 at once, traffic is still served for
-//! `grace_period`, then the process exits 0); SIGINT stops at once.
+//! `grace_period`; then the listeners close, idle connections are closed and requests
+//! still in flight get up to `grace_period` more to finish; exit 0); SIGINT stops at
+//! once. SIGQUIT with `upgrade_sock` hands the listening sockets to a new process
+//! started with `run --upgrade` (pingora's fd transfer), then drains the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,11 +53,38 @@ fn check_addresses_free(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// How the process gets its listening sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Binds them itself.
+    Fresh,
+    /// Takes them from the running agentgate over `server.upgrade_sock`.
+    Upgrade,
+}
+
 /// Runs the gateway (plus any `extra` services, e.g. the demo agents). Returns the exit code.
-pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
-    if let Err(message) = check_addresses_free(&config) {
-        eprintln!("{message}");
-        return 2;
+pub fn run(config: Config, start: Start, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
+    let upgrade_sock = config
+        .server
+        .upgrade_sock
+        .as_ref()
+        .map(|p| p.display().to_string());
+    match (start, &upgrade_sock) {
+        (Start::Upgrade, None) => {
+            eprintln!(
+                "{}: run --upgrade takes the listeners over server.upgrade_sock, which is not set: set it to the path the running agentgate has",
+                config.path.display()
+            );
+            return 2;
+        }
+        // The running process holds the addresses; they arrive over the socket.
+        (Start::Upgrade, Some(_)) => {}
+        (Start::Fresh, _) => {
+            if let Err(message) = check_addresses_free(&config) {
+                eprintln!("{message}");
+                return 2;
+            }
+        }
     }
     logger::init(&config);
     metrics::install();
@@ -71,6 +101,7 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
     let admin_listen = config.server.admin_listen;
     let grace = config.server.grace_period;
     let header_timeout = config.server.header_timeout;
+    let h2c = config.server.h2c;
     let shared = Shared::new(config);
 
     let conf = ServerConf {
@@ -78,7 +109,11 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
         // Our shutdown watch waits out the grace period itself while still serving;
         // pingora's own grace sleep would stop accepting first.
         grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
+        // Once the listeners close (after the SIGTERM drain, or after an upgrade's
+        // hand-over) requests still in flight get the grace period to finish; idle
+        // connections close at once.
+        graceful_shutdown_timeout_seconds: Some(grace.as_secs_f64().ceil().max(1.0) as u64),
+        upgrade_sock: upgrade_sock.clone().unwrap_or_default(),
         // Tries per request are bounded by each upstream's `retries`; this is only a cap.
         max_retries: 16,
         // Every pingora timeout of a second or more (connect, the read of a new
@@ -94,13 +129,22 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
         ..ServerConf::default()
     };
     crate::alloc::start_purger();
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: start == Start::Upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let proxy_app = pingora::proxy::http_proxy(
+    let mut proxy_app = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(Arc::clone(&shared), Arc::clone(&observer)),
     );
+    // HTTP/2 over TLS is chosen by ALPN on each connection; cleartext HTTP/2 (prior
+    // knowledge) is recognised by its preface when h2c is on.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = h2c;
+    proxy_app.server_options = Some(options);
     let mut proxy = Service::new(
         "agentgate proxy".to_string(),
         Refusals::new(
@@ -160,6 +204,7 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
         shutdown_signal: Box::new(DrainThenStop {
             shared: Arc::clone(&shared),
             grace,
+            can_upgrade: upgrade_sock.is_some(),
         }),
     });
     log::info!("agentgate stopped");
@@ -168,36 +213,50 @@ pub fn run(config: Config, extra: Vec<Box<dyn ServiceWithDependents>>) -> i32 {
     0
 }
 
-/// SIGTERM: drain for the grace period, then stop. SIGINT: stop now.
+/// SIGTERM: drain for the grace period, then stop. SIGINT: stop now. SIGQUIT: hand the
+/// listeners over to a new process (when `upgrade_sock` is set).
 struct DrainThenStop {
     shared: Arc<Shared>,
     grace: Duration,
+    can_upgrade: bool,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for DrainThenStop {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
         ) else {
-            log::error!("cannot listen for SIGTERM/SIGINT; stopping");
+            log::error!("cannot listen for SIGTERM/SIGINT/SIGQUIT; stopping");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
-            _ = int.recv() => {
-                log::info!("SIGINT: stopping now");
-                ShutdownSignal::FastShutdown
-            }
-            _ = term.recv() => {
-                self.shared.start_drain();
-                log::info!("SIGTERM: draining for {:?} (readyz now answers 503; requests are still served)", self.grace);
-                tokio::select! {
-                    _ = tokio::time::sleep(self.grace) => {}
-                    _ = int.recv() => log::info!("SIGINT during drain: stopping now"),
+        loop {
+            tokio::select! {
+                _ = quit.recv() => {
+                    if !self.can_upgrade {
+                        log::warn!("SIGQUIT ignored: it hands the listeners to a new process started with `run --upgrade`, and server.upgrade_sock is not set");
+                        continue;
+                    }
+                    self.shared.start_drain();
+                    log::info!("SIGQUIT: handing the listeners to the new process; this one stops accepting and drains for up to {:?}", self.grace);
+                    return ShutdownSignal::GracefulUpgrade;
                 }
-                log::info!("drain over: stopping");
-                ShutdownSignal::GracefulTerminate
+                _ = int.recv() => {
+                    log::info!("SIGINT: stopping now");
+                    return ShutdownSignal::FastShutdown;
+                }
+                _ = term.recv() => {
+                    self.shared.start_drain();
+                    log::info!("SIGTERM: draining for {:?} (readyz now answers 503; requests are still served)", self.grace);
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.grace) => {}
+                        _ = int.recv() => log::info!("SIGINT during drain: stopping now"),
+                    }
+                    log::info!("drain over: stopping");
+                    return ShutdownSignal::GracefulTerminate;
+                }
             }
         }
     }

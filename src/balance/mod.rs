@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod health;
+pub mod peer;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -120,6 +121,8 @@ mod tests {
             first_byte_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             retries: 1,
+            protocol: crate::config::UpstreamProtocol::Http1,
+            tls: None,
             health: HealthSettings {
                 path: "/".into(),
                 interval: Duration::from_secs(1),
@@ -128,6 +131,7 @@ mod tests {
                 healthy_after: 1,
                 eject_after: 1,
                 eject_for: Duration::from_secs(1),
+                grpc: false,
             },
         };
         UpstreamPool::new(Arc::new(upstream), &BackendRegistry::default())

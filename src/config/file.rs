@@ -10,7 +10,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::model::{
-    BalanceMode, LogFormat, LogLevel, OnExceed, OnUnavailable, RateLimitScope, Signal,
+    BalanceMode, LogFormat, LogLevel, OnExceed, OnUnavailable, RateLimitScope, Signal, TlsVersion,
+    UpstreamProtocol,
 };
 
 /// The whole file.
@@ -47,6 +48,17 @@ pub struct ServerSection {
     pub header_timeout: Option<Spanned<String>>,
     pub body_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub h2c: Option<Spanned<bool>>,
+    pub upgrade_sock: Option<Spanned<String>>,
+    pub tls: Option<Spanned<ServerTlsSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsSection {
+    pub cert_file: Spanned<String>,
+    pub key_file: Spanned<String>,
+    pub min_version: Option<Spanned<TlsVersion>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +89,10 @@ pub struct UpstreamSection {
     pub idle_timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<i64>>,
     pub health: Option<HealthSection>,
+    pub protocol: Option<Spanned<UpstreamProtocol>>,
+    pub tls: Option<Spanned<bool>>,
+    pub tls_server_name: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +105,7 @@ pub struct HealthSection {
     pub healthy_after: Option<Spanned<i64>>,
     pub eject_after: Option<Spanned<i64>>,
     pub eject_for: Option<Spanned<String>>,
+    pub grpc: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod model;
 pub mod read;
 pub mod redacted;
+pub mod tls;
 pub mod validate;
 
 use std::path::{Path, PathBuf};

@@ -12,6 +12,8 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::Method;
 use ipnet::IpNet;
+use pingora::tls::ssl::SslAcceptor;
+use pingora::tls::x509::X509;
 use serde::{Deserialize, Serialize};
 use strum::IntoStaticStr;
 
@@ -53,6 +55,73 @@ pub struct ServerSettings {
     /// Downstream connections held at once; past it new ones are closed at once.
     /// 0: no cap.
     pub max_connections: usize,
+    /// Cleartext HTTP/2 by prior knowledge on `listen`, beside HTTP/1.1.
+    pub h2c: bool,
+    /// The socket the listeners are handed over on (`agentgate run --upgrade`).
+    pub upgrade_sock: Option<PathBuf>,
+    /// Present: `listen` speaks TLS (HTTP/1.1, and HTTP/2 by ALPN).
+    pub tls: Option<ServerTls>,
+}
+
+/// `[server.tls]`: the certificate the listener presents, read when the config is
+/// loaded (so every reload reads it again).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub min_version: TlsVersion,
+    /// The acceptor made from the files as read (chain and key checked to belong
+    /// together): new handshakes use the one of the config in force.
+    #[serde(skip)]
+    pub acceptor: TlsAcceptor,
+}
+
+/// An OpenSSL acceptor for the listener, shared by every handshake of one config.
+#[derive(Clone)]
+pub struct TlsAcceptor(pub Arc<SslAcceptor>);
+
+impl std::fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsAcceptor")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// How the gateway speaks to an upstream's agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 over TLS, negotiated by ALPN.
+    H2,
+    /// Cleartext HTTP/2 by prior knowledge.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn is_h2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2 | UpstreamProtocol::H2c)
+    }
+}
+
+/// TLS to an upstream's agents.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and checked in the agent's certificate; `None`: each
+    /// backend's own address (its IP SAN is checked).
+    pub server_name: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    /// The CA certificates of `ca_file`; `None`: the system roots.
+    #[serde(skip)]
+    pub ca: Option<Arc<Box<[X509]>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr)]
@@ -147,6 +216,9 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     pub retries: u32,
     pub health: HealthSettings,
+    pub protocol: UpstreamProtocol,
+    /// Present: the agents are reached over TLS (always with `protocol = "h2"`).
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -162,6 +234,9 @@ pub struct HealthSettings {
     pub eject_after: u32,
     #[serde(serialize_with = "show::duration")]
     pub eject_for: Duration,
+    /// Check with the gRPC health protocol (`grpc.health.v1.Health/Check`) instead of
+    /// `GET path`.
+    pub grpc: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -335,6 +410,9 @@ impl Default for ServerSettings {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             max_connections: 0,
+            h2c: false,
+            upgrade_sock: None,
+            tls: None,
         }
     }
 }
@@ -373,6 +451,7 @@ impl Default for HealthSettings {
             healthy_after: 1,
             eject_after: 5,
             eject_for: Duration::from_secs(30),
+            grpc: false,
         }
     }
 }
@@ -392,6 +471,7 @@ impl Upstream {
     pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(120);
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const DEFAULT_RETRIES: u32 = 1;
+    pub const DEFAULT_PROTOCOL: UpstreamProtocol = UpstreamProtocol::Http1;
 }
 
 impl RateLimitStore {

@@ -92,7 +92,7 @@ pub fn run_demo() -> i32 {
                 as Box<dyn ServiceWithDependents>
         })
         .collect();
-    let code = crate::server::run(config, agents);
+    let code = crate::server::run(config, crate::server::Start::Fresh, agents);
     let _ = std::fs::remove_dir_all(&dir);
     code
 }

@@ -105,6 +105,10 @@ fn describe() {
         "Downstream connections held open by the proxy listener"
     );
     describe_counter!(
+        "agentgate_tls_handshake_failures_total",
+        "TLS handshakes on the listener that failed (reason: timeout, protocol)"
+    );
+    describe_counter!(
         "agentgate_connections_refused_total",
         "Downstream connections closed at once because max_connections were open"
     );
@@ -357,6 +361,21 @@ pub fn connection_handles() -> (Gauge, Counter) {
     )
 }
 
+/// The TLS handshake failure counters, by reason: the client sent no complete
+/// handshake within header_timeout, or the handshake failed (no shared version or
+/// cipher, not TLS at all, a client that closed).
+pub struct HandshakeFailures {
+    pub timeout: Counter,
+    pub protocol: Counter,
+}
+
+pub fn handshake_failure_handles() -> HandshakeFailures {
+    HandshakeFailures {
+        timeout: counter!("agentgate_tls_handshake_failures_total", "reason" => "timeout"),
+        protocol: counter!("agentgate_tls_handshake_failures_total", "reason" => "protocol"),
+    }
+}
+
 pub fn rate_limit_store_up(up: bool) {
     gauge!("agentgate_rate_limit_store_up").set(if up { 1.0 } else { 0.0 });
 }
@@ -369,5 +388,7 @@ pub fn touch_process_series() {
     counter!("agentgate_access_log_dropped_total").absolute(0);
     counter!("agentgate_spans_dropped_total").absolute(0);
     counter!("agentgate_connections_refused_total").absolute(0);
+    counter!("agentgate_tls_handshake_failures_total", "reason" => "timeout").absolute(0);
+    counter!("agentgate_tls_handshake_failures_total", "reason" => "protocol").absolute(0);
     gauge!("agentgate_connections_open").set(0.0);
 }

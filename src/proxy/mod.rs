@@ -12,6 +12,7 @@ pub mod refusals;
 pub mod respond;
 pub mod routing;
 pub mod socket;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -198,6 +199,12 @@ impl Gateway {
                 ))
             }
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => return Some(timeout_error(req)),
+            t if is_tls_failure(t) => {
+                return Some(GatewayError::new(
+                    ErrorKind::UpstreamUnavailable,
+                    "the TLS handshake with the agent failed (its certificate is not trusted or does not name it, or no TLS version is shared); the gateway log says which",
+                ))
+            }
             ErrorType::HTTPStatus(413) => ErrorKind::PayloadTooLarge,
             _ => ErrorKind::UpstreamUnavailable,
         };
@@ -244,6 +251,17 @@ fn stop(req: &mut Request, err: GatewayError) -> Box<Error> {
     Error::explain(
         ErrorType::HTTPStatus(status),
         "the request's outcome says why",
+    )
+}
+
+/// The connect errors of a TLS handshake with an agent.
+fn is_tls_failure(t: &ErrorType) -> bool {
+    matches!(
+        t,
+        ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
     )
 }
 
@@ -392,7 +410,7 @@ impl ProxyHttp for Gateway {
         req.tries.current = Some(Try::new(index, backend.begin_request()));
         req.tries.tried |= 1 << index;
         req.tries.count += 1;
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let mut peer = crate::balance::peer::http_peer(cfg, backend.addr);
         peer.options.connection_timeout = Some(cfg.connect_timeout);
         // No per-read timeout: first_byte_timeout and idle_timeout are request deadlines
         // (`deadlines`), which cost no timer per read.
@@ -430,7 +448,21 @@ impl ProxyHttp for Gateway {
         digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let Some(t) = ctx.as_deref_mut().and_then(|r| r.tries.current.as_mut()) else {
+        let Some(req) = ctx.as_deref_mut() else {
+            return Ok(());
+        };
+        if let Some(ip) = crate::balance::peer::ip_to_verify(peer) {
+            if let Err(why) = crate::balance::peer::check_ip_san(digest, ip) {
+                log::warn!("TLS to backend {}: {why}", peer.address());
+                return Err(Error::create(
+                    ErrorType::InvalidCert,
+                    ErrorSource::Upstream,
+                    Some(why.into()),
+                    None,
+                ));
+            }
+        }
+        let Some(t) = req.tries.current.as_mut() else {
             return Ok(());
         };
         t.connection = Some(socket::Socket {
@@ -456,6 +488,11 @@ impl ProxyHttp for Gateway {
         let Some(req) = ctx.as_deref_mut() else {
             return e;
         };
+        if is_tls_failure(e.etype()) {
+            // The log says why (untrusted chain, wrong name, no shared version); the
+            // client's error only that the agent's TLS was refused.
+            log::warn!("TLS to backend {}: {e}", _peer.address());
+        }
         let outcome = if matches!(e.etype(), ErrorType::ConnectTimedout) {
             TryOutcome::Timeout
         } else {

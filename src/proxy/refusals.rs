@@ -39,7 +39,7 @@ use super::deadlines::ClientSocket;
 use super::observer::{Observer, Refusal};
 use super::socket::Socket;
 use crate::errors::{json_body, ErrorKind, GatewayError};
-use crate::observe::metrics::{self, Counter, Gauge};
+use crate::observe::metrics::{self, Counter, Gauge, HandshakeFailures};
 use crate::observe::trace_context::{hex_string, random_trace_id};
 use crate::state::Shared;
 
@@ -115,6 +115,7 @@ pub struct Recorder {
     open: AtomicUsize,
     open_gauge: Gauge,
     refused: Counter,
+    handshake_failures: HandshakeFailures,
 }
 
 impl<A> Refusals<A> {
@@ -129,6 +130,7 @@ impl<A> Refusals<A> {
                     open: AtomicUsize::new(0),
                     open_gauge,
                     refused,
+                    handshake_failures: metrics::handshake_failure_handles(),
                 })
             },
         }
@@ -147,14 +149,9 @@ where
     ) -> Option<Stream> {
         // Past max_connections a new connection is closed at once, before anything is
         // read from it; the ones already open are served as before.
-        let cap = self
-            .recorder
-            .shared
-            .runtime
-            .load()
-            .config
-            .server
-            .max_connections;
+        let runtime = self.recorder.shared.runtime.load_full();
+        let server = &runtime.config.server;
+        let cap = server.max_connections;
         let open = self.recorder.open.fetch_add(1, Ordering::Relaxed);
         if cap != 0 && open >= cap {
             self.recorder.open.fetch_sub(1, Ordering::Relaxed);
@@ -174,6 +171,28 @@ where
                 peer,
             }))
         });
+        // A connection that fails its TLS handshake never reaches the proxy.
+        let stream = match &server.tls {
+            None => stream,
+            Some(tls) => {
+                let limit = server.header_timeout;
+                match super::tls::accept(
+                    &tls.acceptor,
+                    stream,
+                    limit,
+                    &self.recorder.handshake_failures,
+                )
+                .await
+                {
+                    Some(s) => s,
+                    None => {
+                        self.recorder.open.fetch_sub(1, Ordering::Relaxed);
+                        self.recorder.open_gauge.decrement(1.0);
+                        return None;
+                    }
+                }
+            }
+        };
         let guarded = Guarded {
             inner: stream,
             client,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::connectors::http::Connector;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
@@ -20,11 +21,16 @@ const TICK: Duration = Duration::from_millis(100);
 
 pub struct HealthService {
     shared: Arc<Shared>,
+    /// The checks' own connector (TLS, HTTP/2), apart from the proxy's pool.
+    connector: Arc<Connector>,
 }
 
 impl HealthService {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            connector: Arc::new(Connector::new(None)),
+        }
     }
 
     fn run_due_checks(&self) {
@@ -39,7 +45,7 @@ impl HealthService {
                     &backend.label,
                     backend.is_available(now),
                 );
-                if upstream.health.path.is_empty() {
+                if upstream.health.path.is_empty() && !upstream.health.grpc {
                     // Active checks are off (`path = ""`): a verdict from before a
                     // reload that turned them off must not keep the backend out.
                     backend.forget_active_verdict();
@@ -56,9 +62,15 @@ impl HealthService {
                     .store(now + interval, Ordering::Relaxed);
                 let backend = Arc::clone(backend);
                 let upstream = Arc::clone(&upstream);
+                let connector = Arc::clone(&self.connector);
                 tokio::spawn(async move {
                     let h = &upstream.health;
-                    let ok = probe(backend.addr, &h.path, h.timeout).await;
+                    let ok = probe(&connector, &upstream, backend.addr).await;
+                    let check = if h.grpc {
+                        "grpc.health.v1.Health/Check"
+                    } else {
+                        h.path.as_str()
+                    };
                     if let Some(now_healthy) =
                         backend.record_check(ok, h.healthy_after, h.unhealthy_after)
                     {
@@ -67,7 +79,7 @@ impl HealthService {
                                 "backend {} of upstream {} is healthy again (active check {})",
                                 backend.label,
                                 upstream.name,
-                                h.path
+                                check
                             );
                         } else {
                             log::warn!(
@@ -75,7 +87,7 @@ impl HealthService {
                                 backend.label,
                                 upstream.name,
                                 h.unhealthy_after,
-                                h.path
+                                check
                             );
                         }
                     }

@@ -23,9 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+/// A connection the backend serves: TCP, or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 #[derive(Default)]
 pub struct BackendStats {
@@ -67,6 +71,26 @@ impl Backend {
     }
 
     pub async fn start_on(addr: SocketAddr, name: &str, stats: Arc<BackendStats>) -> Backend {
+        Self::start_with(addr, name, stats, None).await
+    }
+
+    /// Starts on a free port speaking HTTP/1.1 over TLS with `acceptor`.
+    pub async fn start_tls(name: &str, acceptor: openssl::ssl::SslAcceptor) -> Backend {
+        Self::start_with(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            name,
+            Arc::new(BackendStats::default()),
+            Some(Arc::new(acceptor)),
+        )
+        .await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        name: &str,
+        stats: Arc<BackendStats>,
+        tls: Option<Arc<openssl::ssl::SslAcceptor>>,
+    ) -> Backend {
         let listener = TcpListener::bind(addr).await.expect("bind backend");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = watch::channel(false);
@@ -82,11 +106,22 @@ impl Backend {
                         let st = Arc::clone(&st);
                         let name = name_owned.clone();
                         let mut stop = rx.clone();
+                        let tls = tls.clone();
                         tokio::spawn(async move {
                             st.accepted.fetch_add(1, Ordering::SeqCst);
                             st.open_connections.fetch_add(1, Ordering::SeqCst);
+                            let served = async {
+                                match tls {
+                                    None => serve(sock, &name, &st).await,
+                                    Some(acceptor) => {
+                                        if let Some(tls) = tls_accept(&acceptor, sock).await {
+                                            serve(tls, &name, &st).await
+                                        }
+                                    }
+                                }
+                            };
                             tokio::select! {
-                                _ = serve(sock, &name, &st) => {}
+                                _ = served => {}
                                 _ = stop.changed() => {}
                             }
                             st.open_connections.fetch_sub(1, Ordering::SeqCst);
@@ -188,7 +223,7 @@ struct Request {
     headers: Vec<(String, String)>,
 }
 
-async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+async fn read_request<S: Io>(sock: &mut S, buf: &mut Vec<u8>) -> Option<Request> {
     loop {
         if let Some(end) = find(buf, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -255,7 +290,19 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-async fn serve(mut sock: TcpStream, name: &str, stats: &BackendStats) {
+/// The agent's side of a TLS handshake; `None` when the client gave up (for instance
+/// on a certificate it refused).
+pub async fn tls_accept(
+    acceptor: &openssl::ssl::SslAcceptor,
+    sock: TcpStream,
+) -> Option<tokio_openssl::SslStream<TcpStream>> {
+    let ssl = openssl::ssl::Ssl::new(acceptor.context()).ok()?;
+    let mut stream = tokio_openssl::SslStream::new(ssl, sock).ok()?;
+    std::pin::Pin::new(&mut stream).accept().await.ok()?;
+    Some(stream)
+}
+
+async fn serve<S: Io>(mut sock: S, name: &str, stats: &BackendStats) {
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut sock, &mut buf).await {
         stats.requests.fetch_add(1, Ordering::SeqCst);
@@ -289,8 +336,8 @@ async fn serve(mut sock: TcpStream, name: &str, stats: &BackendStats) {
     }
 }
 
-async fn write_fixed(
-    sock: &mut TcpStream,
+async fn write_fixed<S: Io>(
+    sock: &mut S,
     status: u16,
     content_type: &str,
     body: &[u8],
@@ -303,7 +350,7 @@ async fn write_fixed(
     sock.write_all(head.as_bytes()).await.is_ok() && sock.write_all(body).await.is_ok()
 }
 
-async fn write_chunk(sock: &mut TcpStream, data: &[u8]) -> bool {
+async fn write_chunk<S: Io>(sock: &mut S, data: &[u8]) -> bool {
     let frame = format!("{:x}\r\n", data.len());
     sock.write_all(frame.as_bytes()).await.is_ok()
         && sock.write_all(data).await.is_ok()
@@ -316,7 +363,7 @@ fn num(s: Option<&&str>) -> u64 {
 }
 
 /// Returns false when the connection must close.
-async fn respond(sock: &mut TcpStream, name: &str, req: &Request) -> bool {
+async fn respond<S: Io>(sock: &mut S, name: &str, req: &Request) -> bool {
     let path = req.target.split('?').next().unwrap_or("").to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.first().copied().unwrap_or("") {
@@ -435,7 +482,7 @@ async fn respond(sock: &mut TcpStream, name: &str, req: &Request) -> bool {
 }
 
 /// Accepts a WebSocket handshake and echoes messages until the peer closes.
-async fn websocket_echo(sock: &mut TcpStream, req: &Request) {
+async fn websocket_echo<S: Io>(sock: &mut S, req: &Request) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
     let header = |name: &str| {

@@ -181,6 +181,30 @@ impl Gateway {
         read_json_lines(&self.path("access.log"))
     }
 
+    /// The access log once it has at least `n` lines (they are written in batches).
+    pub fn access_log_lines(&self, n: usize) -> Vec<serde_json::Value> {
+        wait_until(
+            Duration::from_secs(5),
+            &format!("{n} access log lines"),
+            || {
+                let lines = self.access_log();
+                (lines.len() >= n).then_some(lines)
+            },
+        )
+    }
+
+    /// POST /reload and its JSON answer.
+    pub async fn reload(&self) -> serde_json::Value {
+        super::client()
+            .post(self.admin_url("/reload"))
+            .send()
+            .await
+            .expect("POST /reload")
+            .json()
+            .await
+            .expect("reload answer")
+    }
+
     pub fn stderr(&self) -> String {
         fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
     }

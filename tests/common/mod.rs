@@ -7,10 +7,12 @@
 
 pub mod backend;
 pub mod gateway;
+pub mod grpc;
 pub mod otlp;
 pub mod prom;
 pub mod raw;
 pub mod redis;
+pub mod tls;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};

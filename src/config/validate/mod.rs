@@ -35,10 +35,10 @@ pub struct Source<'a> {
 
 pub fn validate(source: &Source<'_>, file: FileConfig) -> Result<Config, ConfigErrors> {
     let mut loc = Locator::new(source.path, source.text);
-    let server = server::server_settings(&mut loc, &file.server);
+    let server = server::server_settings(&mut loc, &file.server, source.path);
     let log = server::log_settings(&mut loc, &file.log, source.path);
     let trace = server::trace_settings(&mut loc, &file.trace);
-    let upstreams = upstreams::upstreams(&mut loc, &file.upstreams);
+    let upstreams = upstreams::upstreams(&mut loc, &file.upstreams, source.path);
     let rate_limit_store = file
         .rate_limit_store
         .as_ref()

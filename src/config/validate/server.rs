@@ -2,8 +2,13 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::config::tls::IdentityFile;
 
-pub(super) fn server_settings(loc: &mut Locator, s: &ServerSection) -> ServerSettings {
+pub(super) fn server_settings(
+    loc: &mut Locator,
+    s: &ServerSection,
+    config_path: &Path,
+) -> ServerSettings {
     let d = ServerSettings::default();
     let listen = socket_addr(loc, &s.listen, d.listen);
     let admin_listen = socket_addr(loc, &s.admin_listen, d.admin_listen);
@@ -45,7 +50,20 @@ pub(super) fn server_settings(loc: &mut Locator, s: &ServerSection) -> ServerSet
         10_000_000,
         "max_connections",
     ) as usize;
+    let h2c = chosen(&s.h2c, d.h2c);
+    let upgrade_sock = s
+        .upgrade_sock
+        .as_ref()
+        .filter(|p| !p.get_ref().is_empty())
+        .map(|p| relative_to(config_path, p.get_ref()));
+    let tls = s
+        .tls
+        .as_ref()
+        .and_then(|t| server_tls(loc, t.get_ref(), config_path));
     ServerSettings {
+        h2c,
+        upgrade_sock,
+        tls,
         max_connections,
         listen,
         admin_listen,
@@ -56,6 +74,29 @@ pub(super) fn server_settings(loc: &mut Locator, s: &ServerSection) -> ServerSet
         trusted_proxies,
         header_timeout,
         body_timeout,
+    }
+}
+
+/// `[server.tls]`: both files are read now, so a bad one is an error at its key.
+fn server_tls(loc: &mut Locator, t: &ServerTlsSection, config_path: &Path) -> Option<ServerTls> {
+    let cert_file = relative_to(config_path, t.cert_file.get_ref());
+    let key_file = relative_to(config_path, t.key_file.get_ref());
+    let min_version = chosen(&t.min_version, TlsVersion::V1_2);
+    match crate::config::tls::acceptor(&cert_file, &key_file, min_version) {
+        Ok(acceptor) => Some(ServerTls {
+            cert_file,
+            key_file,
+            min_version,
+            acceptor,
+        }),
+        Err((file, e)) => {
+            let at = match file {
+                IdentityFile::Cert => span(&t.cert_file),
+                IdentityFile::Key => span(&t.key_file),
+            };
+            loc.push(at, e);
+            None
+        }
     }
 }
 

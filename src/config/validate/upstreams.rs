@@ -6,6 +6,7 @@ use super::*;
 pub(super) fn upstreams(
     loc: &mut Locator,
     sections: &std::collections::BTreeMap<String, Spanned<UpstreamSection>>,
+    config_path: &Path,
 ) -> Vec<Arc<Upstream>> {
     let mut out = Vec::new();
     for (name, section) in sections {
@@ -59,7 +60,17 @@ pub(super) fn upstreams(
             "retries",
         ) as u32;
         let h = s.health.as_ref();
+        let protocol = chosen(&s.protocol, Upstream::DEFAULT_PROTOCOL);
+        let tls = upstream_tls(loc, s, protocol, config_path);
         let health = health_settings(loc, h.unwrap_or(&HealthSection::default()));
+        if let Some(grpc) = h.and_then(|h| h.grpc.as_ref()) {
+            if *grpc.get_ref() && !protocol.is_h2() {
+                loc.push(
+                    span(grpc),
+                    "the gRPC health protocol runs over HTTP/2: set protocol = \"h2\" or \"h2c\" on this upstream",
+                );
+            }
+        }
         let _ = table_span;
         out.push(Arc::new(Upstream {
             name: name.clone(),
@@ -71,9 +82,76 @@ pub(super) fn upstreams(
             idle_timeout,
             retries,
             health,
+            protocol,
+            tls,
         }));
     }
     out
+}
+
+/// TLS to the agents: on with `tls = true` or `protocol = "h2"`; the name and CA keys
+/// are errors without it (they would silently do nothing).
+fn upstream_tls(
+    loc: &mut Locator,
+    s: &UpstreamSection,
+    protocol: UpstreamProtocol,
+    config_path: &Path,
+) -> Option<UpstreamTls> {
+    let asked = s.tls.as_ref().map(|t| *t.get_ref());
+    if protocol == UpstreamProtocol::H2c && asked == Some(true) {
+        if let Some(t) = &s.tls {
+            loc.push(
+                span(t),
+                "h2c is cleartext HTTP/2: for HTTP/2 over TLS write protocol = \"h2\"",
+            );
+        }
+    }
+    if protocol == UpstreamProtocol::H2 && asked == Some(false) {
+        if let Some(t) = &s.tls {
+            loc.push(
+                span(t),
+                "protocol = \"h2\" is HTTP/2 over TLS: remove tls = false, or write protocol = \"h2c\" for cleartext",
+            );
+        }
+    }
+    let on = protocol == UpstreamProtocol::H2 || asked == Some(true);
+    if !on {
+        for key in [&s.tls_server_name, &s.ca_file].into_iter().flatten() {
+            loc.push(
+                span(key),
+                "this key applies only to TLS: set tls = true (or protocol = \"h2\") on this upstream",
+            );
+        }
+        return None;
+    }
+    let server_name = s
+        .tls_server_name
+        .as_ref()
+        .map(|n| n.get_ref().trim().to_string())
+        .filter(|n| !n.is_empty());
+    if let (Some(n), Some(name)) = (&s.tls_server_name, &server_name) {
+        if name.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
+            loc.push(
+                span(n),
+                format!("tls_server_name {name:?} is not a host name: write the name the agents' certificate carries, e.g. \"agents.internal\""),
+            );
+        }
+    }
+    let mut ca_file = None;
+    let mut ca = None;
+    if let Some(f) = s.ca_file.as_ref().filter(|f| !f.get_ref().is_empty()) {
+        let path = relative_to(config_path, f.get_ref());
+        match crate::config::tls::load_certificates(&path) {
+            Ok(certs) => ca = Some(Arc::new(certs.into_boxed_slice())),
+            Err(e) => loc.push(span(f), format!("ca_file: {e}")),
+        }
+        ca_file = Some(path);
+    }
+    Some(UpstreamTls {
+        server_name,
+        ca_file,
+        ca,
+    })
 }
 
 pub(super) fn health_settings(loc: &mut Locator, h: &HealthSection) -> HealthSettings {
@@ -101,7 +179,17 @@ pub(super) fn health_settings(loc: &mut Locator, h: &HealthSection) -> HealthSet
             );
         }
     }
+    let grpc = chosen(&h.grpc, d.grpc);
+    if let (true, Some(p)) = (grpc, &h.path) {
+        if !p.get_ref().is_empty() {
+            loc.push(
+                span(p),
+                "grpc = true checks grpc.health.v1.Health/Check, not a path: remove path",
+            );
+        }
+    }
     HealthSettings {
+        grpc,
         path,
         interval,
         timeout,
