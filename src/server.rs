@@ -114,6 +114,10 @@ pub fn run(config: Config, start: Start, extra: Vec<Box<dyn ServiceWithDependent
         // connections close at once.
         graceful_shutdown_timeout_seconds: Some(grace.as_secs_f64().ceil().max(1.0) as u64),
         upgrade_sock: upgrade_sock.clone().unwrap_or_default(),
+        // `run --upgrade` waits this many seconds for the old process's SIGQUIT
+        // hand-over (pingora's default is 5), long enough for a person or a unit file
+        // to send it once the new process is up.
+        upgrade_sock_connect_accept_max_retries: Some(30),
         // Tries per request are bounded by each upstream's `retries`; this is only a cap.
         max_retries: 16,
         // Every pingora timeout of a second or more (connect, the read of a new

@@ -196,3 +196,27 @@ async fn grpc_over_tls_with_the_grpc_health_check() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn te_trailers_is_the_one_te_the_agent_receives() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start("", &upstream(b.addr, "", NO_CHECKS));
+    let c = client();
+    let r = c
+        .get(gw.url("/echo"))
+        .header("te", "deflate, trailers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        b.last_headers().get("te").map(String::as_str),
+        Some("trailers")
+    );
+    c.get(gw.url("/echo"))
+        .header("te", "deflate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b.last_headers().get("te"), None);
+}

@@ -285,6 +285,9 @@ fn prepare_upstream_headers(map: &mut HeaderMap, ctx: &Request) {
     if ctx.websocket {
         headers::put_websocket_upgrade(map);
     }
+    if ctx.hop_by_hop.te_trailers() {
+        map.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
     // Room for the four headers below: the map grows once, not on every insert.
     map.reserve(4);
     let trusted = &ctx.runtime.config.server.trusted_proxies;

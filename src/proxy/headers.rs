@@ -45,9 +45,10 @@ const HOP_BY_HOP_TEXT: [&str; 9] = [
     "http2-settings",
 ];
 
-/// Where `connection` and `upgrade` are in `HOP_BY_HOP_TEXT` (a unit test holds them
+/// Where `connection`, `te` and `upgrade` are in `HOP_BY_HOP_TEXT` (a unit test holds them
 /// together).
 const CONNECTION_INDEX: usize = 0;
+const TE_INDEX: usize = 5;
 const UPGRADE_INDEX: usize = 6;
 
 /// `HOP_BY_HOP_TEXT` as header names, for removal.
@@ -139,6 +140,8 @@ pub struct HopByHop {
     /// `Connection` lists `upgrade`, and `Upgrade` offers (or accepts) `websocket`.
     connection_upgrade: bool,
     upgrade_websocket: bool,
+    /// `TE` lists `trailers`: the client takes trailer fields (gRPC requires it).
+    te_trailers: bool,
 }
 
 impl HopByHop {
@@ -160,6 +163,10 @@ impl HopByHop {
         if i == UPGRADE_INDEX {
             self.upgrade_websocket |=
                 connection_options(value).any(|p| p.eq_ignore_ascii_case(b"websocket"));
+        }
+        if i == TE_INDEX {
+            self.te_trailers |=
+                connection_options(value).any(|p| p.eq_ignore_ascii_case(b"trailers"));
         }
         if i == CONNECTION_INDEX {
             for token in connection_options(value) {
@@ -194,6 +201,12 @@ impl HopByHop {
     /// `Upgrade: websocket`, on a request or on the agent's `101`.
     pub fn websocket(&self) -> bool {
         self.connection_upgrade && self.upgrade_websocket
+    }
+
+    /// Whether the client's `TE` says it takes trailers: the one TE the agent is told,
+    /// as HTTP/2 allows (RFC 9113 §8.2.2) and gRPC servers expect.
+    pub fn te_trailers(&self) -> bool {
+        self.te_trailers
     }
 
     /// Whether `Connection` lists `close`.
@@ -567,6 +580,7 @@ mod tests {
     fn hop_by_hop_names_line_up() {
         assert_eq!(HOP_BY_HOP[CONNECTION_INDEX], CONNECTION);
         assert_eq!(HOP_BY_HOP[UPGRADE_INDEX], http::header::UPGRADE);
+        assert_eq!(HOP_BY_HOP[TE_INDEX], http::header::TE);
         for (name, text) in HOP_BY_HOP.iter().zip(HOP_BY_HOP_TEXT) {
             assert_eq!(name.as_str(), text);
         }

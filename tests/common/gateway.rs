@@ -31,6 +31,25 @@ pub fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
     matches!(s.read(&mut buf), Ok(n) if n >= 12 && &buf[9..10] == b"2")
 }
 
+/// A gateway started with `run --upgrade`; killed when dropped.
+pub struct Successor {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Successor {
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running gateway process with its own config, logs and ports.
 pub struct Gateway {
     pub child: Option<Child>,
@@ -219,6 +238,25 @@ impl Gateway {
                 text.contains(needle).then_some(text)
             },
         )
+    }
+
+    /// Starts a second gateway with `run --upgrade` on the same config: it waits for
+    /// this one's listeners over `upgrade_sock` (hand them over with SIGQUIT).
+    pub fn start_successor(&self) -> Successor {
+        let stderr =
+            fs::File::create(self.dir.path().join("successor.log")).expect("successor log");
+        let child = Command::new(BIN)
+            .args(["run", "--upgrade", "--config"])
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the successor");
+        Successor {
+            child,
+            log: self.dir.path().join("successor.log"),
+        }
     }
 
     pub fn send_signal(&self, sig: i32) {

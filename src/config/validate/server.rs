@@ -284,4 +284,17 @@ mod tests {
         assert_problem_at(&t, "1.5", "sample_ratio must be between 0.0 and 1.0");
         assert_clean(&format!("{GOOD}\n[trace]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\nsample_ratio = 0.25\n"));
     }
+
+    #[test]
+    fn edge_keys() {
+        assert_clean(&with_server(
+            "h2c = true\nupgrade_sock = \"/run/agentgate/upgrade.sock\"",
+        ));
+        let t = with_server("h2c = \"yes\"");
+        assert_problem_at(&t, "\"yes\"", "invalid type");
+        let t = format!("{GOOD}\n[server.tls]\ncert_file = \"/nonexistent/gw.crt\"\nkey_file = \"/nonexistent/gw.key\"\n");
+        assert_problem_at(&t, "\"/nonexistent/gw.crt\"", "cannot read");
+        let t = format!("{GOOD}\n[server.tls]\ncert_file = \"a.crt\"\n");
+        assert_problem(&t, "12:1", "missing field `key_file`");
+    }
 }

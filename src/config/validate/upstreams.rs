@@ -274,4 +274,36 @@ mod tests {
         let t = with_upstream("health = { eject_after = 1001 }");
         assert_problem_at(&t, "1001", "eject_after must be between 0 and 1000");
     }
+
+    #[test]
+    fn protocol_and_tls_keys_agree() {
+        assert_clean(&with_upstream("protocol = \"h2c\""));
+        assert_clean(&with_upstream(
+            "protocol = \"h2\"\ntls_server_name = \"agents.internal\"",
+        ));
+        assert_clean(&with_upstream("tls = true"));
+        let t = with_upstream("protocol = \"http2\"");
+        assert_problem_at(&t, "\"http2\"", "expected one of `http1`, `h2`, `h2c`");
+        let t = with_upstream("protocol = \"h2c\"\ntls = true");
+        assert_problem_at(&t, "true", "h2c is cleartext HTTP/2");
+        let t = with_upstream("protocol = \"h2\"\ntls = false");
+        assert_problem_at(&t, "false", "protocol = \"h2\" is HTTP/2 over TLS");
+        let t = with_upstream("tls_server_name = \"agents.internal\"");
+        assert_problem_at(&t, "\"agents.internal\"", "applies only to TLS");
+        let t = with_upstream("tls = true\ntls_server_name = \"https://agents\"");
+        assert_problem_at(&t, "\"https://agents\"", "is not a host name");
+        let t = with_upstream("tls = true\nca_file = \"/nonexistent/ca.pem\"");
+        assert_problem_at(&t, "\"/nonexistent/ca.pem\"", "ca_file: cannot read");
+    }
+
+    #[test]
+    fn the_grpc_health_check_needs_http2_and_no_path() {
+        assert_clean(&with_upstream(
+            "protocol = \"h2c\"\nhealth = { grpc = true }",
+        ));
+        let t = with_upstream("health = { grpc = true }");
+        assert_problem_at(&t, "true", "runs over HTTP/2");
+        let t = with_upstream("protocol = \"h2c\"\nhealth = { grpc = true, path = \"/healthz\" }");
+        assert_problem_at(&t, "\"/healthz\"", "not a path: remove path");
+    }
 }
