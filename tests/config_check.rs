@@ -18,12 +18,17 @@ fn check(text: &str) -> (i32, String, String) {
 
 /// Runs `agentgate <command> --config FILE` on `text`; the file's path reads as PATH.
 fn with_config(command: &str, text: &str) -> (i32, String, String) {
+    with_config_env(command, text, &[])
+}
+
+fn with_config_env(command: &str, text: &str, env: &[(&str, &str)]) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, text).unwrap();
     let out = Command::new(BIN)
         .args([command, "--config"])
         .arg(&path)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "PATH");
@@ -124,4 +129,52 @@ fn run_refuses_an_address_already_in_use() {
         started.elapsed() < std::time::Duration::from_secs(5),
         "refused at once, not after retries"
     );
+}
+
+#[test]
+fn environment_references_are_expanded_and_an_unset_one_is_located() {
+    let text = GOOD.replace(
+        "[server]\n",
+        "[server]\nadmin_token = \"${AGENTGATE_TEST_UNSET}\"\nthreads = 0\n",
+    );
+    let (code, _, stderr) = check(&text);
+    assert_eq!(code, 2);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines[0].starts_with("PATH:2:15: environment variable AGENTGATE_TEST_UNSET is not set"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with("PATH:3:11: threads must be between"),
+        "{stderr}"
+    );
+
+    // Set, or with a fallback: the file is good, and positions after it stay right.
+    let (code, _, stderr) = with_config_env(
+        "check",
+        &text.replace("threads = 0", "threads = 2"),
+        &[("AGENTGATE_TEST_UNSET", "tok-123456")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let fallback = GOOD.replace("127.0.0.1:9001", "127.0.0.1:${AGENTGATE_TEST_PORT:-9001}");
+    let (code, _, stderr) = check(&fallback);
+    assert_eq!(code, 0, "{stderr}");
+
+    // An error that quotes a value from the environment shows the reference instead.
+    let bad = GOOD.replace(
+        "\"127.0.0.1:18080\"",
+        "\"${AGENTGATE_TEST_LISTEN}\"\nthreads = 0",
+    );
+    let (code, _, stderr) = with_config_env(
+        "check",
+        &bad,
+        &[("AGENTGATE_TEST_LISTEN", "hunter2-secret")],
+    );
+    assert_eq!(code, 2);
+    assert!(!stderr.contains("hunter2-secret"), "{stderr}");
+    assert!(
+        stderr.contains("PATH:2:10: invalid address \"${AGENTGATE_TEST_LISTEN}\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("PATH:3:11: threads"), "{stderr}");
 }

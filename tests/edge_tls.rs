@@ -265,8 +265,10 @@ async fn failed_handshakes_are_counted_and_not_logged_as_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_serves_http2_by_prior_knowledge_beside_http1() {
+    let rx = common::otlp::OtlpReceiver::start().await;
     let b = Backend::start("b").await;
-    let gw = Gateway::start("h2c = true", &upstream(&b));
+    let trace = format!("[trace]\notlp_endpoint = \"{}\"\n", rx.endpoint());
+    let gw = Gateway::start("h2c = true", &format!("{trace}{}", upstream(&b)));
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -280,6 +282,18 @@ async fn h2c_serves_http2_by_prior_knowledge_beside_http1() {
     let lines = gw.access_log_lines(2);
     assert_eq!(lines[0]["protocol"], "HTTP/2");
     assert_eq!(lines[1]["protocol"], "HTTP/1.1");
+    let spans = wait_for(Duration::from_secs(10), "two server spans", || {
+        let spans = rx.spans();
+        async move { (spans.iter().filter(|s| s.span.kind == 2).count() >= 2).then_some(spans) }
+    })
+    .await;
+    let mut versions: Vec<String> = spans
+        .iter()
+        .filter(|s| s.span.kind == 2)
+        .filter_map(|s| s.attr("network.protocol.version"))
+        .collect();
+    versions.sort();
+    assert_eq!(versions, ["1.1", "2"]);
 
     // Without h2c the HTTP/2 preface is not HTTP/1.1: refused.
     let b2 = Backend::start("b2").await;

@@ -793,3 +793,55 @@ async fn pipelined_requests_are_answered_in_order() {
         .collect();
     assert_eq!(ids.len(), 4, "each response has its own request id");
 }
+
+/// A secret given as `${NAME}` is shown as its reference in /config, wherever it sits,
+/// and never reaches the process log, even at `trace` through a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_from_the_environment_shows_as_its_reference() {
+    let b = Backend::start("b").await;
+    let secret = "s3cr3t-from-env-8842";
+    let body = format!(
+        "[log]\nlevel = \"trace\"\n[upstreams.u]\nbackends = [\"{}\"]\n\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n\n[alerting]\nwebhook_url = \"http://127.0.0.1:9/hook?key=${{AGENTGATE_TEST_HOOK_KEY}}\"\n",
+        b.addr
+    );
+    let gw = Gateway::start_with_env(
+        "admin_token = \"${AGENTGATE_TEST_ADMIN}\"",
+        &body,
+        &[
+            ("AGENTGATE_TEST_HOOK_KEY", secret),
+            ("AGENTGATE_TEST_ADMIN", "admin-token-from-env"),
+        ],
+    );
+    let c = client();
+    // The token from the environment is the admin token.
+    let r = c.get(gw.admin_url("/config")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let config: serde_json::Value = c
+        .get(gw.admin_url("/config"))
+        .bearer_auth("admin-token-from-env")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        config["alerting"]["webhook_url"],
+        "http://127.0.0.1:9/hook?key=${AGENTGATE_TEST_HOOK_KEY}"
+    );
+    let text = config.to_string();
+    assert!(
+        !text.contains(secret) && !text.contains("admin-token-from-env"),
+        "{text}"
+    );
+    let r = c
+        .post(gw.admin_url("/reload"))
+        .bearer_auth("admin-token-from-env")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(c.get(gw.url("/echo")).send().await.unwrap().status(), 200);
+    let log = gw.stderr();
+    assert!(!log.contains(secret) && !log.contains("admin-token-from-env"));
+}

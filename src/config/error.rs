@@ -4,6 +4,8 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use super::env::Expanded;
+
 /// One problem found in a config file, located at a line and column (both 1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -48,6 +50,8 @@ impl std::error::Error for ConfigErrors {}
 pub struct Locator<'a> {
     file: &'a Path,
     source: &'a str,
+    /// Set when offsets are in the text with `${NAME}`s expanded, not in `source`.
+    expansion: Option<&'a Expanded>,
     pub errors: Vec<ConfigError>,
 }
 
@@ -56,13 +60,26 @@ impl<'a> Locator<'a> {
         Self {
             file,
             source,
+            expansion: None,
             errors: Vec::new(),
+        }
+    }
+
+    /// A locator for offsets in `expansion.text` that reports them in `source`, the
+    /// text as written.
+    pub fn expanded(file: &'a Path, source: &'a str, expansion: &'a Expanded) -> Self {
+        Self {
+            expansion: Some(expansion),
+            ..Self::new(file, source)
         }
     }
 
     /// Line and column (1-based, columns in characters) of a byte offset.
     pub fn position(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.source.len());
+        let offset = self
+            .expansion
+            .map_or(offset, |e| e.original_offset(offset))
+            .min(self.source.len());
         let before = self.source.get(..offset).unwrap_or(self.source);
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);

@@ -3,6 +3,7 @@
 
 pub mod duration;
 pub mod endpoint;
+pub mod env;
 pub mod error;
 pub mod file;
 pub mod keys;
@@ -36,19 +37,46 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates config text; `path` names it in errors and anchors relative paths.
 /// Every problem is reported, unknown keys and wrong types included, in line order.
+/// `${NAME}` references are expanded from the process environment first.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let (parsed, problems) = read::deserialize_all::<file::FileConfig>(text);
-    let loc = Locator::new(path, text);
-    let mut errors: Vec<ConfigError> = problems
-        .into_iter()
-        .map(|(span, message)| loc.error_at(span, explain_parse_error(&message)))
+    parse_with_env(path, text, |name| std::env::var(name).ok())
+}
+
+/// [`parse`] with the variables looked up by `lookup`.
+pub fn parse_with_env(
+    path: &Path,
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let expansion = env::expand(text, lookup);
+    let (parsed, problems) = read::deserialize_all::<file::FileConfig>(&expansion.text);
+    let as_written = Locator::new(path, text);
+    let loc = Locator::expanded(path, text, &expansion);
+    let mut errors: Vec<ConfigError> = expansion
+        .problems
+        .iter()
+        .map(|(span, message)| as_written.error_at(span.clone(), message.clone()))
         .collect();
+    errors.extend(
+        problems
+            .into_iter()
+            .map(|(span, message)| loc.error_at(span, explain_parse_error(&message))),
+    );
     if let Some(parsed) = parsed {
-        match validate::validate(&validate::Source { path, text }, parsed) {
+        let source = validate::Source {
+            path,
+            text,
+            expansion: &expansion,
+        };
+        match validate::validate(&source, parsed) {
             Ok(config) if errors.is_empty() => return Ok(config),
             Ok(_) => {}
             Err(e) => errors.extend(e.0),
         }
+    }
+    // An error may quote a value; one from the environment is shown as its reference.
+    for e in &mut errors {
+        e.message = expansion.secrets.hide(&e.message);
     }
     Err(in_line_order(path, errors))
 }

@@ -34,6 +34,9 @@ pub struct Config {
     pub auth: Option<AuthSettings>,
     pub alerting: AlertingSettings,
     pub alerts: Vec<AlertRule>,
+    /// Values that came from `${NAME}`s: `/config` shows the reference instead.
+    #[serde(skip)]
+    pub secrets: super::env::Secrets,
 }
 
 #[derive(Debug, Clone, Serialize)]

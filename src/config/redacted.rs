@@ -16,9 +16,23 @@ use super::model::{ApiKeyEntry, Config, Threshold, Upstream};
 
 /// The config as /config shows it.
 pub fn redacted_config(c: &Config) -> Value {
-    serde_json::to_value(c).unwrap_or_else(
+    let mut v = serde_json::to_value(c).unwrap_or_else(
         |e| serde_json::json!({ "error": format!("the config could not be shown: {e}") }),
-    )
+    );
+    if !c.secrets.is_empty() {
+        hide_secrets(&mut v, &c.secrets);
+    }
+    v
+}
+
+/// Every string that holds a value from the environment shows its `${NAME}` instead.
+fn hide_secrets(v: &mut Value, secrets: &super::env::Secrets) {
+    match v {
+        Value::String(s) => *s = secrets.hide(s),
+        Value::Array(items) => items.iter_mut().for_each(|i| hide_secrets(i, secrets)),
+        Value::Object(map) => map.values_mut().for_each(|i| hide_secrets(i, secrets)),
+        _ => {}
+    }
 }
 
 /// Hides a password in a URL (`redis://user:secret@host` -> `redis://user:***@host`).

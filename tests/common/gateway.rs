@@ -57,6 +57,8 @@ pub struct Gateway {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub config_path: PathBuf,
+    /// Environment variables the process gets besides the test's own.
+    pub env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -66,7 +68,21 @@ impl Gateway {
         Self::start_with_files(server_extra, body, &[])
     }
 
+    /// [`Gateway::start`] with environment variables for `${NAME}` in the config.
+    pub fn start_with_env(server_extra: &str, body: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_full(server_extra, body, &[], env)
+    }
+
     pub fn start_with_files(server_extra: &str, body: &str, files: &[(&str, &str)]) -> Gateway {
+        Self::start_full(server_extra, body, files, &[])
+    }
+
+    fn start_full(
+        server_extra: &str,
+        body: &str,
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, content) in files {
             fs::write(dir.path().join(name), content).expect("write file");
@@ -100,6 +116,10 @@ impl Gateway {
             listen,
             admin,
             config_path,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         gw.spawn();
         gw
@@ -111,6 +131,7 @@ impl Gateway {
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&self.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -248,6 +269,7 @@ impl Gateway {
         let child = Command::new(BIN)
             .args(["run", "--upgrade", "--config"])
             .arg(&self.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

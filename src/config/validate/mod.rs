@@ -23,6 +23,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::duration::parse_duration;
+use super::env::Expanded;
 use super::error::{ConfigErrors, Locator};
 use super::file::*;
 use super::model::*;
@@ -30,11 +31,14 @@ use super::model::*;
 /// Everything a validation needs besides the parsed file.
 pub struct Source<'a> {
     pub path: &'a Path,
+    /// The text as written (errors point into it).
     pub text: &'a str,
+    /// The text the file model was read from, with its `${NAME}`s expanded.
+    pub expansion: &'a Expanded,
 }
 
 pub fn validate(source: &Source<'_>, file: FileConfig) -> Result<Config, ConfigErrors> {
-    let mut loc = Locator::new(source.path, source.text);
+    let mut loc = Locator::expanded(source.path, source.text, source.expansion);
     let server = server::server_settings(&mut loc, &file.server, source.path);
     let log = server::log_settings(&mut loc, &file.log, source.path);
     let trace = server::trace_settings(&mut loc, &file.trace);
@@ -68,6 +72,7 @@ pub fn validate(source: &Source<'_>, file: FileConfig) -> Result<Config, ConfigE
         auth,
         alerting,
         alerts,
+        secrets: source.expansion.secrets.clone(),
     };
     loc.into_result(config)
 }
