@@ -313,20 +313,39 @@ async fn every_try_failing_is_502_and_no_healthy_backend_is_503() {
         "[upstreams.u.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_after = 1\n";
     let gw = Gateway::start("", &one_route(&dead, fast_checks));
     let c = client();
-    wait_for(
+    // The upstream is listed, but the gateway stays ready: it answers the JSON 503.
+    let v = wait_for(
         Duration::from_secs(5),
-        "readyz to report no healthy backend",
+        "readyz to list the upstream without a healthy backend",
         || {
             let (c, url) = (c.clone(), gw.admin_url("/readyz"));
-            async move { (c.get(url).send().await.ok()?.status() == 503).then_some(()) }
+            async move {
+                let r = c.get(url).send().await.ok()?;
+                let status = r.status();
+                let v: serde_json::Value = r.json().await.ok()?;
+                (v["upstreams_without_healthy_backend"][0] == "u").then_some((status, v))
+            }
         },
     )
     .await;
+    assert_eq!(v.0, 200, "{}", v.1);
+    assert_eq!(v.1["ready"], true);
     let r = c.get(gw.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["content-type"], "application/json");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "no_healthy_backend");
+    drop(gw);
+
+    // ready_requires_backends = true: the old meaning, 503 while an upstream has none.
+    let gw = Gateway::start("ready_requires_backends = true", &one_route(&dead, fast_checks));
+    wait_for(Duration::from_secs(5), "readyz to turn 503", || {
+        let (c, url) = (c.clone(), gw.admin_url("/readyz"));
+        async move { (c.get(url).send().await.ok()?.status() == 503).then_some(()) }
+    })
+    .await;
+    let v = get_json(&c, gw.admin_url("/readyz")).await;
+    assert_eq!(v["problems"][0]["reason"], "no_healthy_backend");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,7 +69,13 @@ impl AdminApp {
         if self.shared.is_draining() {
             problems.push(json!({"reason": "draining", "message": "shutdown under way: finishing open requests"}));
         }
+        // Upstreams without a healthy backend are listed; they make the gateway unready
+        // only when the config asks for it: otherwise every replica would leave service
+        // at once when the agents are down, and clients would get connection errors
+        // instead of the JSON 503 each replica answers.
+        let requires_backends = runtime.config.server.ready_requires_backends;
         let mut upstreams = serde_json::Map::new();
+        let mut without_backends = Vec::new();
         for u in &runtime.upstreams {
             let healthy = u.pool.healthy_count();
             upstreams.insert(
@@ -77,14 +83,19 @@ impl AdminApp {
                 json!({"healthy_backends": healthy, "backends": u.pool.backends.len()}),
             );
             if healthy == 0 {
-                problems
-                    .push(json!({"reason": "no_healthy_backend", "upstream": u.pool.config.name}));
+                without_backends.push(u.pool.config.name.clone());
+                if requires_backends {
+                    problems.push(
+                        json!({"reason": "no_healthy_backend", "upstream": u.pool.config.name}),
+                    );
+                }
             }
         }
         let ready = problems.is_empty();
         json_response(
             if ready { 200 } else { 503 },
-            json!({"ready": ready, "draining": self.shared.is_draining(), "upstreams": upstreams, "problems": problems}),
+            json!({"ready": ready, "draining": self.shared.is_draining(), "upstreams": upstreams,
+                   "upstreams_without_healthy_backend": without_backends, "problems": problems}),
         )
     }
 }
@@ -94,8 +105,12 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        // The orchestrator's probes carry no secrets (SPEC 7.3).
         if path == "/healthz" {
             return json_response(200, json!({"status": "ok"}));
+        }
+        if path == "/readyz" && method == http::Method::GET {
+            return self.readiness();
         }
         if !self.authorized(session) {
             return admin_error(
@@ -105,7 +120,6 @@ impl ServeHttp for AdminApp {
             );
         }
         match (method.as_str(), path.as_str()) {
-            ("GET", "/readyz") => self.readiness(),
             ("GET", "/metrics") => respond(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",

@@ -60,6 +60,9 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Cleartext HTTP/2 by prior knowledge on `listen`, beside HTTP/1.1.
     pub h2c: bool,
+    /// `/readyz` answers 503 while an upstream has no healthy backend (off: it only
+    /// lists them, so the agents being down never pulls every gateway out at once).
+    pub ready_requires_backends: bool,
     /// The socket the listeners are handed over on (`agentgate run --upgrade`).
     pub upgrade_sock: Option<PathBuf>,
     /// Present: `listen` speaks TLS (HTTP/1.1, and HTTP/2 by ALPN).
@@ -414,6 +417,7 @@ impl Default for ServerSettings {
             body_timeout: Duration::from_secs(60),
             max_connections: 0,
             h2c: false,
+            ready_requires_backends: false,
             upgrade_sock: None,
             tls: None,
         }
