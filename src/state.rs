@@ -60,9 +60,13 @@ impl Carryover {
         };
         let current = self.store.load_full();
         let store = match current {
-            Some(s) if s.url() == settings.redis_url => s,
+            Some(s) if s.is_for(&settings.redis_url, &settings.ca_pem) => s,
             _ => {
-                let s = RedisStore::new(&settings.redis_url, settings.timeout);
+                let s = RedisStore::new(
+                    &settings.redis_url,
+                    settings.ca_pem.clone(),
+                    settings.timeout,
+                );
                 self.store.store(Some(Arc::clone(&s)));
                 s
             }

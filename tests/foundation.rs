@@ -338,7 +338,10 @@ async fn every_try_failing_is_502_and_no_healthy_backend_is_503() {
     drop(gw);
 
     // ready_requires_backends = true: the old meaning, 503 while an upstream has none.
-    let gw = Gateway::start("ready_requires_backends = true", &one_route(&dead, fast_checks));
+    let gw = Gateway::start(
+        "ready_requires_backends = true",
+        &one_route(&dead, fast_checks),
+    );
     wait_for(Duration::from_secs(5), "readyz to turn 503", || {
         let (c, url) = (c.clone(), gw.admin_url("/readyz"));
         async move { (c.get(url).send().await.ok()?.status() == 503).then_some(()) }

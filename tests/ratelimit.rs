@@ -323,3 +323,59 @@ async fn a_store_that_refuses_authentication_says_so_once_in_the_log() {
     let count = gw.stderr().matches(STORE).count();
     assert_eq!(count, 1, "one line per state change:\n{}", gw.stderr());
 }
+
+/// `rediss://` with a password from the environment and the server verified against
+/// `ca_file`: two replicas share the budget over TLS; a store whose certificate is not
+/// trusted stays down, says why once, and the password never reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_store_with_a_password_from_the_environment() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = common::tls::Ca::new("redis ca");
+    let leaf = ca.leaf(
+        certs.path(),
+        "redis",
+        &["localhost"],
+        &[common::tls::loopback()],
+    );
+    let ca_file = ca.write(certs.path(), "ca.pem");
+    let redis = Redis::start_tls(&leaf.cert_file, &leaf.key_file, "tls-pass-7731");
+    let b = Backend::start("b").await;
+    let url = format!(
+        "rediss://:${{AGENTGATE_TEST_REDIS_PASSWORD}}@{}",
+        redis.addr
+    );
+    let cfg = global_config(&b.addr.to_string(), &url, "deny").replace(
+        "on_unavailable",
+        &format!("ca_file = \"{}\"\non_unavailable", ca_file.display()),
+    );
+    let env = [("AGENTGATE_TEST_REDIS_PASSWORD", "tls-pass-7731")];
+    let gws = [
+        Gateway::start_with_env("", &cfg, &env),
+        Gateway::start_with_env("", &cfg, &env),
+    ];
+    for gw in &gws {
+        wait_store_up(gw, true).await;
+    }
+    let (ok, limited) = admitted_over(&[&gws[0], &gws[1]], Duration::from_secs(2)).await;
+    assert!(limited > 0 && ok >= 20, "{ok} admitted, {limited} limited");
+    assert!(
+        ok < 20 + 20 * 4,
+        "one shared budget over TLS: {ok} admitted"
+    );
+
+    // Another CA: the certificate is refused, the store stays down (deny).
+    let other = common::tls::Ca::new("other").write(certs.path(), "other.pem");
+    let untrusted = cfg.replace(&ca_file.display().to_string(), &other.display().to_string());
+    let gw = Gateway::start_with_env("", &untrusted, &env);
+    let line = gw.wait_stderr("rate limit store rediss://");
+    assert!(line.contains("unreachable"), "{line}");
+    wait_store_up(&gw, false).await;
+    // deny: nothing is admitted while the store cannot be trusted.
+    assert_eq!(
+        client().get(gw.url("/x")).send().await.unwrap().status(),
+        429
+    );
+    for g in gws.iter().chain([&gw]) {
+        assert!(!g.stderr().contains("tls-pass-7731"), "{}", g.stderr());
+    }
+}

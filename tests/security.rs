@@ -237,7 +237,11 @@ async fn admin_token_matrix_and_redacted_config() {
         "/healthz is always open"
     );
     assert_eq!(
-        c.get(gw.admin_url("/readyz")).send().await.unwrap().status(),
+        c.get(gw.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200,
         "/readyz is always open too (probes carry no secrets)"
     );

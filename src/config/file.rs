@@ -148,6 +148,7 @@ pub struct PaginationSection {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitStoreSection {
     pub redis_url: Spanned<String>,
+    pub ca_file: Option<Spanned<String>>,
     pub on_unavailable: Option<Spanned<OnUnavailable>>,
     pub timeout: Option<Spanned<String>>,
 }

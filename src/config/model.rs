@@ -326,6 +326,11 @@ pub enum OnUnavailable {
 pub struct RateLimitStore {
     #[serde(serialize_with = "show::url")]
     pub redis_url: String,
+    /// CAs trusted for a `rediss://` store (default: the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// `ca_file` as read.
+    #[serde(skip)]
+    pub ca_pem: Option<Arc<Vec<u8>>>,
     pub on_unavailable: OnUnavailable,
     #[serde(serialize_with = "show::duration")]
     pub timeout: Duration,

@@ -49,6 +49,8 @@ const DOWN: u8 = 2;
 
 pub struct RedisStore {
     url: String,
+    /// CAs for a `rediss://` URL (PEM); `None`: the system roots.
+    ca: Option<Arc<Vec<u8>>>,
     timeout: Duration,
     connection: ArcSwapOption<ConnectionManager>,
     /// `UNJUDGED`, `UP` or `DOWN`.
@@ -65,10 +67,11 @@ pub struct Grant {
 }
 
 impl RedisStore {
-    pub fn new(url: &str, timeout: Duration) -> Arc<RedisStore> {
+    pub fn new(url: &str, ca: Option<Arc<Vec<u8>>>, timeout: Duration) -> Arc<RedisStore> {
         metrics::rate_limit_store_up(false);
         Arc::new(RedisStore {
             url: url.to_string(),
+            ca,
             timeout,
             connection: ArcSwapOption::empty(),
             state: AtomicU8::new(UNJUDGED),
@@ -78,6 +81,31 @@ impl RedisStore {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Whether this store is the one `url` and `ca` describe.
+    pub fn is_for(&self, url: &str, ca: &Option<Arc<Vec<u8>>>) -> bool {
+        self.url == url && self.ca.as_deref() == ca.as_deref()
+    }
+
+    /// The client for the URL: TLS (`rediss://`) is rustls, verifying the server
+    /// against `ca_file` or the system roots; redis-rs takes a CA of its own only
+    /// through its rustls backend.
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        if self.url.starts_with("rediss://") {
+            // The process-wide rustls provider; a second install is a no-op.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        match &self.ca {
+            None => redis::Client::open(self.url.as_str()),
+            Some(pem) => redis::Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            ),
+        }
     }
 
     pub fn is_up(&self) -> bool {
@@ -131,7 +159,7 @@ impl RedisStore {
     /// Connects (first time) or pings; marks the store up or down.
     pub async fn probe(&self) {
         if self.connection.load().is_none() {
-            let client = match redis::Client::open(self.url.as_str()) {
+            let client = match self.client() {
                 Ok(c) => c,
                 Err(e) => {
                     self.set_up(false, &e.to_string());

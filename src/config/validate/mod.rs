@@ -46,7 +46,7 @@ pub fn validate(source: &Source<'_>, file: FileConfig) -> Result<Config, ConfigE
     let rate_limit_store = file
         .rate_limit_store
         .as_ref()
-        .map(|s| services::rate_limit_store(&mut loc, s.get_ref()));
+        .map(|s| services::rate_limit_store(&mut loc, s.get_ref(), source.path));
     let auth = file
         .auth
         .as_ref()

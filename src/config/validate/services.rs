@@ -4,7 +4,11 @@
 #[allow(unused_imports)]
 use super::*;
 
-pub(super) fn rate_limit_store(loc: &mut Locator, s: &RateLimitStoreSection) -> RateLimitStore {
+pub(super) fn rate_limit_store(
+    loc: &mut Locator,
+    s: &RateLimitStoreSection,
+    config_path: &Path,
+) -> RateLimitStore {
     // The Redis client's own parser is the authority on what it can connect to: a URL it
     // refuses at startup would otherwise leave the store down for the process's life.
     let url = s.redis_url.get_ref();
@@ -12,7 +16,7 @@ pub(super) fn rate_limit_store(loc: &mut Locator, s: &RateLimitStoreSection) -> 
         loc.push(
             span(&s.redis_url),
             format!(
-                "redis_url must start with redis:// (got {:?})",
+                "redis_url must start with redis:// or rediss:// (TLS) (got {:?})",
                 redact_url(url)
             ),
         );
@@ -25,10 +29,31 @@ pub(super) fn rate_limit_store(loc: &mut Locator, s: &RateLimitStoreSection) -> 
             ),
         );
     }
+    let (ca_file, ca_pem) = match s.ca_file.as_ref().filter(|f| !f.get_ref().is_empty()) {
+        None => (None, None),
+        Some(f) => {
+            if !url.starts_with("rediss://") {
+                loc.push(
+                    span(f),
+                    "ca_file applies to a TLS store only: write the URL as rediss://",
+                );
+            }
+            let path = relative_to(config_path, f.get_ref());
+            // Checked as certificates here; handed to the Redis client as PEM.
+            let pem = crate::config::tls::load_certificates(&path)
+                .map_err(|e| loc.push(span(f), format!("ca_file: {e}")))
+                .ok()
+                .and_then(|_| std::fs::read(&path).ok())
+                .map(Arc::new);
+            (Some(path), pem)
+        }
+    };
     let on_unavailable = chosen(&s.on_unavailable, OnUnavailable::Local);
     let timeout = positive_duration_or(loc, &s.timeout, RateLimitStore::DEFAULT_TIMEOUT, "timeout");
     RateLimitStore {
         redis_url: url.clone(),
+        ca_file,
+        ca_pem,
         on_unavailable,
         timeout,
     }
@@ -134,5 +159,15 @@ mod tests {
             "\"0s\"",
             "evaluation_interval must be greater than zero",
         );
+    }
+
+    #[test]
+    fn a_ca_file_needs_a_tls_store() {
+        let store = |url: &str, ca: &str| {
+            format!("{GOOD}\n[rate_limit_store]\nredis_url = \"{url}\"\nca_file = \"{ca}\"\n")
+        };
+        let t = store("redis://127.0.0.1:6379", "/nonexistent.pem");
+        assert_problem_at(&t, "\"/nonexistent.pem\"", "rediss://");
+        assert_problem_at(&t, "\"/nonexistent.pem\"", "ca_file: cannot read");
     }
 }
