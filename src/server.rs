@@ -24,6 +24,7 @@ use crate::proxy::deadlines::Deadlines;
 use crate::proxy::refusals::Refusals;
 use crate::proxy::Gateway;
 use crate::proxy::Observer;
+use crate::reload::watch::WatchConfig;
 use crate::reload::ReloadOnHangup;
 use crate::services::alerts::{instance_name, AlertEvaluator};
 use crate::services::health::HealthService;
@@ -178,6 +179,13 @@ pub fn run(config: Config, start: Start, extra: Vec<Box<dyn ServiceWithDependent
     server.add_service(background_service(
         "reload on SIGHUP",
         ReloadOnHangup {
+            shared: Arc::clone(&shared),
+            observer: Arc::clone(&observer),
+        },
+    ));
+    server.add_service(background_service(
+        "config file watch",
+        WatchConfig {
             shared: Arc::clone(&shared),
             observer: Arc::clone(&observer),
         },

@@ -49,6 +49,7 @@ pub struct ServerSection {
     pub body_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
     pub h2c: Option<Spanned<bool>>,
+    pub watch_config: Option<Spanned<bool>>,
     pub ready_requires_backends: Option<Spanned<bool>>,
     pub upgrade_sock: Option<Spanned<String>>,
     pub tls: Option<Spanned<ServerTlsSection>>,

@@ -60,6 +60,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Cleartext HTTP/2 by prior knowledge on `listen`, beside HTTP/1.1.
     pub h2c: bool,
+    /// Reload by itself when the config file or a file it names changes.
+    pub watch_config: bool,
     /// `/readyz` answers 503 while an upstream has no healthy backend (off: it only
     /// lists them, so the agents being down never pulls every gateway out at once).
     pub ready_requires_backends: bool,
@@ -422,6 +424,7 @@ impl Default for ServerSettings {
             body_timeout: Duration::from_secs(60),
             max_connections: 0,
             h2c: false,
+            watch_config: true,
             ready_requires_backends: false,
             upgrade_sock: None,
             tls: None,
@@ -474,6 +477,36 @@ impl Default for AlertingSettings {
             evaluation_interval: Duration::from_secs(1),
             webhook_url: None,
         }
+    }
+}
+
+impl Config {
+    /// The files this config was read from: the file itself and every file it names
+    /// (keys, certificates, CA bundles), which a change to any of them reloads.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        if let Some(a) = &self.auth {
+            files.push(a.keys_file.clone());
+        }
+        if let Some(t) = &self.server.tls {
+            files.push(t.cert_file.clone());
+            files.push(t.key_file.clone());
+        }
+        for u in &self.upstreams {
+            if let Some(ca) = u.tls.as_ref().and_then(|t| t.ca_file.clone()) {
+                files.push(ca);
+            }
+        }
+        if let Some(ca) = self
+            .rate_limit_store
+            .as_ref()
+            .and_then(|s| s.ca_file.clone())
+        {
+            files.push(ca);
+        }
+        files.sort();
+        files.dedup();
+        files
     }
 }
 

@@ -70,11 +70,18 @@ impl Gateway {
 
     /// [`Gateway::start`] with environment variables for `${NAME}` in the config.
     pub fn start_with_env(server_extra: &str, body: &str, env: &[(&str, &str)]) -> Gateway {
-        Self::start_full(server_extra, body, &[], env)
+        Self::start_full(server_extra, body, &[], env, false)
     }
 
     pub fn start_with_files(server_extra: &str, body: &str, files: &[(&str, &str)]) -> Gateway {
-        Self::start_full(server_extra, body, files, &[])
+        Self::start_full(server_extra, body, files, &[], false)
+    }
+
+    /// [`Gateway::start`] with the config mounted as Kubernetes mounts a ConfigMap:
+    /// `agentgate.toml -> ..data/agentgate.toml`, `..data -> ..1`; swap it with
+    /// [`Gateway::swap_configmap`].
+    pub fn start_configmap(server_extra: &str, body: &str) -> Gateway {
+        Self::start_full(server_extra, body, &[], &[], true)
     }
 
     fn start_full(
@@ -82,6 +89,7 @@ impl Gateway {
         body: &str,
         files: &[(&str, &str)],
         env: &[(&str, &str)],
+        configmap: bool,
     ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, content) in files {
@@ -105,11 +113,22 @@ impl Gateway {
         if !server_extra.contains("grace_period") {
             defaults.push_str("grace_period = \"1s\"\n");
         }
+        // Tests rewrite configs and reload them themselves; the watch is tested on its own.
+        if !server_extra.contains("watch_config") {
+            defaults.push_str("watch_config = false\n");
+        }
         let config = format!(
             "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n{defaults}{server_extra}\n\n{body}\n"
         );
         let config_path = dir.path().join("agentgate.toml");
-        fs::write(&config_path, config).expect("write config");
+        if configmap {
+            fs::create_dir(dir.path().join("..1")).expect("configmap version");
+            fs::write(dir.path().join("..1/agentgate.toml"), config).expect("write config");
+            std::os::unix::fs::symlink("..1", dir.path().join("..data")).expect("..data");
+            std::os::unix::fs::symlink("..data/agentgate.toml", &config_path).expect("link");
+        } else {
+            fs::write(&config_path, config).expect("write config");
+        }
         let mut gw = Gateway {
             child: None,
             dir,
@@ -169,6 +188,21 @@ impl Gateway {
     /// Rewrites the config file (same server section) for a reload.
     pub fn rewrite_config(&self, text: &str) {
         fs::write(&self.config_path, text).expect("rewrite config");
+    }
+
+    /// Replaces the ConfigMap's contents as the kubelet does: a new version folder,
+    /// then `..data` swapped to it by one rename.
+    pub fn swap_configmap(&self, text: &str) {
+        let d = self.dir.path();
+        let version = (2..)
+            .find(|n| !d.join(format!("..{n}")).exists())
+            .expect("a free version");
+        let folder = format!("..{version}");
+        fs::create_dir(d.join(&folder)).expect("version folder");
+        fs::write(d.join(&folder).join("agentgate.toml"), text).expect("write config");
+        let _ = fs::remove_file(d.join("..data_tmp"));
+        std::os::unix::fs::symlink(&folder, d.join("..data_tmp")).expect("..data_tmp");
+        fs::rename(d.join("..data_tmp"), d.join("..data")).expect("swap ..data");
     }
 
     pub fn config_text(&self) -> String {

@@ -51,6 +51,7 @@ pub(super) fn server_settings(
         "max_connections",
     ) as usize;
     let h2c = chosen(&s.h2c, d.h2c);
+    let watch_config = chosen(&s.watch_config, d.watch_config);
     let ready_requires_backends = chosen(&s.ready_requires_backends, d.ready_requires_backends);
     let upgrade_sock = s
         .upgrade_sock
@@ -63,6 +64,7 @@ pub(super) fn server_settings(
         .and_then(|t| server_tls(loc, t.get_ref(), config_path));
     ServerSettings {
         h2c,
+        watch_config,
         ready_requires_backends,
         upgrade_sock,
         tls,

@@ -1,5 +1,9 @@
 //! Hot reload: re-read the config file, and swap the runtime atomically when it is valid.
 //! Requests already running keep the runtime they started with (they hold an `Arc`).
+//! Three triggers share [`reload`]: SIGHUP ([`ReloadOnHangup`]), `POST /reload` (the
+//! admin listener) and a change to the files ([`watch::WatchConfig`]).
+
+pub mod watch;
 
 use std::sync::Arc;
 
