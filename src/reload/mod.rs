@@ -41,33 +41,26 @@ pub fn reload(shared: &Shared, observer: &Observer) -> Result<ReloadReport, Conf
     };
     let mut needs_restart = Vec::new();
     let (o, n) = (&old.config.server, &new.server);
-    if o.listen != n.listen {
-        needs_restart.push(format!(
-            "server.listen ({} -> {}) applies after a restart",
-            o.listen, n.listen
-        ));
-    }
-    if o.admin_listen != n.admin_listen {
-        needs_restart.push(format!(
-            "server.admin_listen ({} -> {}) applies after a restart",
-            o.admin_listen, n.admin_listen
-        ));
-    }
-    if o.threads != n.threads {
-        needs_restart.push(format!(
-            "server.threads ({} -> {}) applies after a restart",
-            o.threads, n.threads
-        ));
-    }
-    if o.h2c != n.h2c {
-        needs_restart.push(format!(
-            "server.h2c ({} -> {}) applies after a restart",
-            o.h2c, n.h2c
-        ));
-    }
-    if o.upgrade_sock != n.upgrade_sock {
-        needs_restart.push("server.upgrade_sock applies after a restart".into());
-    }
+    let mut restart_only = |key: &str, before: String, after: String| {
+        if before != after {
+            needs_restart.push(format!(
+                "server.{key} ({before} -> {after}) applies after a restart"
+            ));
+        }
+    };
+    restart_only("listen", o.listen.to_string(), n.listen.to_string());
+    restart_only(
+        "admin_listen",
+        o.admin_listen.to_string(),
+        n.admin_listen.to_string(),
+    );
+    restart_only("threads", o.threads.to_string(), n.threads.to_string());
+    restart_only("h2c", o.h2c.to_string(), n.h2c.to_string());
+    let sock = |s: &Option<std::path::PathBuf>| {
+        s.as_ref()
+            .map_or_else(|| "unset".into(), |p| p.display().to_string())
+    };
+    restart_only("upgrade_sock", sock(&o.upgrade_sock), sock(&n.upgrade_sock));
     if old.config.trace.otlp_endpoint != new.trace.otlp_endpoint
         || old.config.trace.service_name != new.trace.service_name
     {
