@@ -10,7 +10,7 @@ use crate::config;
 #[derive(Parser)]
 #[command(
     name = "agentgate",
-    version,
+    version = crate::VERSION,
     about = "An observability-first reverse proxy for AI agent services"
 )]
 pub struct Cli {

@@ -13,6 +13,14 @@
 //! - `server` (bootstrap and shutdown);
 //! - entry points: `cli`, `demo` (demo agents, behind the default `demo` feature).
 
+/// The version and the git commit the binary was built from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("AGENTGATE_COMMIT"),
+    ")"
+);
+
 pub mod admin;
 pub mod alerts;
 pub mod alloc;

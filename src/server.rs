@@ -210,7 +210,7 @@ pub fn run(config: Config, start: Start, extra: Vec<Box<dyn ServiceWithDependent
 
     log::info!(
         "agentgate {} serving on {listen}, admin on {admin_listen}",
-        env!("CARGO_PKG_VERSION")
+        crate::VERSION
     );
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainThenStop {

@@ -178,3 +178,25 @@ fn environment_references_are_expanded_and_an_unset_one_is_located() {
     );
     assert!(stderr.contains("PATH:3:11: threads"), "{stderr}");
 }
+
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let expected = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    assert_eq!(
+        text.trim(),
+        format!(
+            "agentgate {} (commit {expected})",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}

@@ -38,7 +38,7 @@ pub fn install() -> &'static PrometheusHandle {
         // Fails only when another recorder is already set (tests in one process).
         let _ = metrics::set_global_recorder(recorder);
         describe();
-        gauge!("agentgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        gauge!("agentgate_build_info", "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("AGENTGATE_COMMIT")).set(1.0);
         handle
     })
 }
