@@ -35,6 +35,9 @@ pub enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also resolve every backend name: one that resolves to nothing is an error.
+        #[arg(long)]
+        strict: bool,
     },
     /// Run three demo agents and the gateway in front of them.
     #[cfg(feature = "demo")]
@@ -101,7 +104,11 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Command::Check { config } => match config::load(&config) {
+        Command::Check { config, strict } => match if strict {
+            config::load_strict(&config)
+        } else {
+            config::load(&config)
+        } {
             Ok(c) => {
                 println!("ok");
                 println!("{}", config::summary(&c));

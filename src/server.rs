@@ -29,6 +29,7 @@ use crate::reload::ReloadOnHangup;
 use crate::services::alerts::{instance_name, AlertEvaluator};
 use crate::services::health::HealthService;
 use crate::services::rate_limit_store::StoreProbe;
+use crate::services::resolve::{resolve_at_start, ResolveBackends};
 use crate::state::Shared;
 
 /// Checks that the listen addresses are free before pingora binds them: pingora would
@@ -104,6 +105,7 @@ pub fn run(config: Config, start: Start, extra: Vec<Box<dyn ServiceWithDependent
     let header_timeout = config.server.header_timeout;
     let h2c = config.server.h2c;
     let shared = Shared::new(config);
+    resolve_at_start(&shared);
 
     let conf = ServerConf {
         threads,
@@ -181,6 +183,12 @@ pub fn run(config: Config, start: Start, extra: Vec<Box<dyn ServiceWithDependent
         ReloadOnHangup {
             shared: Arc::clone(&shared),
             observer: Arc::clone(&observer),
+        },
+    ));
+    server.add_service(background_service(
+        "backends by name",
+        ResolveBackends {
+            shared: Arc::clone(&shared),
         },
     ));
     server.add_service(background_service(

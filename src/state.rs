@@ -12,7 +12,11 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crate::alerts::window::Windows;
 use crate::alerts::AlertBoard;
 use crate::balance::{BackendRegistry, UpstreamPool};
-use crate::config::{Config, OnUnavailable, RateLimitScope, Route};
+use std::net::SocketAddr;
+
+use crate::config::{
+    BackendAddr, BackendName, Config, OnUnavailable, RateLimitScope, Route, Upstream,
+};
 use crate::observe::per_config::Telemetry;
 use crate::ratelimit::store::RedisStore;
 use crate::ratelimit::RouteLimiter;
@@ -48,6 +52,9 @@ pub struct Runtime {
 #[derive(Default)]
 pub struct Carryover {
     pub backends: BackendRegistry,
+    /// What each backend name last resolved to, per upstream (`services::resolve`
+    /// keeps it; a failed lookup leaves the last answer).
+    pub resolved: Mutex<HashMap<(String, BackendName), Vec<SocketAddr>>>,
     limiters: Mutex<HashMap<String, Arc<RouteLimiter>>>,
     store: ArcSwapOption<RedisStore>,
 }
@@ -94,10 +101,43 @@ impl Carryover {
     pub fn rate_limit_store(&self) -> Option<Arc<RedisStore>> {
         self.store.load_full()
     }
+
+    /// `upstream` with the addresses its names last resolved to added to its backends
+    /// (an address also written as such is listed once).
+    fn with_resolved(&self, upstream: &Arc<Upstream>) -> Arc<Upstream> {
+        if upstream.names.is_empty() {
+            return Arc::clone(upstream);
+        }
+        let resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        let mut full = Upstream::clone(upstream);
+        // From the addresses written as such: a refresh drops what a name no longer has.
+        full.backends.retain(|b| b.name.is_none());
+        for name in &upstream.names {
+            let Some(addrs) = resolved.get(&(upstream.name.clone(), name.clone())) else {
+                continue;
+            };
+            let shared = Arc::new(name.clone());
+            for addr in addrs {
+                if !full.backends.iter().any(|b| b.addr == *addr) {
+                    full.backends.push(BackendAddr {
+                        addr: *addr,
+                        name: Some(Arc::clone(&shared)),
+                    });
+                }
+            }
+        }
+        Arc::new(full)
+    }
 }
 
 impl Runtime {
-    pub fn build(config: Config, carry: &Carryover) -> Runtime {
+    pub fn build(mut config: Config, carry: &Carryover) -> Runtime {
+        // Every part below sees the backends the names resolved to as backends.
+        config.upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| carry.with_resolved(u))
+            .collect();
         let config = Arc::new(config);
         let store = carry.store_for(&config);
         let registry = &carry.backends;
@@ -109,17 +149,19 @@ impl Runtime {
                 route: Arc::clone(r),
             })
             .collect();
-        let upstreams = config
+        let upstreams: Vec<UpstreamRuntime> = config
             .upstreams
             .iter()
             .map(|u| UpstreamRuntime {
                 pool: Arc::new(UpstreamPool::new(Arc::clone(u), registry)),
             })
             .collect();
-        let keep: Vec<_> = config
-            .upstreams
+        let keep: Vec<_> = upstreams
             .iter()
-            .flat_map(|u| u.backends.iter().map(|a| (u.name.clone(), *a)))
+            .flat_map(|u| {
+                let cfg = &u.pool.config;
+                cfg.backends.iter().map(|b| (cfg.name.clone(), b.addr))
+            })
             .collect();
         registry.retain(&keep);
         Runtime {
@@ -138,6 +180,9 @@ pub struct Shared {
     pub carry: Carryover,
     pub alerts: AlertBoard,
     draining: AtomicBool,
+    /// Held while a runtime is built and swapped in (reload, or a refresh after
+    /// names resolved anew).
+    installing: Mutex<()>,
 }
 
 impl Shared {
@@ -151,6 +196,7 @@ impl Shared {
             runtime: ArcSwap::from_pointee(runtime),
             carry,
             draining: AtomicBool::new(false),
+            installing: Mutex::new(()),
         })
     }
 
@@ -160,7 +206,20 @@ impl Shared {
 
     /// Swaps in a new runtime built from `config` (requests already running keep theirs).
     pub fn install(&self, config: Config) {
+        let _one_at_a_time = self.installing.lock().unwrap_or_else(|p| p.into_inner());
         self.alerts.sync_rules(&config.alerts);
+        self.runtime
+            .store(Arc::new(Runtime::build(config, &self.carry)));
+    }
+
+    /// Rebuilds the runtime of the config in force, after the backends its names
+    /// resolve to changed. Requests running keep the runtime they started on, so a
+    /// backend that left finishes what it holds.
+    pub fn refresh(&self) {
+        // Under the same lock as `install`, so a reload is never undone by a refresh
+        // of the config it replaced.
+        let _one_at_a_time = self.installing.lock().unwrap_or_else(|p| p.into_inner());
+        let config = Config::clone(&self.runtime.load().config);
         self.runtime
             .store(Arc::new(Runtime::build(config, &self.carry)));
     }

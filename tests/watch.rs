@@ -28,6 +28,7 @@ async fn wait_status(gw: &Gateway, path: &str, status: u16, what: &str) {
 async fn an_edit_reloads_and_an_invalid_one_keeps_the_old_config() {
     let b = Backend::start("b").await;
     let gw = Gateway::start("watch_config = true", &routes(&b, "/one"));
+    gw.wait_stderr("watch_config: watching");
     assert_eq!(
         client().get(gw.url("/one")).send().await.unwrap().status(),
         200
@@ -84,6 +85,7 @@ async fn an_edit_reloads_and_an_invalid_one_keeps_the_old_config() {
 async fn a_configmap_swap_reloads() {
     let b = Backend::start("b").await;
     let gw = Gateway::start_configmap("watch_config = true", &routes(&b, "/one"));
+    gw.wait_stderr("watch_config: watching");
     assert_eq!(
         client().get(gw.url("/one")).send().await.unwrap().status(),
         200
@@ -107,6 +109,7 @@ async fn a_change_to_the_keys_file_reloads() {
         routes(&b, "/")
     );
     let gw = Gateway::start_with_files("watch_config = true", &body, &[("keys.toml", &keys)]);
+    gw.wait_stderr("watch_config: watching");
     let with_key = |key: &'static str| {
         let url = gw.url("/x");
         async move {
@@ -154,4 +157,35 @@ async fn watch_config_false_leaves_reloads_to_the_operator() {
         client().get(gw.url("/two")).send().await.unwrap().status(),
         200
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_config_keeps_serving_and_its_return_reloads() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start("watch_config = true", &routes(&b, "/one"));
+    gw.wait_stderr("watch_config: watching");
+    let good = gw.config_text();
+    std::fs::remove_file(&gw.config_path).unwrap();
+    gw.metrics_text_when(
+        "agentgate_config_reloads_total",
+        &[("result", "failure")],
+        1.0,
+    )
+    .await;
+    gw.wait_stderr("cannot read config file");
+    assert_eq!(
+        client().get(gw.url("/one")).send().await.unwrap().status(),
+        200
+    );
+    // A `${NAME}` in a key is no reference: the key is unknown, and said where.
+    gw.rewrite_config(&good.replace("[[routes]]", "[[routes]]\n\"${NAME}\" = 1"));
+    gw.metrics_text_when(
+        "agentgate_config_reloads_total",
+        &[("result", "failure")],
+        2.0,
+    )
+    .await;
+    gw.wait_stderr("unknown field `${NAME}`");
+    gw.rewrite_config(&good.replace("\"/one\"", "\"/two\""));
+    wait_status(&gw, "/two", 200, "the restored config to serve").await;
 }

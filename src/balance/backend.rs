@@ -10,12 +10,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::clock::now_ms;
+use crate::config::BackendAddr;
 
 #[derive(Debug)]
 pub struct BackendState {
     pub addr: SocketAddr,
     /// The backend as a metric label and log field, e.g. `127.0.0.1:9001`.
     pub label: String,
+    /// The name this address was resolved from (TLS names it), if any.
+    pub host: Option<String>,
     in_flight: AtomicU32,
     active_healthy: AtomicBool,
     active_streak: AtomicU32,
@@ -29,10 +32,11 @@ pub struct BackendState {
 }
 
 impl BackendState {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr, label: String, host: Option<String>) -> Self {
         Self {
             addr,
-            label: addr.to_string(),
+            label,
+            host,
             in_flight: AtomicU32::new(0),
             // Backends start healthy so traffic flows before the first check completes.
             active_healthy: AtomicBool::new(true),
@@ -150,15 +154,33 @@ impl Drop for InFlightGuard {
 #[derive(Default)]
 pub struct BackendRegistry {
     states: Mutex<HashMap<(String, SocketAddr), Arc<BackendState>>>,
+    unproven: AtomicBool,
 }
 
 impl BackendRegistry {
-    pub fn state_for(&self, upstream: &str, addr: SocketAddr) -> Arc<BackendState> {
+    /// The state of `backend` of `upstream`: the one kept from before, or a new one.
+    /// A new address of a name waits for its first good active check before it gets
+    /// traffic ([`BackendRegistry::expect_new`]); every other backend starts healthy.
+    pub fn state_for(&self, upstream: &str, backend: &BackendAddr) -> Arc<BackendState> {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let unproven = self.unproven.load(Ordering::Relaxed) && backend.name.is_some();
         states
-            .entry((upstream.to_string(), addr))
-            .or_insert_with(|| Arc::new(BackendState::new(addr)))
+            .entry((upstream.to_string(), backend.addr))
+            .or_insert_with(|| {
+                let host = backend.name.as_ref().map(|n| n.host.clone());
+                let state = BackendState::new(backend.addr, backend.label(), host);
+                if unproven {
+                    state.active_healthy.store(false, Ordering::Relaxed);
+                }
+                Arc::new(state)
+            })
             .clone()
+    }
+
+    /// From now on, addresses a name resolves to start out of service until an active
+    /// check passes (at start-up they are trusted like the addresses in the file).
+    pub fn expect_new(&self) {
+        self.unproven.store(true, Ordering::Relaxed);
     }
 
     /// Forgets backends no longer named by the live config.

@@ -22,9 +22,14 @@ const GRPC_HEALTH_PATH: &str = "/grpc.health.v1.Health/Check";
 const GRPC_EMPTY_REQUEST: &[u8] = &[0, 0, 0, 0, 0];
 
 /// One health check: true when the backend passes it within the check's timeout.
-pub async fn probe(connector: &Connector, upstream: &Upstream, addr: SocketAddr) -> bool {
+pub async fn probe(
+    connector: &Connector,
+    upstream: &Upstream,
+    addr: SocketAddr,
+    host: Option<&str>,
+) -> bool {
     let h = &upstream.health;
-    let mut peer = http_peer(upstream, addr);
+    let mut peer = http_peer(upstream, addr, host);
     peer.options.connection_timeout = Some(h.timeout);
     let attempt = async {
         let (mut session, _) = connector.get_http_session(&peer).await.ok()?;

@@ -36,7 +36,7 @@ impl UpstreamPool {
         let backends = config
             .backends
             .iter()
-            .map(|addr| registry.state_for(&config.name, *addr))
+            .map(|b| registry.state_for(&config.name, b))
             .collect();
         Self {
             config,
@@ -115,7 +115,11 @@ mod tests {
         let upstream = Upstream {
             name: "u".into(),
             index: 0,
-            backends: (0..n).map(|i| ([127, 0, 0, 1], 9000 + i).into()).collect(),
+            backends: (0..n)
+                .map(|i| crate::config::BackendAddr::literal(([127, 0, 0, 1], 9000 + i).into()))
+                .collect(),
+            names: Vec::new(),
+            resolve_interval: Duration::from_secs(5),
             balance: mode,
             connect_timeout: Duration::from_secs(1),
             first_byte_timeout: Duration::from_secs(1),

@@ -19,21 +19,21 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 
 use crate::config::Upstream;
 
-/// The peer for `addr` of `upstream`, with the upstream's protocol and TLS settings;
-/// timeouts are the caller's.
-pub fn http_peer(upstream: &Upstream, addr: SocketAddr) -> HttpPeer {
+/// The peer for `addr` of `upstream` (resolved from the name `host`, if it was), with
+/// the upstream's protocol and TLS settings; timeouts are the caller's.
+pub fn http_peer(upstream: &Upstream, addr: SocketAddr, host: Option<&str>) -> HttpPeer {
     let mut peer = match &upstream.tls {
         None => HttpPeer::new(addr, false, String::new()),
         Some(t) => {
-            let sni = t
-                .server_name
-                .clone()
-                .unwrap_or_else(|| addr.ip().to_string());
+            // The name checked: tls_server_name, else the backend's own name; a backend
+            // written as an address has its IP SAN checked instead.
+            let name = t.server_name.as_deref().or(host);
+            let sni = name.map_or_else(|| addr.ip().to_string(), str::to_string);
             let mut peer = HttpPeer::new(addr, true, sni);
             peer.options.verify_cert = true;
-            peer.options.verify_hostname = t.server_name.is_some();
+            peer.options.verify_hostname = name.is_some();
             peer.options.ca = t.ca.clone();
-            if t.server_name.is_none() {
+            if name.is_none() {
                 peer.options.upstream_tls_handshake_complete_hook = Some(ip_san_hook());
             }
             peer

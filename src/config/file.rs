@@ -85,6 +85,7 @@ pub struct TraceSection {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     pub backends: Spanned<Vec<Spanned<String>>>,
+    pub resolve_interval: Option<Spanned<String>>,
     pub balance: Option<Spanned<BalanceMode>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub first_byte_timeout: Option<Spanned<String>>,

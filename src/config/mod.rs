@@ -39,14 +39,34 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Every problem is reported, unknown keys and wrong types included, in line order.
 /// `${NAME}` references are expanded from the process environment first.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    parse_with_env(path, text, |name| std::env::var(name).ok())
+    parse_with(path, text, |name| std::env::var(name).ok(), None)
 }
 
-/// [`parse`] with the variables looked up by `lookup`.
-pub fn parse_with_env(
+/// `check --strict`: [`load`], and every backend name must resolve to an address now.
+pub fn load_strict(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| file_error(path, format!("cannot read config file: {e}")))?;
+    let resolve = |n: &BackendName| -> Option<String> {
+        use std::net::ToSocketAddrs;
+        match (n.host.as_str(), n.port).to_socket_addrs() {
+            Ok(addrs) if addrs.len() > 0 => None,
+            Ok(_) => Some(format!("backend {}:{} resolves to no address", n.host, n.port)),
+            Err(e) => Some(format!(
+                "backend {}:{} does not resolve ({e}); `run` would start and keep trying every resolve_interval",
+                n.host, n.port
+            )),
+        }
+    };
+    parse_with(path, &text, |name| std::env::var(name).ok(), Some(&resolve))
+}
+
+/// [`parse`] with the variables looked up by `lookup`, and backend names resolved by
+/// `resolve` when given.
+pub fn parse_with(
     path: &Path,
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
+    resolve: Option<&validate::Resolve>,
 ) -> Result<Config, ConfigErrors> {
     let expansion = env::expand(text, lookup);
     let (parsed, problems) = read::deserialize_all::<file::FileConfig>(&expansion.text);
@@ -67,6 +87,7 @@ pub fn parse_with_env(
             path,
             text,
             expansion: &expansion,
+            resolve,
         };
         match validate::validate(&source, parsed) {
             Ok(config) if errors.is_empty() => return Ok(config),
@@ -120,8 +141,14 @@ fn explain_parse_error(message: &str) -> String {
 /// A one-line summary printed by `agentgate check`.
 pub fn summary(config: &Config) -> String {
     let backends: usize = config.upstreams.iter().map(|u| u.backends.len()).sum();
+    let names: usize = config.upstreams.iter().map(|u| u.names.len()).sum();
+    let by_name = if names > 0 {
+        format!(" + {names} by name")
+    } else {
+        String::new()
+    };
     format!(
-        "{} routes, {} upstreams ({} backends), {} alerts; listen {}, admin {}",
+        "{} routes, {} upstreams ({} backends{by_name}), {} alerts; listen {}, admin {}",
         config.routes.len(),
         config.upstreams.len(),
         backends,

@@ -120,11 +120,49 @@ impl UpstreamProtocol {
     }
 }
 
+/// One backend address, and the name it was resolved from, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendAddr {
+    pub addr: SocketAddr,
+    pub name: Option<Arc<BackendName>>,
+}
+
+impl BackendAddr {
+    pub fn literal(addr: SocketAddr) -> BackendAddr {
+        BackendAddr { addr, name: None }
+    }
+
+    /// The backend as a metric label and log field: `127.0.0.1:9001`, or
+    /// `agents.internal:9001/10.0.0.7` for an address a name resolved to.
+    pub fn label(&self) -> String {
+        match &self.name {
+            None => self.addr.to_string(),
+            Some(n) => format!("{}:{}/{}", n.host, n.port, self.addr.ip()),
+        }
+    }
+
+    /// The host to name in TLS: the name it was resolved from, or its address.
+    pub fn host(&self) -> String {
+        match &self.name {
+            None => self.addr.ip().to_string(),
+            Some(n) => n.host.clone(),
+        }
+    }
+}
+
+/// A backend written as `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendName {
+    pub host: String,
+    pub port: u16,
+}
+
 /// TLS to an upstream's agents.
 #[derive(Debug, Clone, Serialize)]
 pub struct UpstreamTls {
     /// The name sent as SNI and checked in the agent's certificate; `None`: each
-    /// backend's own address (its IP SAN is checked).
+    /// backend's own name, or for one written as an address, that address (its IP SAN
+    /// is checked).
     pub server_name: Option<String>,
     pub ca_file: Option<PathBuf>,
     /// The CA certificates of `ca_file`; `None`: the system roots.
@@ -214,7 +252,15 @@ pub struct Upstream {
     /// Position in `Config::upstreams`.
     #[serde(skip)]
     pub index: usize,
-    pub backends: Vec<SocketAddr>,
+    /// The backends by address: those written as addresses, and (in a runtime) every
+    /// address a name in `names` resolved to.
+    #[serde(serialize_with = "show::backends")]
+    pub backends: Vec<BackendAddr>,
+    /// The backends written as `host:port`, resolved every `resolve_interval`.
+    #[serde(serialize_with = "show::names")]
+    pub names: Vec<BackendName>,
+    #[serde(serialize_with = "show::duration")]
+    pub resolve_interval: Duration,
     pub balance: BalanceMode,
     #[serde(serialize_with = "show::duration")]
     pub connect_timeout: Duration,
@@ -517,6 +563,7 @@ impl Upstream {
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const DEFAULT_RETRIES: u32 = 1;
     pub const DEFAULT_PROTOCOL: UpstreamProtocol = UpstreamProtocol::Http1;
+    pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 }
 
 impl RateLimitStore {

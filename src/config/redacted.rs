@@ -46,6 +46,30 @@ pub fn redact_url(url: &str) -> String {
     url.to_string()
 }
 
+/// Backends as their labels (`127.0.0.1:9001`, `agents.internal:9001/10.0.0.7`).
+pub(super) fn backends<S: Serializer>(
+    v: &[super::model::BackendAddr],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut seq = s.serialize_seq(Some(v.len()))?;
+    for b in v {
+        seq.serialize_element(&b.label())?;
+    }
+    seq.end()
+}
+
+/// Names as written (`agents.internal:9001`).
+pub(super) fn names<S: Serializer>(
+    v: &[super::model::BackendName],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut seq = s.serialize_seq(Some(v.len()))?;
+    for n in v {
+        seq.serialize_element(&format!("{}:{}", n.host, n.port))?;
+    }
+    seq.end()
+}
+
 pub(super) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
 }

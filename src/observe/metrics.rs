@@ -105,6 +105,10 @@ fn describe() {
         "Downstream connections held open by the proxy listener"
     );
     describe_counter!(
+        "agentgate_upstream_resolve_failures_total",
+        "Lookups of a backend name that failed, timed out or found nothing"
+    );
+    describe_counter!(
         "agentgate_tls_handshake_failures_total",
         "TLS handshakes on the listener that failed (reason: timeout, protocol)"
     );
@@ -374,6 +378,12 @@ pub fn handshake_failure_handles() -> HandshakeFailures {
         timeout: counter!("agentgate_tls_handshake_failures_total", "reason" => "timeout"),
         protocol: counter!("agentgate_tls_handshake_failures_total", "reason" => "protocol"),
     }
+}
+
+/// A lookup of a backend name failed (the upstream keeps its last addresses).
+pub fn resolve_failure(upstream: &str) {
+    counter!("agentgate_upstream_resolve_failures_total", "upstream" => upstream.to_string())
+        .increment(1);
 }
 
 pub fn rate_limit_store_up(up: bool) {

@@ -75,7 +75,8 @@ impl Telemetry {
                     .iter()
                     .map(|addr| {
                         // The balancer labels a backend by its address the same way.
-                        let label = addr.to_string();
+                        let label = addr.label();
+                        let addr = addr.addr;
                         BackendTelemetry {
                             metrics: BackendMetrics::new(&u.name, &label),
                             span_backend: otlp::prebuilt(&[(

@@ -410,7 +410,7 @@ impl ProxyHttp for Gateway {
         req.tries.current = Some(Try::new(index, backend.begin_request()));
         req.tries.tried |= 1 << index;
         req.tries.count += 1;
-        let mut peer = crate::balance::peer::http_peer(cfg, backend.addr);
+        let mut peer = crate::balance::peer::http_peer(cfg, backend.addr, backend.host.as_deref());
         peer.options.connection_timeout = Some(cfg.connect_timeout);
         // No per-read timeout: first_byte_timeout and idle_timeout are request deadlines
         // (`deadlines`), which cost no timer per read.

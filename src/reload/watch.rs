@@ -124,6 +124,12 @@ impl BackgroundService for WatchConfig {
                     log::warn!("watch_config: cannot watch {} ({e}); changes there need SIGHUP or POST /reload", f.display());
                 }
             }
+            if folders != wanted && !wanted.is_empty() {
+                log::info!(
+                    "watch_config: watching {} (reloads when it or a file it names changes)",
+                    config.path.display()
+                );
+            }
             folders = wanted;
 
             let first = tokio::select! {

@@ -65,7 +65,8 @@ impl HealthService {
                 let connector = Arc::clone(&self.connector);
                 tokio::spawn(async move {
                     let h = &upstream.health;
-                    let ok = probe(&connector, &upstream, backend.addr).await;
+                    let ok =
+                        probe(&connector, &upstream, backend.addr, backend.host.as_deref()).await;
                     let check = if h.grpc {
                         "grpc.health.v1.Health/Check"
                     } else {

@@ -59,6 +59,8 @@ pub struct Gateway {
     pub config_path: PathBuf,
     /// Environment variables the process gets besides the test's own.
     pub env: Vec<(String, String)>,
+    /// A hosts file the process sees as /etc/hosts (a private mount namespace).
+    pub hosts: Option<PathBuf>,
 }
 
 impl Gateway {
@@ -70,18 +72,18 @@ impl Gateway {
 
     /// [`Gateway::start`] with environment variables for `${NAME}` in the config.
     pub fn start_with_env(server_extra: &str, body: &str, env: &[(&str, &str)]) -> Gateway {
-        Self::start_full(server_extra, body, &[], env, false)
+        Self::start_full(server_extra, body, &[], env, false, None)
     }
 
     pub fn start_with_files(server_extra: &str, body: &str, files: &[(&str, &str)]) -> Gateway {
-        Self::start_full(server_extra, body, files, &[], false)
+        Self::start_full(server_extra, body, files, &[], false, None)
     }
 
     /// [`Gateway::start`] with the config mounted as Kubernetes mounts a ConfigMap:
     /// `agentgate.toml -> ..data/agentgate.toml`, `..data -> ..1`; swap it with
     /// [`Gateway::swap_configmap`].
     pub fn start_configmap(server_extra: &str, body: &str) -> Gateway {
-        Self::start_full(server_extra, body, &[], &[], true)
+        Self::start_full(server_extra, body, &[], &[], true, None)
     }
 
     fn start_full(
@@ -90,6 +92,7 @@ impl Gateway {
         files: &[(&str, &str)],
         env: &[(&str, &str)],
         configmap: bool,
+        hosts: Option<&Path>,
     ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, content) in files {
@@ -139,6 +142,7 @@ impl Gateway {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            hosts: hosts.map(Path::to_path_buf),
         };
         gw.spawn();
         gw
@@ -147,7 +151,22 @@ impl Gateway {
     fn spawn(&mut self) {
         let stderr = fs::File::create(self.dir.path().join("stderr.log")).expect("stderr file");
         let stdout = fs::File::create(self.dir.path().join("stdout.log")).expect("stdout file");
-        let child = Command::new(BIN)
+        let mut command = match &self.hosts {
+            None => Command::new(BIN),
+            Some(hosts) => {
+                let mut c = Command::new("unshare");
+                c.args([
+                    "-m",
+                    "sh",
+                    "-c",
+                    "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+                ])
+                .arg(hosts)
+                .arg(BIN);
+                c
+            }
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&self.config_path)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -188,6 +207,13 @@ impl Gateway {
     /// Rewrites the config file (same server section) for a reload.
     pub fn rewrite_config(&self, text: &str) {
         fs::write(&self.config_path, text).expect("rewrite config");
+    }
+
+    /// [`Gateway::start`] with `hosts` as the gateway's /etc/hosts: the system
+    /// resolver answers the names a test writes there (and rewrites, in place). Needs
+    /// root for the private mount namespace, as CI runs.
+    pub fn start_with_hosts(server_extra: &str, body: &str, hosts: &Path) -> Gateway {
+        Self::start_full(server_extra, body, &[], &[], false, Some(hosts))
     }
 
     /// Replaces the ConfigMap's contents as the kubelet does: a new version folder,

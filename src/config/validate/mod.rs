@@ -35,14 +35,20 @@ pub struct Source<'a> {
     pub text: &'a str,
     /// The text the file model was read from, with its `${NAME}`s expanded.
     pub expansion: &'a Expanded,
+    /// `check --strict`: resolves each backend name; `Some(why)` when it resolves to
+    /// nothing.
+    pub resolve: Option<&'a Resolve>,
 }
+
+/// Resolves a backend name for `check --strict`: `Some(why)` when it cannot.
+pub type Resolve = dyn Fn(&BackendName) -> Option<String>;
 
 pub fn validate(source: &Source<'_>, file: FileConfig) -> Result<Config, ConfigErrors> {
     let mut loc = Locator::expanded(source.path, source.text, source.expansion);
     let server = server::server_settings(&mut loc, &file.server, source.path);
     let log = server::log_settings(&mut loc, &file.log, source.path);
     let trace = server::trace_settings(&mut loc, &file.trace);
-    let upstreams = upstreams::upstreams(&mut loc, &file.upstreams, source.path);
+    let upstreams = upstreams::upstreams(&mut loc, &file.upstreams, source.path, source.resolve);
     let rate_limit_store = file
         .rate_limit_store
         .as_ref()

@@ -7,31 +7,53 @@ pub(super) fn upstreams(
     loc: &mut Locator,
     sections: &std::collections::BTreeMap<String, Spanned<UpstreamSection>>,
     config_path: &Path,
+    strict: Option<&Resolve>,
 ) -> Vec<Arc<Upstream>> {
     let mut out = Vec::new();
     for (name, section) in sections {
         let table_span = span(section);
         let s = section.get_ref();
         let mut backends = Vec::new();
+        let mut names = Vec::new();
         if s.backends.get_ref().is_empty() {
             loc.push(
                 span(&s.backends),
-                format!("upstream {name:?} has no backends: list at least one \"IP:PORT\""),
+                format!("upstream {name:?} has no backends: list at least one \"IP:PORT\" or \"HOST:PORT\""),
             );
         }
         let mut seen = HashSet::new();
+        let mut seen_names = HashSet::new();
         for b in s.backends.get_ref() {
-            match parse_socket_addr(b.get_ref()) {
-                Ok(addr) => {
+            match parse_backend(b.get_ref()) {
+                Ok(Backend::Addr(addr)) => {
                     if !seen.insert(addr) {
                         loc.push(span(b), format!("backend {addr} is listed twice"));
                     } else {
-                        backends.push(addr);
+                        backends.push(BackendAddr::literal(addr));
+                    }
+                }
+                Ok(Backend::Name(n)) => {
+                    if !seen_names.insert(n.clone()) {
+                        loc.push(
+                            span(b),
+                            format!("backend {}:{} is listed twice", n.host, n.port),
+                        );
+                    } else {
+                        if let Some(why) = strict.and_then(|resolve| resolve(&n)) {
+                            loc.push(span(b), why);
+                        }
+                        names.push(n);
                     }
                 }
                 Err(e) => loc.push(span(b), e),
             }
         }
+        let resolve_interval = positive_duration_or(
+            loc,
+            &s.resolve_interval,
+            Upstream::DEFAULT_RESOLVE_INTERVAL,
+            "resolve_interval",
+        );
         let balance = chosen(&s.balance, Upstream::DEFAULT_BALANCE);
         let connect_timeout = positive_duration_or(
             loc,
@@ -76,6 +98,8 @@ pub(super) fn upstreams(
             name: name.clone(),
             index: out.len(),
             backends,
+            names,
+            resolve_interval,
             balance,
             connect_timeout,
             first_byte_timeout,
@@ -87,6 +111,39 @@ pub(super) fn upstreams(
         }));
     }
     out
+}
+
+enum Backend {
+    Addr(SocketAddr),
+    Name(BackendName),
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or `HOST:PORT` with a DNS name.
+fn parse_backend(text: &str) -> Result<Backend, String> {
+    if let Ok(addr) = parse_socket_addr(text) {
+        return Ok(Backend::Addr(addr));
+    }
+    let problem = || {
+        format!("invalid backend {text:?}: write \"IP:PORT\" (\"127.0.0.1:9001\", \"[::1]:9001\") or \"HOST:PORT\" (\"agents.internal:9001\")")
+    };
+    let (host, port) = text.trim().rsplit_once(':').ok_or_else(problem)?;
+    let port: u16 = port.parse().map_err(|_| problem())?;
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if port == 0 || host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(problem());
+    }
+    Ok(Backend::Name(BackendName {
+        host: host.to_ascii_lowercase(),
+        port,
+    }))
 }
 
 /// TLS to the agents: on with `tls = true` or `protocol = "h2"`; the name and CA keys
@@ -241,8 +298,28 @@ mod tests {
             "\"127.0.0.1:9001\", \"127.0.0.1:9001\"",
         );
         assert_problem(&t, "5:31", "listed twice");
-        let t = GOOD.replace("127.0.0.1:9001", "localhost:9001");
-        assert_problem_at(&t, "\"localhost:9001\"", "invalid address");
+        // A name is a backend too; garbage is not.
+        assert_clean(&GOOD.replace("127.0.0.1:9001", "localhost:9001"));
+        assert_clean(&GOOD.replace("127.0.0.1:9001", "agents.default.svc.cluster.local:80"));
+        for bad in [
+            "localhost",
+            "local host:9001",
+            "-bad.example:9001",
+            "a..b:9001",
+            "x:0",
+            "x:99999",
+            "http://x:9001",
+        ] {
+            let t = GOOD.replace("127.0.0.1:9001", bad);
+            assert_problem_at(&t, &format!("\"{bad}\""), "invalid backend");
+        }
+        let t = GOOD.replace("\"127.0.0.1:9001\"", "\"a.test:1\", \"A.test:1\"");
+        assert_problem(&t, "5:25", "listed twice");
+        let t = GOOD.replace(
+            "127.0.0.1:9001\"]",
+            "127.0.0.1:9001\"]\nresolve_interval = \"0s\"",
+        );
+        assert_problem_at(&t, "\"0s\"", "resolve_interval must be greater than zero");
     }
 
     #[test]
