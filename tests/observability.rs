@@ -537,3 +537,43 @@ async fn metrics_count_requests_and_random_paths_add_no_series() {
     );
     assert_eq!(m.len(), series_before, "random paths added series");
 }
+
+/// The standard `process_*` series, against what /proc says of the gateway's pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_metrics_describe_the_gateway_process() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start("", &config(&b.addr.to_string(), ""));
+    let m = gw.metrics().await;
+    let value = |name: &str| metric_value(&m, name, &[]);
+    let pid = gw.child.as_ref().unwrap().id();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as f64;
+    assert!(
+        (value("process_open_fds") - fds).abs() <= 8.0,
+        "{} vs {fds}",
+        value("process_open_fds")
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    let rss = value("process_resident_memory_bytes");
+    assert!(
+        rss > 1e6 && (rss - rss_kb * 1024.0).abs() < rss * 0.5,
+        "{rss} vs {rss_kb} kB"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value("process_start_time_seconds");
+    assert!(
+        started <= now + 1.0 && now - started < 120.0,
+        "started {started}, now {now}"
+    );
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+}

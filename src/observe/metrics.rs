@@ -126,6 +126,7 @@ fn describe() {
 pub fn render() -> String {
     let mut text = install().render();
     histogram::render_into(&mut text);
+    super::process::render_into(&mut text);
     text
 }
 

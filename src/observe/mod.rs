@@ -11,6 +11,7 @@ pub mod logger;
 pub mod metrics;
 pub mod otlp;
 pub mod per_config;
+pub mod process;
 pub mod redact;
 pub mod shards;
 pub mod spans;
