@@ -240,6 +240,13 @@ async fn sampling_decisions_are_respected() {
         .iter()
         .all(|s| s.trace_id() == "4bf92f3577b34da6a3ce929d0e0e4736"
             || s.trace_id() == "0af7651916cd43dd8448eb211c80319c"));
+    // The access log carries each request's decision as traceparent's flags.
+    let flags: Vec<String> = gw
+        .access_log_lines(4)
+        .iter()
+        .map(|l| l["trace_flags"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(flags, ["00", "00", "01", "01"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,13 +279,14 @@ async fn a_dead_collector_never_fails_traffic() {
     .await;
 }
 
-const FIELDS: [&str; 23] = [
+const FIELDS: [&str; 24] = [
     "ts",
     "level",
     "msg",
     "request_id",
     "trace_id",
     "span_id",
+    "trace_flags",
     "route",
     "method",
     "path",
@@ -354,6 +362,7 @@ async fn access_log_lines_have_every_field_for_success_404_and_502() {
         assert!(ts.ends_with('Z'));
         assert_eq!(line["trace_id"].as_str().unwrap().len(), 32);
         assert_eq!(line["span_id"].as_str().unwrap().len(), 16);
+        assert_eq!(line["trace_flags"], "01", "sampled at ratio 1.0: {line}");
         assert_eq!(line["client_ip"], "127.0.0.1");
     }
     let by_id = |id: &str| log.iter().find(|l| l["request_id"] == id).unwrap().clone();

@@ -12,8 +12,9 @@ pub struct AccessRecord<'a> {
     /// When the request finished (the line's `ts`).
     pub finished: SystemTime,
     pub request_id: &'a str,
-    /// Trace and span id; absent before the request was identified.
-    pub trace: Option<([u8; 16], [u8; 8])>,
+    /// Trace id, span id and whether the trace is sampled; absent before the request
+    /// was identified.
+    pub trace: Option<([u8; 16], [u8; 8], bool)>,
     pub route: &'a LogName,
     pub method: &'a str,
     pub path: &'a str,
@@ -48,14 +49,18 @@ pub fn format_into(out: &mut Vec<u8>, record: &AccessRecord<'_>, settings: &LogS
     out.extend_from_slice(b"\",\"level\":\"info\",\"msg\":\"request\",\"request_id\":");
     json::push_plain_str(out, record.request_id);
     out.extend_from_slice(b",\"trace_id\":\"");
-    if let Some((trace_id, _)) = &record.trace {
+    if let Some((trace_id, _, _)) = &record.trace {
         json::push_hex(out, trace_id);
     }
     out.extend_from_slice(b"\",\"span_id\":\"");
-    if let Some((_, span_id)) = &record.trace {
+    if let Some((_, span_id, _)) = &record.trace {
         json::push_hex(out, span_id);
     }
-    out.extend_from_slice(b"\",\"route\":");
+    // As in `traceparent`: "01" sampled, "00" not (and for a request never identified).
+    out.extend_from_slice(match record.trace {
+        Some((_, _, true)) => b"\",\"trace_flags\":\"01\",\"route\":",
+        _ => b"\",\"trace_flags\":\"00\",\"route\":",
+    });
     out.extend_from_slice(&record.route.json);
     out.extend_from_slice(b",\"method\":");
     json::push_plain_str(out, record.method);
@@ -144,7 +149,7 @@ fn format_pretty(out: &mut Vec<u8>, record: &AccessRecord<'_>) {
         record.backend.map_or("-", |b| b.text.as_str()),
         record.request_id,
     );
-    if let Some((trace_id, _)) = &record.trace {
+    if let Some((trace_id, _, _)) = &record.trace {
         json::push_hex(out, trace_id);
     }
     if let Some(e) = record.error {

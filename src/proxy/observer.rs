@@ -166,7 +166,11 @@ impl Observer {
         let record = AccessRecord {
             finished: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(times.end_unix_ns()),
             request_id: ctx.request_id_str(),
-            trace: Some((ctx.id.trace.trace_id, ctx.id.trace.span_id)),
+            trace: Some((
+                ctx.id.trace.trace_id,
+                ctx.id.trace.span_id,
+                ctx.id.trace.sampled,
+            )),
             route: &telemetry.log_name,
             method: req.method.as_str(),
             path: req.uri.path(),
