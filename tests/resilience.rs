@@ -486,10 +486,10 @@ async fn sigterm_drains_open_streams_then_exits() {
     assert_eq!(v["draining"], true);
     // new connections are still served during the grace period
     let fresh = client();
-    assert_eq!(
-        fresh.get(gw.url("/echo")).send().await.unwrap().status(),
-        200
-    );
+    let r = fresh.get(gw.url("/echo")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // ...and closed after their response, so clients move to a replica that stays.
+    assert_eq!(r.headers()["connection"], "close");
     let (arrivals, body, broken) = stream.await.unwrap();
     assert!(
         !broken && arrivals.len() == 15,

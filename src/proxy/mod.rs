@@ -602,13 +602,19 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         let Some(req) = ctx.as_deref_mut() else {
             return Ok(());
         };
+        if self.shared.is_draining() {
+            // Draining (SIGTERM, or an upgrade's hand-over): each connection closes
+            // after its response, so clients reconnect to a process that stays rather
+            // than send on a kept-alive connection just as this one closes it.
+            session.set_keepalive(None);
+        }
         let streaming = headers::edit_response(upstream_response, |map| {
             // Scanned on arrival (`upstream_response_filter`); a header that did not
             // come from there is scanned now.
