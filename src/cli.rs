@@ -112,6 +112,7 @@ pub fn main() -> i32 {
             Ok(c) => {
                 println!("ok");
                 println!("{}", config::summary(&c));
+                println!("{}", config::trace_summary(&c));
                 0
             }
             Err(errors) => {

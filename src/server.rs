@@ -89,6 +89,13 @@ pub fn run(config: Config, start: Start, extra: Vec<Box<dyn ServiceWithDependent
         }
     }
     logger::init(&config);
+    for w in &config.trace.env_warnings {
+        logger::event(
+            log::Level::Warn,
+            "an OTEL_* environment value was ignored",
+            &[("event", "otel_env_ignored"), ("warning", w)],
+        );
+    }
     metrics::install();
     metrics::touch_process_series();
     let observer = match Observer::new(&config) {

@@ -418,7 +418,7 @@ window = "10s"
         }
         i += 1;
     }
-    assert_eq!(exprs, 18);
+    assert_eq!(exprs, 19);
     // and Prometheus itself loaded and evaluated every rule without error
     let v = get_json(&c, prom.url("/api/v1/rules")).await;
     let groups = v["data"]["groups"].as_array().unwrap();
@@ -426,7 +426,7 @@ window = "10s"
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(rules.len(), 18);
+    assert_eq!(rules.len(), 19);
     for r in rules {
         assert_eq!(r["health"], "ok", "rule {} : {}", r["name"], r["lastError"]);
     }

@@ -52,6 +52,10 @@ async fn tls_serves_http1_and_http2_by_alpn_through_the_same_phases() {
     assert!(r.headers().contains_key("x-request-id"));
     let echoed: serde_json::Value = r.json().await.unwrap();
     assert_eq!(echoed["target"], "/echo?x=1");
+    assert_eq!(
+        echoed["headers"]["x-forwarded-proto"], "https",
+        "the agent learns the client used TLS"
+    );
 
     let h1 = https_client(&ca).http1_only().build().unwrap();
     let r = h1.get(&url).send().await.unwrap();

@@ -5,40 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::otlp::{OtlpReceiver, ReceivedSpan};
+use common::otlp::OtlpReceiver;
+use common::prom;
 use common::*;
 use futures_util::StreamExt;
 
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-fn config(backend: &str, trace: &str) -> String {
-    format!(
-        r#"[trace]
-{trace}
-
-[upstreams.agents]
-backends = ["{backend}"]
-retries = 0
-
-[upstreams.agents.health]
-interval = "60s"
-eject_after = 0
-
-[[routes]]
-name = "conversations"
-path_prefix = "/echo"
-upstream = "agents"
-"#
-    )
-}
-
-async fn wait_spans(rx: &OtlpReceiver, n: usize) -> Vec<ReceivedSpan> {
-    wait_for(Duration::from_secs(10), "spans at the receiver", || {
-        let spans = rx.spans();
-        async move { (spans.len() >= n).then_some(spans) }
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continues_an_incoming_trace_and_exports_server_and_client_spans() {
@@ -48,7 +20,7 @@ async fn continues_an_incoming_trace_and_exports_server_and_client_spans() {
         "otlp_endpoint = \"{}\"\nservice_name = \"gw-under-test\"",
         rx.endpoint()
     );
-    let gw = Gateway::start("", &config(&b.addr.to_string(), &trace));
+    let gw = Gateway::start("", &traced_config(&b.addr.to_string(), &trace));
     let r = client()
         .get(gw.url("/echo/1?x=1"))
         .header("traceparent", PARENT)
@@ -64,7 +36,7 @@ async fn continues_an_incoming_trace_and_exports_server_and_client_spans() {
         "tracestate passes unchanged"
     );
 
-    let spans = wait_spans(&rx, 2).await;
+    let spans = rx.wait_spans(2).await;
     let server = spans
         .iter()
         .find(|s| s.span.kind == 2)
@@ -134,7 +106,10 @@ async fn continues_an_incoming_trace_and_exports_server_and_client_spans() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_traceparents_start_new_traces() {
     let b = Backend::start("b").await;
-    let gw = Gateway::start("", &config(&b.addr.to_string(), "sample_ratio = 1.0"));
+    let gw = Gateway::start(
+        "",
+        &traced_config(&b.addr.to_string(), "sample_ratio = 1.0"),
+    );
     let c = client();
     let invalid = [
         "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // forbidden version
@@ -182,7 +157,7 @@ async fn sampling_decisions_are_respected() {
     let rx = OtlpReceiver::start().await;
     let b = Backend::start("b").await;
     let trace = format!("otlp_endpoint = \"{}\"\nsample_ratio = 0.0", rx.endpoint());
-    let gw = Gateway::start("", &config(&b.addr.to_string(), &trace));
+    let gw = Gateway::start("", &traced_config(&b.addr.to_string(), &trace));
     let c = client();
     // an unsampled parent stays unsampled, and new traces are not sampled at ratio 0
     let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
@@ -254,7 +229,7 @@ async fn a_dead_collector_never_fails_traffic() {
     let b = Backend::start("b").await;
     let dead = free_addr();
     let trace = format!("otlp_endpoint = \"http://{dead}/v1/traces\"");
-    let gw = Gateway::start("", &config(&b.addr.to_string(), &trace));
+    let gw = Gateway::start("", &traced_config(&b.addr.to_string(), &trace));
     let c = client();
     let statuses: Vec<u16> = futures_util::stream::iter(0..200)
         .map(|_| {
@@ -312,7 +287,7 @@ async fn access_log_lines_have_every_field_for_success_404_and_502() {
     let dead = free_addr();
     let body = format!(
         "{}\n[upstreams.dead]\nbackends = [\"{dead}\"]\nretries = 0\n[upstreams.dead.health]\ninterval = \"60s\"\n\n[[routes]]\nname = \"broken\"\npath_prefix = \"/broken\"\nupstream = \"dead\"\n",
-        config(&b.addr.to_string(), "")
+        traced_config(&b.addr.to_string(), "")
     );
     let gw = Gateway::start("", &body);
     let c = client();
@@ -401,7 +376,7 @@ async fn access_log_lines_have_every_field_for_success_404_and_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_and_random_paths_add_no_series() {
     let b = Backend::start("b").await;
-    let gw = Gateway::start("", &config(&b.addr.to_string(), ""));
+    let gw = Gateway::start("", &traced_config(&b.addr.to_string(), ""));
     let c = client();
     for _ in 0..7 {
         assert_eq!(c.get(gw.url("/echo")).send().await.unwrap().status(), 200);
@@ -551,7 +526,7 @@ async fn metrics_count_requests_and_random_paths_add_no_series() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_metrics_describe_the_gateway_process() {
     let b = Backend::start("b").await;
-    let gw = Gateway::start("", &config(&b.addr.to_string(), ""));
+    let gw = Gateway::start("", &traced_config(&b.addr.to_string(), ""));
     let m = gw.metrics().await;
     let value = |name: &str| metric_value(&m, name, &[]);
     let pid = gw.child.as_ref().unwrap().id();
@@ -585,4 +560,100 @@ async fn process_metrics_describe_the_gateway_process() {
     );
     assert!(value("process_cpu_seconds_total") > 0.0);
     assert!(value("process_max_fds") >= value("process_open_fds"));
+}
+
+/// OpenMetrics on request, with each latency bucket's exemplar naming the trace of a
+/// sampled request; a real Prometheus with exemplar storage scrapes it and answers
+/// the exemplar query with those trace ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openmetrics_exemplars_link_latency_buckets_to_traces() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start(
+        "",
+        &traced_config(&b.addr.to_string(), "sample_ratio = 1.0"),
+    );
+    let c = client();
+    let mut traces = Vec::new();
+    for i in 0..5 {
+        let v = get_json(&c, gw.url(&format!("/echo/{i}"))).await;
+        traces.push(v["headers"]["traceparent"].as_str().unwrap()[3..35].to_string());
+    }
+    let r = c
+        .get(gw.admin_url("/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = r.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(!text.contains("\n\n"), "no blank lines in OpenMetrics");
+    assert!(
+        text.contains("# TYPE agentgate_http_requests counter\n"),
+        "counter families lose _total"
+    );
+    let exemplar_line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("agentgate_http_request_duration_seconds_bucket")
+                && l.contains("# {trace_id=\"")
+        })
+        .unwrap_or_else(|| panic!("no exemplar in\n{text}"));
+    let id = exemplar_line.split("trace_id=\"").nth(1).unwrap()[..32].to_string();
+    assert!(traces.contains(&id), "{id} is one of {traces:?}");
+    // The plain text format has none (its parsers do not know them).
+    let plain = c.get(gw.admin_url("/metrics")).send().await.unwrap();
+    assert!(plain.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(!plain.text().await.unwrap().contains("trace_id"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("none.yml");
+    std::fs::write(&rules, "groups: []\n").unwrap();
+    let prom = prom::prometheus_with(&[gw.admin], &rules, &["--enable-feature=exemplar-storage"]);
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 600;
+    let found = wait_for(Duration::from_secs(30), "exemplars in Prometheus", || {
+        let url = prom.url(&format!(
+            "/api/v1/query_exemplars?query=agentgate_http_request_duration_seconds_bucket&start={start}&end={}",
+            start + 1200
+        ));
+        let c = c.clone();
+        async move {
+            let v: serde_json::Value = c.get(url).send().await.ok()?.json().await.ok()?;
+            let ids: Vec<String> = v["data"]
+                .as_array()?
+                .iter()
+                .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+                .filter_map(|e| e["labels"]["trace_id"].as_str().map(String::from))
+                .collect();
+            (!ids.is_empty()).then_some(ids)
+        }
+    })
+    .await;
+    assert!(
+        found.iter().all(|id| traces.contains(id)),
+        "{found:?} vs {traces:?}"
+    );
+    // and the scrape itself was healthy (every family parsed)
+    let up: serde_json::Value = c
+        .get(prom.url("/api/v1/query?query=up"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use agentgate::config::{OnExceed, PaginationRule};
+use agentgate::config::{OnExceed, PaginationRule, Sampler};
 use agentgate::observe::access_log::redact_query;
 use agentgate::observe::trace_context::{parse_traceparent, TraceContext};
 use agentgate::pagination::enforce;
@@ -28,7 +28,7 @@ pub fn config_parser(data: &[u8]) {
 /// Any header value: accepted values round-trip, and what we send upstream is valid.
 pub fn traceparent(data: &[u8]) {
     let parsed = parse_traceparent(data);
-    let ctx = TraceContext::from_incoming(parsed, 0.5);
+    let ctx = TraceContext::from_incoming(parsed, Sampler::ParentbasedTraceIdRatio, 0.5);
     let sent = ctx.traceparent_for(&ctx.span_id);
     let back = parse_traceparent(&sent).expect("the traceparent we send must parse");
     assert_eq!(back.trace_id, ctx.trace_id);

@@ -95,7 +95,10 @@ impl AdminApp {
         json_response(
             if ready { 200 } else { 503 },
             json!({"ready": ready, "draining": self.shared.is_draining(), "upstreams": upstreams,
-                   "upstreams_without_healthy_backend": without_backends, "problems": problems}),
+                   "upstreams_without_healthy_backend": without_backends, "problems": problems,
+                   // Span export never makes the gateway unready: a collector outage must
+                   // not take traffic away.
+                   "span_export": self.observer.export_status()}),
         )
     }
 }
@@ -120,11 +123,26 @@ impl ServeHttp for AdminApp {
             );
         }
         match (method.as_str(), path.as_str()) {
-            ("GET", "/metrics") => respond(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render().into_bytes(),
-            ),
+            ("GET", "/metrics") => {
+                // Prometheus asks for OpenMetrics (which carries exemplars) first when
+                // its exemplar storage is on; everyone else gets the text format.
+                let openmetrics = session
+                    .req_header()
+                    .headers
+                    .get_all(http::header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| v.contains("application/openmetrics-text"));
+                let (content_type, body) = if openmetrics {
+                    (metrics::OPENMETRICS_CONTENT_TYPE, metrics::render(true))
+                } else {
+                    (
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        metrics::render(false),
+                    )
+                };
+                respond(200, content_type, body.into_bytes())
+            }
             ("GET", "/config") => {
                 let runtime = self.shared.runtime.load_full();
                 json_response(200, redacted_config(&runtime.config))

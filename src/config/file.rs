@@ -10,8 +10,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::model::{
-    BalanceMode, LogFormat, LogLevel, OnExceed, OnUnavailable, RateLimitScope, Signal, TlsVersion,
-    UpstreamProtocol,
+    BalanceMode, LogFormat, LogLevel, OnExceed, OnUnavailable, OtlpCompression, OtlpProtocol,
+    RateLimitScope, Sampler, Signal, TlsVersion, UpstreamProtocol,
 };
 
 /// The whole file.
@@ -77,7 +77,14 @@ pub struct LogSection {
 #[serde(deny_unknown_fields)]
 pub struct TraceSection {
     pub otlp_endpoint: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<OtlpProtocol>>,
+    pub headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub compression: Option<Spanned<OtlpCompression>>,
+    pub timeout: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
     pub service_name: Option<Spanned<String>>,
+    pub resource_attributes: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub sampler: Option<Spanned<Sampler>>,
     pub sample_ratio: Option<Spanned<f64>>,
 }
 

@@ -68,7 +68,7 @@ pub fn parse_with(
     lookup: impl Fn(&str) -> Option<String>,
     resolve: Option<&validate::Resolve>,
 ) -> Result<Config, ConfigErrors> {
-    let expansion = env::expand(text, lookup);
+    let expansion = env::expand(text, &lookup);
     let (parsed, problems) = read::deserialize_all::<file::FileConfig>(&expansion.text);
     let as_written = Locator::new(path, text);
     let loc = Locator::expanded(path, text, &expansion);
@@ -88,6 +88,7 @@ pub fn parse_with(
             text,
             expansion: &expansion,
             resolve,
+            env: &lookup,
         };
         match validate::validate(&source, parsed) {
             Ok(config) if errors.is_empty() => return Ok(config),
@@ -136,6 +137,41 @@ fn explain_parse_error(message: &str) -> String {
     } else {
         message.to_string()
     }
+}
+
+/// What `agentgate check` prints about span export: the settings in force after the
+/// environment, which variables gave which, and what was ignored.
+pub fn trace_summary(config: &Config) -> String {
+    let t = &config.trace;
+    let mut out = match &t.otlp_endpoint {
+        Some(url) => format!(
+            "trace export: {} {} (compression {}, timeout {}{}, {} header{}), service {:?}",
+            t.protocol.as_str(),
+            redacted::redact_url(url),
+            t.compression.as_str(),
+            duration::format_duration(t.timeout),
+            t.ca_file
+                .as_ref()
+                .map(|p| format!(", ca_file {}", p.display()))
+                .unwrap_or_default(),
+            t.headers.len(),
+            if t.headers.len() == 1 { "" } else { "s" },
+            t.service_name,
+        ),
+        None => "trace export: off (no otlp_endpoint)".to_string(),
+    };
+    let ratio = match t.sampler {
+        Sampler::TraceIdRatio | Sampler::ParentbasedTraceIdRatio => format!(" {}", t.sample_ratio),
+        _ => String::new(),
+    };
+    out.push_str(&format!("\ntrace sampler: {}{ratio}", t.sampler.as_str()));
+    for (key, var) in &t.from_env {
+        out.push_str(&format!("\n  {key} from {var}"));
+    }
+    for w in &t.env_warnings {
+        out.push_str(&format!("\n  warning: {w}"));
+    }
+    out
 }
 
 /// A one-line summary printed by `agentgate check`.

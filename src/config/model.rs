@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use pingora::tls::ssl::SslAcceptor;
 use pingora::tls::x509::X509;
 use serde::{Deserialize, Serialize};
-use strum::IntoStaticStr;
+use strum::{EnumString, IntoStaticStr};
 
 use super::redacted as show;
 
@@ -221,12 +221,93 @@ pub struct LogSettings {
     pub redact_query_params: Vec<String>,
 }
 
+/// `[trace]` with the `OTEL_*` environment applied where the file is silent: what the
+/// exporter and the sampler actually use.
 #[derive(Debug, Clone, Serialize)]
 pub struct TraceSettings {
+    /// The URL batches go to, as used (for http/protobuf the traces path is included);
+    /// `None`: export is off.
     #[serde(serialize_with = "show::url")]
     pub otlp_endpoint: Option<String>,
+    pub protocol: OtlpProtocol,
+    /// Sent with every export request; values are shown as `REDACTED`.
+    #[serde(serialize_with = "show::header_values")]
+    pub headers: Vec<(String, String)>,
+    pub compression: OtlpCompression,
+    #[serde(serialize_with = "show::duration")]
+    pub timeout: Duration,
+    /// PEM bundle trusted for an https collector; `None`: the system roots.
+    pub ca_file: Option<PathBuf>,
     pub service_name: String,
+    /// Added to the resource after `service.name`, `service.version`,
+    /// `service.instance.id` and `host.name` (file entries win over
+    /// `OTEL_RESOURCE_ATTRIBUTES`).
+    pub resource_attributes: Vec<(String, String)>,
+    pub sampler: Sampler,
+    /// The ratio of the `*traceidratio` samplers.
     pub sample_ratio: f64,
+    /// Which settings came from the environment (`key = VARIABLE`), for `check`.
+    #[serde(skip)]
+    pub from_env: Vec<(&'static str, &'static str)>,
+    /// Environment values that could not be used (each was ignored), for `check` and the
+    /// start-up log.
+    #[serde(skip)]
+    pub env_warnings: Vec<String>,
+}
+
+/// OTLP transport (`protocol`, `OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr, EnumString)]
+pub enum OtlpProtocol {
+    #[serde(rename = "http/protobuf")]
+    #[strum(serialize = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "grpc")]
+    #[strum(serialize = "grpc")]
+    Grpc,
+}
+
+impl OtlpProtocol {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr, EnumString)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum OtlpCompression {
+    Gzip,
+    None,
+}
+
+impl OtlpCompression {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// The head sampler (`sampler`, `OTEL_TRACES_SAMPLER`), with the OpenTelemetry
+/// specification's names and meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr, EnumString)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Sampler {
+    AlwaysOn,
+    AlwaysOff,
+    #[serde(rename = "traceidratio")]
+    #[strum(serialize = "traceidratio")]
+    TraceIdRatio,
+    ParentbasedAlwaysOn,
+    ParentbasedAlwaysOff,
+    #[serde(rename = "parentbased_traceidratio")]
+    #[strum(serialize = "parentbased_traceidratio")]
+    ParentbasedTraceIdRatio,
+}
+
+impl Sampler {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, IntoStaticStr)]
@@ -496,8 +577,17 @@ impl Default for TraceSettings {
     fn default() -> Self {
         TraceSettings {
             otlp_endpoint: None,
+            protocol: OtlpProtocol::HttpProtobuf,
+            headers: Vec::new(),
+            compression: OtlpCompression::Gzip,
+            timeout: Duration::from_secs(10),
+            ca_file: None,
             service_name: "agentgate".into(),
+            resource_attributes: Vec::new(),
+            sampler: Sampler::ParentbasedTraceIdRatio,
             sample_ratio: 1.0,
+            from_env: Vec::new(),
+            env_warnings: Vec::new(),
         }
     }
 }

@@ -100,6 +100,18 @@ impl AsUrl for Option<String> {
     }
 }
 
+/// Header names with their values hidden (an exporter's headers carry API keys).
+pub(super) fn header_values<S: Serializer>(
+    v: &[(String, String)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(v.len()))?;
+    for (name, _) in v {
+        map.serialize_entry(name, "REDACTED")?;
+    }
+    map.end()
+}
+
 pub(super) fn level<S: Serializer>(l: &log::LevelFilter, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&l.to_string().to_lowercase())
 }

@@ -1,316 +1,366 @@
-//! The span exporter's connection to the collector: HTTP/1.1 POSTs over one kept-alive
-//! TCP connection, written straight from the exporter's buffers.
+//! The span exporter's transport to the collector: OTLP/HTTP (protobuf) through
+//! reqwest, or OTLP/gRPC through a tonic channel, plain or TLS (a configured CA bundle
+//! or the system roots), with the configured headers, gzip and timeout.
 //!
-//! A general HTTP client handed the body over by value (a fresh megabyte of memory per
-//! batch, page faults included) and ran its own runtime thread beside the exporter; on
-//! a busy gateway both showed up in the profile next to the proxy threads. OTLP/HTTP
-//! needs one request shape and a status line back, so this is all there is: connect
-//! (with a timeout), write the request, read the status, headers and body, keep the
-//! connection unless the collector closes it.
+//! The body is the `ExportTraceServiceRequest` the exporter already encoded (see
+//! `otlp`): gRPC sends it through a codec that writes the bytes as they are, so no
+//! message type is built or converted. Each send says whether the OTLP specification
+//! lets it be tried again (HTTP 429, 502, 503, 504; gRPC UNAVAILABLE,
+//! RESOURCE_EXHAUSTED and the other transient codes; a connection failure or a
+//! timeout) and how long the collector asked to wait (`Retry-After`, gRPC
+//! `RetryInfo`). Everything runs on the export thread's own single-threaded runtime.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use crate::config::Endpoint;
+use bytes::{Buf, BufMut, Bytes};
+use http::uri::PathAndQuery;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::{MetadataKey, MetadataValue};
 
-/// A kept-alive connection to the collector.
-pub struct Collector {
-    endpoint: Endpoint,
-    timeout: Duration,
-    conn: Option<BufReader<TcpStream>>,
-    head: Vec<u8>,
+use crate::config::{Endpoint, OtlpCompression, OtlpProtocol, TraceSettings};
+
+/// The gRPC method of the OTLP trace service.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Why a send failed, and whether it may be tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendError {
+    pub message: String,
+    /// The specification allows another try.
+    pub retryable: bool,
+    /// The collector asked to wait this long first.
+    pub retry_after: Option<Duration>,
+}
+
+impl SendError {
+    fn transient(message: String) -> SendError {
+        SendError {
+            message,
+            retryable: true,
+            retry_after: None,
+        }
+    }
+    fn permanent(message: String) -> SendError {
+        SendError {
+            message,
+            retryable: false,
+            retry_after: None,
+        }
+    }
+}
+
+/// A client for one collector.
+pub enum Collector {
+    Http {
+        client: reqwest::Client,
+        url: String,
+        headers: http::HeaderMap,
+        gzip: bool,
+    },
+    Grpc {
+        grpc: tonic::client::Grpc<tonic::transport::Channel>,
+        metadata: tonic::metadata::MetadataMap,
+        timeout: Duration,
+    },
 }
 
 impl Collector {
-    pub fn new(endpoint: Endpoint, timeout: Duration) -> Collector {
-        Collector {
-            endpoint,
-            timeout,
-            conn: None,
-            head: Vec::with_capacity(256),
-        }
-    }
-
-    /// POSTs `parts` (written one after the other) as one protobuf body. A kept-alive
-    /// connection the collector has closed meanwhile is retried once on a new one.
-    pub fn post(&mut self, parts: &[&[u8]]) -> Result<(), String> {
-        let reused = self.conn.is_some();
-        match self.try_post(parts) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.conn = None;
-                if reused && e.retry_on_fresh_connection {
-                    self.try_post(parts).map_err(|e| {
-                        self.conn = None;
-                        e.message
-                    })
-                } else {
-                    Err(e.message)
-                }
+    /// Builds the client for `settings` (export must be on). Must run inside the export
+    /// thread's runtime: the gRPC channel starts its worker there. Nothing connects yet.
+    pub fn new(settings: &TraceSettings) -> Result<Collector, String> {
+        let url = settings
+            .otlp_endpoint
+            .as_deref()
+            .ok_or_else(|| "no otlp_endpoint".to_string())?;
+        let endpoint = Endpoint::parse(url)?;
+        let ca = match &settings.ca_file {
+            Some(path) => {
+                Some(std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?)
             }
-        }
-    }
-
-    fn try_post(&mut self, parts: &[&[u8]]) -> Result<(), PostError> {
-        if self.conn.is_none() {
-            self.conn = Some(BufReader::new(self.connect().map_err(PostError::fatal)?));
-        }
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(PostError::fatal("no connection".to_string()));
+            None => None,
         };
-        let length: usize = parts.iter().map(|p| p.len()).sum();
-        self.head.clear();
-        let _ = write!(
-            self.head,
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {length}\r\n\r\n",
-            self.endpoint.path, self.endpoint.authority
-        );
-        let stream = conn.get_mut();
-        let written = stream
-            .write_all(&self.head)
-            .and_then(|()| parts.iter().try_for_each(|p| stream.write_all(p)));
-        // A write that fails on a reused connection never reached a live collector.
-        written.map_err(|e| PostError::retryable(format!("sending to the collector: {e}")))?;
-        let (status, keep) = read_response(conn).map_err(|e| PostError {
-            // Nothing at all came back: the kept-alive connection was already closed.
-            retry_on_fresh_connection: e.kind() == io::ErrorKind::UnexpectedEof,
-            message: format!("reading the collector's answer: {e}"),
-        })?;
-        if !keep {
-            self.conn = None;
-        }
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(PostError::fatal(format!("collector answered {status}")))
+        match settings.protocol {
+            OtlpProtocol::HttpProtobuf => http_collector(settings, &endpoint, ca),
+            OtlpProtocol::Grpc => grpc_collector(settings, &endpoint, ca),
         }
     }
 
-    fn connect(&self) -> Result<TcpStream, String> {
-        let addrs: Vec<SocketAddr> = self
-            .endpoint
-            .authority
-            .to_socket_addrs()
-            .map_err(|e| format!("resolving {}: {e}", self.endpoint.authority))?
-            .collect();
-        let mut last = format!("{} resolved to no address", self.endpoint.authority);
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, self.timeout) {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    let _ = stream.set_read_timeout(Some(self.timeout));
-                    let _ = stream.set_write_timeout(Some(self.timeout));
-                    return Ok(stream);
+    /// Sends one encoded `ExportTraceServiceRequest`.
+    pub async fn send(&mut self, body: Bytes) -> Result<(), SendError> {
+        match self {
+            Collector::Http {
+                client,
+                url,
+                headers,
+                gzip,
+            } => {
+                let body = if *gzip { gzip_body(&body)? } else { body };
+                let mut request = client
+                    .post(url.as_str())
+                    .headers(headers.clone())
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf");
+                if *gzip {
+                    request = request.header(http::header::CONTENT_ENCODING, "gzip");
                 }
-                Err(e) => last = format!("connecting to {addr}: {e}"),
+                let response = request.body(body).send().await.map_err(|e| {
+                    SendError::transient(format!("sending to the collector: {}", error_chain(&e)))
+                })?;
+                let status = response.status().as_u16();
+                if (200..300).contains(&status) {
+                    // The body (a partial-success report at most) is read so the
+                    // connection can be kept.
+                    let _ = response.bytes().await;
+                    return Ok(());
+                }
+                let retry_after = response
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let _ = response.bytes().await;
+                Err(SendError {
+                    message: format!("collector answered {status}"),
+                    retryable: matches!(status, 429 | 502 | 503 | 504),
+                    retry_after,
+                })
+            }
+            Collector::Grpc {
+                grpc,
+                metadata,
+                timeout,
+            } => {
+                let mut request = tonic::Request::new(body);
+                *request.metadata_mut() = metadata.clone();
+                request.set_timeout(*timeout);
+                let call = async {
+                    grpc.ready().await.map_err(|e| {
+                        SendError::transient(format!(
+                            "connecting to the collector: {}",
+                            error_chain(&e)
+                        ))
+                    })?;
+                    grpc.unary(request, PathAndQuery::from_static(EXPORT_PATH), RawCodec)
+                        .await
+                        .map_err(grpc_error)
+                };
+                // The channel's own timeout covers the call; this one also covers the
+                // connection.
+                match tokio::time::timeout(*timeout, call).await {
+                    Ok(result) => result.map(|_| ()),
+                    Err(_) => Err(SendError::transient(format!(
+                        "the collector did not answer within {}",
+                        crate::config::duration::format_duration(*timeout)
+                    ))),
+                }
             }
         }
-        Err(last)
     }
 }
 
-struct PostError {
-    retry_on_fresh_connection: bool,
-    message: String,
-}
-
-impl PostError {
-    fn fatal(message: String) -> PostError {
-        PostError {
-            retry_on_fresh_connection: false,
-            message,
+fn http_collector(
+    settings: &TraceSettings,
+    endpoint: &Endpoint,
+    ca: Option<Vec<u8>>,
+) -> Result<Collector, String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout)
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true);
+    if let Some(pem) = ca {
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_file: {e}"))?;
+        builder = builder.tls_built_in_root_certs(false);
+        for c in certs {
+            builder = builder.add_root_certificate(c);
         }
     }
-    fn retryable(message: String) -> PostError {
-        PostError {
-            retry_on_fresh_connection: true,
-            message,
-        }
+    let client = builder
+        .build()
+        .map_err(|e| format!("building the OTLP/HTTP client: {}", error_chain(&e)))?;
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &settings.headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("header name {name:?}"))?;
+        let value =
+            http::HeaderValue::from_str(value).map_err(|_| format!("value of header {name}"))?;
+        headers.append(name, value);
     }
+    Ok(Collector::Http {
+        client,
+        url: endpoint.url(),
+        headers,
+        gzip: settings.compression == OtlpCompression::Gzip,
+    })
 }
 
-/// Largest response header or chunk-size line accepted from the collector.
-const MAX_LINE: usize = 8 * 1024;
+fn grpc_collector(
+    settings: &TraceSettings,
+    endpoint: &Endpoint,
+    ca: Option<Vec<u8>>,
+) -> Result<Collector, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let scheme = if endpoint.tls { "https" } else { "http" };
+    let mut channel =
+        tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", endpoint.authority))
+            .map_err(|e| format!("endpoint: {e}"))?
+            .connect_timeout(settings.timeout)
+            .timeout(settings.timeout)
+            .tcp_nodelay(true);
+    if endpoint.tls {
+        let tls = ClientTlsConfig::new().domain_name(endpoint.host.clone());
+        let tls = match ca {
+            Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+            None => tls.with_native_roots(),
+        };
+        channel = channel
+            .tls_config(tls)
+            .map_err(|e| format!("TLS settings: {}", error_chain(&e)))?;
+    }
+    let mut grpc = tonic::client::Grpc::new(channel.connect_lazy());
+    if settings.compression == OtlpCompression::Gzip {
+        grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    }
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    for (name, value) in &settings.headers {
+        let key = MetadataKey::from_bytes(name.as_bytes())
+            .map_err(|_| format!("header name {name:?}"))?;
+        let value: MetadataValue<_> = value
+            .parse()
+            .map_err(|_| format!("value of header {name}"))?;
+        metadata.append(key, value);
+    }
+    Ok(Collector::Grpc {
+        grpc,
+        metadata,
+        timeout: settings.timeout,
+    })
+}
 
-/// Reads one response: (status, whether the connection stays open). The body is read
-/// and discarded (OTLP's partial-success details are not used).
-fn read_response(conn: &mut BufReader<TcpStream>) -> io::Result<(u16, bool)> {
-    let mut line = String::new();
-    read_line(conn, &mut line)?;
-    let mut words = line.split_ascii_whitespace();
-    let version = words.next().unwrap_or("");
-    let status: u16 = words.next().and_then(|s| s.parse().ok()).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad status line {line:?}"),
+/// The OTLP specification's retryable gRPC codes; RESOURCE_EXHAUSTED too (the
+/// collector's memory limiter answers it and recovers).
+fn grpc_error(status: tonic::Status) -> SendError {
+    use tonic::Code;
+    use tonic_types::StatusExt;
+    let retryable = matches!(
+        status.code(),
+        Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss
+    );
+    let retry_after = status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay);
+    let message = if status.message().is_empty() {
+        format!("collector answered gRPC {:?}", status.code())
+    } else {
+        format!(
+            "collector answered gRPC {:?}: {}",
+            status.code(),
+            status.message()
         )
-    })?;
-    let mut keep = version == "HTTP/1.1";
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    loop {
-        read_line(conn, &mut line)?;
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        let Some((name, value)) = header.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse().ok();
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("connection") {
-            keep = !value.eq_ignore_ascii_case("close");
-        }
+    };
+    SendError {
+        message,
+        retryable,
+        retry_after,
     }
-    if chunked {
-        loop {
-            read_line(conn, &mut line)?;
-            let size_text = line.trim().split(';').next().unwrap_or("");
-            let size = u64::from_str_radix(size_text, 16)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
-            if size == 0 {
-                // trailers, then the empty line
-                loop {
-                    read_line(conn, &mut line)?;
-                    if line.trim_end().is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            discard(conn, size + 2)?;
-        }
-    } else if let Some(n) = length {
-        discard(conn, n)?;
-    } else if (200..=299).contains(&status) && status != 204 {
-        // No length: the body ends with the connection.
-        io::copy(conn, &mut io::sink())?;
-        keep = false;
-    }
-    Ok((status, keep))
 }
 
-fn read_line(conn: &mut BufReader<TcpStream>, line: &mut String) -> io::Result<()> {
-    line.clear();
-    let n = conn.by_ref().take(MAX_LINE as u64).read_line(line)?;
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the collector closed the connection",
-        ));
-    }
-    if !line.ends_with('\n') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "header line too long",
-        ));
-    }
-    Ok(())
+fn gzip_body(body: &[u8]) -> Result<Bytes, SendError> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    encoder
+        .write_all(body)
+        .and_then(|()| encoder.finish())
+        .map(Bytes::from)
+        .map_err(|e| SendError::permanent(format!("gzip: {e}")))
 }
 
-fn discard(conn: &mut BufReader<TcpStream>, n: u64) -> io::Result<()> {
-    let copied = io::copy(&mut conn.by_ref().take(n), &mut io::sink())?;
-    if copied < n {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the collector's answer ended early",
-        ));
+/// `Retry-After` as seconds or an HTTP date (RFC 9110), relative to `now`.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
     }
-    Ok(())
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The error and its sources, for a log line that says what actually failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Sends the encoded request as it is and ignores the response message (an
+/// `ExportTraceServiceResponse` carries only a partial-success report).
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
-
-    /// A collector that answers each request with the next canned response, then
-    /// closes when told to.
-    fn collector(
-        responses: Vec<&'static str>,
-    ) -> (Endpoint, std::thread::JoinHandle<Vec<Vec<u8>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let handle = std::thread::spawn(move || {
-            let mut bodies = Vec::new();
-            let mut responses = responses.into_iter().peekable();
-            'accept: while let Ok((stream, _)) = listener.accept() {
-                let mut reader = BufReader::new(stream);
-                loop {
-                    let mut line = String::new();
-                    let mut length = 0usize;
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        continue 'accept;
-                    }
-                    loop {
-                        line.clear();
-                        reader.read_line(&mut line).unwrap();
-                        if line.trim_end().is_empty() {
-                            break;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap();
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).unwrap();
-                    bodies.push(body);
-                    let Some(response) = responses.next() else {
-                        break 'accept;
-                    };
-                    reader.get_mut().write_all(response.as_bytes()).unwrap();
-                    if responses.peek().is_none() {
-                        break 'accept;
-                    }
-                    if response.contains("Connection: close") {
-                        continue 'accept;
-                    }
-                }
-            }
-            bodies
-        });
-        (
-            Endpoint::parse(&format!("http://{addr}/v1/traces")).unwrap(),
-            handle,
-        )
-    }
 
     #[test]
-    fn posts_keep_the_connection_and_read_every_body_shape() {
-        let (endpoint, collector) = collector(vec![
-            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-        ]);
-        let mut c = Collector::new(endpoint, Duration::from_secs(5));
-        assert_eq!(c.post(&[b"ab", b"cd"]), Ok(()));
-        assert_eq!(c.post(&[b"x"]), Ok(()));
-        assert_eq!(c.post(&[b"y"]), Err("collector answered 503".to_string()));
-        assert_eq!(c.post(&[b"z"]), Ok(()));
-        // the collector closed after the last answer: a new connection is made
-        assert_eq!(c.post(&[b"last"]), Ok(()));
-        drop(c);
-        let bodies = collector.join().unwrap();
-        assert_eq!(bodies[0], b"abcd");
-        assert_eq!(bodies.last().unwrap(), b"last");
-    }
-
-    #[test]
-    fn a_dead_collector_is_an_error_not_a_hang() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        let mut c = Collector::new(
-            Endpoint::parse(&format!("http://{addr}/v1/traces")).unwrap(),
-            Duration::from_secs(1),
-        );
-        assert!(c.post(&[b"x"]).is_err());
+    fn retry_after_takes_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(7)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(7));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 }

@@ -120,14 +120,70 @@ fn describe() {
         "agentgate_rate_limit_store_up",
         "1 while the global rate limit store answers"
     );
+    describe_counter!(
+        "agentgate_otlp_exports_total",
+        "Span export requests (result: success; retried, an attempt that will be tried again; failed, a batch given up)"
+    );
+    describe_gauge!(
+        "agentgate_otlp_last_success_timestamp_seconds",
+        "Unix time of the last span export the collector accepted"
+    );
 }
 
-/// Renders the text exposition for GET /metrics.
-pub fn render() -> String {
+/// Renders the exposition for GET /metrics: the Prometheus text format, or
+/// OpenMetrics 1.0 (with exemplars on the latency histograms) when `openmetrics`.
+pub fn render(openmetrics: bool) -> String {
     let mut text = install().render();
-    histogram::render_into(&mut text);
     super::process::render_into(&mut text);
-    text
+    if !openmetrics {
+        histogram::render_into(&mut text, false);
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 4096);
+    to_openmetrics(&text, &mut out);
+    histogram::render_into(&mut out, true);
+    out.push_str("# EOF\n");
+    out
+}
+
+/// The OpenMetrics media type `render(true)` writes.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Rewrites text-format families as OpenMetrics wants them: a counter's family is named
+/// without its `_total` (its samples keep it), `untyped` is `unknown`, and there are no
+/// blank lines.
+fn to_openmetrics(text: &str, out: &mut String) {
+    // The counters' names, from their TYPE lines, to rename their HELP lines as well.
+    let counters: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let family = |name: &str| -> String {
+        match name.strip_suffix("_total") {
+            Some(base) if counters.contains(&name) => base.to_string(),
+            _ => name.to_string(),
+        }
+    };
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let kind = if kind == "untyped" { "unknown" } else { kind };
+            out.push_str(&format!("# TYPE {} {kind}\n", family(name)));
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {help}\n", family(name)));
+        } else if line.starts_with('#') {
+            continue;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
 }
 
 /// The latency histograms (the gateway's own, see `histogram`).
@@ -135,16 +191,19 @@ static DURATION: histogram::Metric = histogram::Metric {
     name: "agentgate_http_request_duration_seconds",
     help: "Time from request received to response finished",
     bounds: &LATENCY_BUCKETS,
+    exemplars: true,
 };
 static OVERHEAD: histogram::Metric = histogram::Metric {
     name: "agentgate_gateway_overhead_seconds",
     help: "Time spent in the gateway itself, excluding the wait for the agent",
     bounds: &OVERHEAD_BUCKETS,
+    exemplars: false,
 };
 static FIRST_BYTE: histogram::Metric = histogram::Metric {
     name: "agentgate_upstream_first_byte_seconds",
     help: "Time from sending the request upstream to the response header",
     bounds: &LATENCY_BUCKETS,
+    exemplars: true,
 };
 
 /// The exporter's periodic housekeeping (its own histograms are not used; this keeps
@@ -166,9 +225,22 @@ fn status_class(status: u16) -> usize {
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// The methods a label may name; anything else counts as OTHER.
+/// The label of a method that is not one of the known ones (the semantic conventions'
+/// name, as on spans).
+pub const OTHER_METHOD: &str = "_OTHER";
+
+/// The methods a label may name; anything else counts as `_OTHER`.
 const METHODS: [&str; 10] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "PATCH",
+    "OPTIONS",
+    "CONNECT",
+    "TRACE",
+    OTHER_METHOD,
 ];
 
 pub fn method_index(method: &http::Method) -> usize {
@@ -250,8 +322,15 @@ impl RouteMetrics {
         }
     }
 
-    /// Counts one finished request.
-    pub fn record_request(&self, method: &http::Method, status: u16, took: Duration) {
+    /// Counts one finished request; a sampled one (`trace`: its trace id and the Unix
+    /// milliseconds it finished at) becomes its latency bucket's exemplar.
+    pub fn record_request(
+        &self,
+        method: &http::Method,
+        status: u16,
+        took: Duration,
+        trace: Option<(&[u8; 16], u64)>,
+    ) {
         let status = status.clamp(100, 599);
         let m = method_index(method);
         let slot = m * STATUS_SLOTS + (status as usize - 100);
@@ -265,7 +344,11 @@ impl RouteMetrics {
                 )
             })
             .increment(1);
-        self.duration[status_class(status)].record(took);
+        let histogram = &self.duration[status_class(status)];
+        match trace {
+            Some((id, at_ms)) => histogram.record_sampled(took, id, at_ms),
+            None => histogram.record(took),
+        }
     }
 
     pub fn record_pagination(&self, action: PaginationAction) {
@@ -385,6 +468,44 @@ pub fn handshake_failure_handles() -> HandshakeFailures {
 pub fn resolve_failure(upstream: &str) {
     counter!("agentgate_upstream_resolve_failures_total", "upstream" => upstream.to_string())
         .increment(1);
+}
+
+/// Outcomes of one span export request, the `result` label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportResult {
+    Success,
+    Retried,
+    Failed,
+}
+
+impl ExportResult {
+    pub const ALL: [ExportResult; 3] = [
+        ExportResult::Success,
+        ExportResult::Retried,
+        ExportResult::Failed,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportResult::Success => "success",
+            ExportResult::Retried => "retried",
+            ExportResult::Failed => "failed",
+        }
+    }
+}
+
+pub fn otlp_export(result: ExportResult, at_unix_s: f64) {
+    counter!("agentgate_otlp_exports_total", "result" => result.as_str()).increment(1);
+    if result == ExportResult::Success {
+        gauge!("agentgate_otlp_last_success_timestamp_seconds").set(at_unix_s);
+    }
+}
+
+/// The export counters at zero from the exporter's start (the shipped rule compares
+/// successes with attempts).
+pub fn touch_export_series() {
+    for r in ExportResult::ALL {
+        counter!("agentgate_otlp_exports_total", "result" => r.as_str()).absolute(0);
+    }
 }
 
 pub fn rate_limit_store_up(up: bool) {

@@ -163,11 +163,17 @@ pub fn span_entry(
     body.extend_from_slice(&head.end_unix_nanos.to_le_bytes());
     attrs(body);
     if let Some(message) = head.error {
-        // Status { message = 2, code = 3 (ERROR = 2) }
-        let status_len = 1 + varint_len(message.len() as u64) + message.len() + 2;
+        // Status { message = 2 (left out when empty), code = 3 (ERROR = 2) }
+        let message_len = if message.is_empty() {
+            0
+        } else {
+            1 + varint_len(message.len() as u64) + message.len()
+        };
         tag(body, 15, LEN);
-        varint(body, status_len as u64);
-        bytes_field(body, 2, message.as_bytes());
+        varint(body, (message_len + 2) as u64);
+        if !message.is_empty() {
+            bytes_field(body, 2, message.as_bytes());
+        }
         tag(body, 3, VARINT);
         varint(body, 2);
     }
@@ -219,10 +225,23 @@ fn read_entry_header(bytes: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-/// Writes an `ExportTraceServiceRequest` with one resource (`service.name`) and one
-/// scope (`agentgate` at `scope_version`) holding `entries` (from `span_entry`).
-pub fn export_request(out: &mut Vec<u8>, service_name: &str, scope_version: &str, entries: &[u8]) {
-    export_request_head(out, service_name, scope_version, entries.len());
+/// A `Resource` message with these string attributes, in order.
+pub fn resource(attrs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    for (key, value) in attrs {
+        let value_len = 1 + varint_len(value.len() as u64) + value.len();
+        key_value(&mut out, 1, key, value_len, |b| {
+            bytes_field(b, 1, value.as_bytes())
+        });
+    }
+    out
+}
+
+/// Writes an `ExportTraceServiceRequest` with one resource (`resource`, from
+/// [`resource`]) and one scope (`agentgate` at `scope_version`) holding `entries`
+/// (from `span_entry`).
+pub fn export_request(out: &mut Vec<u8>, resource: &[u8], scope_version: &str, entries: &[u8]) {
+    export_request_head(out, resource, scope_version, entries.len());
     out.extend_from_slice(entries);
 }
 
@@ -231,16 +250,10 @@ pub fn export_request(out: &mut Vec<u8>, service_name: &str, scope_version: &str
 /// are (no copy of the entries into a new buffer).
 pub fn export_request_head(
     out: &mut Vec<u8>,
-    service_name: &str,
+    resource: &[u8],
     scope_version: &str,
     entries_len: usize,
 ) {
-    // Resource { attributes = 1: KeyValue service.name }
-    let mut resource = Vec::with_capacity(32 + service_name.len());
-    let value_len = 1 + varint_len(service_name.len() as u64) + service_name.len();
-    key_value(&mut resource, 1, "service.name", value_len, |b| {
-        bytes_field(b, 1, service_name.as_bytes())
-    });
     // InstrumentationScope { name = 1, version = 2 }
     let mut scope = Vec::with_capacity(16 + scope_version.len());
     bytes_field(&mut scope, 1, b"agentgate");
@@ -257,7 +270,7 @@ pub fn export_request_head(
     out.clear();
     tag(out, 1, LEN);
     varint(out, resource_spans_len as u64);
-    bytes_field(out, 1, &resource);
+    bytes_field(out, 1, resource);
     tag(out, 2, LEN);
     varint(out, scope_spans_len as u64);
     bytes_field(out, 1, &scope);
@@ -322,14 +335,24 @@ mod tests {
         );
         entries.extend(entry(&["GET"], None, None));
         let mut bytes = Vec::new();
-        export_request(&mut bytes, "svc", "1.2.3", &entries);
+        let resource = resource(&[("service.name", "svc"), ("host.name", "h1")]);
+        export_request(&mut bytes, &resource, "1.2.3", &entries);
         let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
         let rs = &req.resource_spans[0];
-        let service = &rs.resource.as_ref().unwrap().attributes[0];
-        assert_eq!(service.key, "service.name");
+        let attrs: Vec<_> = rs
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.as_ref().unwrap().value.clone()))
+            .collect();
         assert_eq!(
-            service.value.as_ref().unwrap().value,
-            Some(Pv::StringValue("svc".into()))
+            attrs,
+            vec![
+                ("service.name", Some(Pv::StringValue("svc".into()))),
+                ("host.name", Some(Pv::StringValue("h1".into())))
+            ]
         );
         let ss = &rs.scope_spans[0];
         assert_eq!(ss.scope.as_ref().unwrap().name, "agentgate");

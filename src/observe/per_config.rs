@@ -87,7 +87,10 @@ impl Telemetry {
                                 ("server.address", PrebuiltValue::Str(&addr.ip().to_string())),
                                 ("server.port", PrebuiltValue::Int(addr.port() as i64)),
                             ]),
-                            origin: Arc::from(format!("http://{addr}")),
+                            origin: Arc::from(format!(
+                                "{}://{addr}",
+                                if u.tls.is_some() { "https" } else { "http" }
+                            )),
                             log_name: LogName::new(&label),
                         }
                     })

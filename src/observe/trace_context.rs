@@ -3,6 +3,7 @@
 //! four fields; a higher version is read by its first four fields; version `ff`, all-zero
 //! ids, upper-case hex and wrong lengths are invalid and start a new trace.
 
+use crate::config::Sampler;
 use rand::RngCore;
 
 /// Trace and span ids of the gateway's server span for one request.
@@ -94,24 +95,34 @@ fn nonzero_random<const N: usize>() -> [u8; N] {
 }
 
 impl TraceContext {
-    /// Continues an incoming trace, or starts a new one sampled at `sample_ratio`.
-    pub fn from_incoming(incoming: Option<TraceParent>, sample_ratio: f64) -> Self {
-        match incoming {
-            Some(p) => TraceContext {
-                trace_id: p.trace_id,
-                span_id: nonzero_random(),
-                parent_span_id: Some(p.parent_id),
-                sampled: p.flags & 1 == 1,
-            },
-            None => {
-                let trace_id: [u8; 16] = nonzero_random();
-                TraceContext {
-                    trace_id,
-                    span_id: nonzero_random(),
-                    parent_span_id: None,
-                    sampled: sample_by_trace_id(&trace_id, sample_ratio),
-                }
-            }
+    /// Continues an incoming trace, or starts a new one; `sampler` (at `ratio` for the
+    /// ratio samplers) decides whether this gateway records it, with the OpenTelemetry
+    /// specification's meanings: the parent-based ones follow the incoming sampled
+    /// flag, the others decide alone.
+    pub fn from_incoming(incoming: Option<TraceParent>, sampler: Sampler, ratio: f64) -> Self {
+        let (trace_id, parent_span_id, parent_sampled) = match incoming {
+            Some(p) => (p.trace_id, Some(p.parent_id), Some(p.flags & 1 == 1)),
+            None => (nonzero_random(), None, None),
+        };
+        let sampled = match (sampler, parent_sampled) {
+            (Sampler::AlwaysOn, _) => true,
+            (Sampler::AlwaysOff, _) => false,
+            (Sampler::TraceIdRatio, _) => sample_by_trace_id(&trace_id, ratio),
+            (
+                Sampler::ParentbasedAlwaysOn
+                | Sampler::ParentbasedAlwaysOff
+                | Sampler::ParentbasedTraceIdRatio,
+                Some(parent),
+            ) => parent,
+            (Sampler::ParentbasedAlwaysOn, None) => true,
+            (Sampler::ParentbasedAlwaysOff, None) => false,
+            (Sampler::ParentbasedTraceIdRatio, None) => sample_by_trace_id(&trace_id, ratio),
+        };
+        TraceContext {
+            trace_id,
+            span_id: nonzero_random(),
+            parent_span_id,
+            sampled,
         }
     }
 
@@ -214,7 +225,7 @@ mod tests {
     #[test]
     fn continues_and_writes() {
         let p = parse_traceparent(VALID.as_bytes()).unwrap();
-        let ctx = TraceContext::from_incoming(Some(p), 0.0);
+        let ctx = TraceContext::from_incoming(Some(p), Sampler::ParentbasedTraceIdRatio, 0.0);
         assert!(ctx.sampled);
         let out = ctx.traceparent_for(&ctx.span_id);
         let text = std::str::from_utf8(&out).unwrap();
@@ -225,11 +236,38 @@ mod tests {
 
     #[test]
     fn sampling_ratio_extremes() {
-        assert!(!TraceContext::from_incoming(None, 0.0).sampled);
-        assert!(TraceContext::from_incoming(None, 1.0).sampled);
-        let n = (0..2000)
-            .filter(|_| TraceContext::from_incoming(None, 0.25).sampled)
-            .count();
+        let root =
+            |ratio| TraceContext::from_incoming(None, Sampler::ParentbasedTraceIdRatio, ratio);
+        assert!(!root(0.0).sampled);
+        assert!(root(1.0).sampled);
+        let n = (0..2000).filter(|_| root(0.25).sampled).count();
         assert!((300..700).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn samplers_follow_the_specification() {
+        let sampled = parse_traceparent(VALID.as_bytes()).unwrap();
+        let unsampled = parse_traceparent(VALID.replace("-01", "-00").as_bytes()).unwrap();
+        use Sampler::*;
+        // (sampler, ratio, parent) -> sampled
+        let cases = [
+            (AlwaysOn, 0.0, Some(unsampled), true),
+            (AlwaysOff, 1.0, Some(sampled), false),
+            (TraceIdRatio, 0.0, Some(sampled), false),
+            (TraceIdRatio, 1.0, Some(unsampled), true),
+            (ParentbasedAlwaysOn, 0.0, None, true),
+            (ParentbasedAlwaysOn, 0.0, Some(unsampled), false),
+            (ParentbasedAlwaysOff, 1.0, None, false),
+            (ParentbasedAlwaysOff, 0.0, Some(sampled), true),
+            (ParentbasedTraceIdRatio, 0.0, Some(sampled), true),
+            (ParentbasedTraceIdRatio, 1.0, Some(unsampled), false),
+        ];
+        for (sampler, ratio, parent, want) in cases {
+            let ctx = TraceContext::from_incoming(parent, sampler, ratio);
+            assert_eq!(ctx.sampled, want, "{sampler:?} {ratio} {parent:?}");
+            // the agent's traceparent carries the decision
+            let tp = ctx.traceparent_for(&ctx.span_id);
+            assert_eq!(&tp[53..55], if want { b"01" } else { b"00" });
+        }
     }
 }

@@ -297,7 +297,7 @@ fn prepare_upstream_headers(map: &mut HeaderMap, ctx: &Request) {
     if !(headers::is_trusted(peer, trusted) && map.contains_key(headers::X_FORWARDED_PROTO)) {
         map.insert(
             headers::X_FORWARDED_PROTO,
-            http::HeaderValue::from_static("http"),
+            http::HeaderValue::from_static(if ctx.client.tls { "https" } else { "http" }),
         );
     }
     map.insert(headers::X_REQUEST_ID, ctx.id.request_id.clone());

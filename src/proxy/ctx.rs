@@ -78,6 +78,8 @@ pub struct Client {
     pub socket: Option<Socket>,
     /// The tenant of the API key presented, if one was recognised.
     pub key_id: Option<Arc<str>>,
+    /// The connection is TLS (`https` for `url.scheme` and `X-Forwarded-Proto`).
+    pub tls: bool,
 }
 
 /// The route decision: the route and the upstream it sends to.
@@ -131,12 +133,32 @@ pub struct Tries {
     pub last_error: Option<GatewayError>,
     /// The upstream deadline (first byte, then idle), across the tries.
     pub deadline: UpstreamDeadline,
+    /// The tries before the latest, for their client spans (empty, and unallocated,
+    /// unless a request was retried).
+    pub earlier: Vec<EarlierTry>,
+}
+
+/// A try that was followed by another: what its client span says.
+#[derive(Debug, Clone, Copy)]
+pub struct EarlierTry {
+    pub backend: usize,
+    /// The client span's id (the parent the agent saw in `traceparent`).
+    pub span_id: [u8; 8],
+    pub started: Instant,
+    pub ended: Instant,
+    /// The agent's status, when it answered.
+    pub status: Option<u16>,
+    /// Why the try failed.
+    pub error: Option<&'static str>,
 }
 
 /// One try: the backend it went to, and what it holds while it runs.
 pub struct Try {
     /// Index into the upstream's backends.
     pub backend: usize,
+    /// The backend was chosen (the client span starts here when the request is never
+    /// sent, as on a connect failure).
+    pub started: Instant,
     /// Counts the try in the backend's in-flight requests until it ends.
     in_flight: Option<InFlightGuard>,
     /// Request body bytes this try has forwarded (a retry replays the body).
@@ -149,6 +171,7 @@ impl Try {
     pub fn new(backend: usize, in_flight: InFlightGuard) -> Try {
         Try {
             backend,
+            started: Instant::now(),
             in_flight: Some(in_flight),
             body_bytes: 0,
             connection: None,
@@ -324,6 +347,30 @@ impl Request {
     /// The telemetry entries of the latest try's backend.
     pub fn backend_telemetry(&self) -> Option<&BackendTelemetry> {
         self.upstream_telemetry()?.backends.get(self.backend()?)
+    }
+
+    /// A retry is about to choose its backend: the try before it becomes an earlier
+    /// try (its own client span), and the new try gets a span id and `traceparent`
+    /// of its own.
+    pub fn begin_retry(&mut self) {
+        let Some(t) = &self.tries.current else {
+            return;
+        };
+        let now = Instant::now();
+        self.tries.earlier.push(EarlierTry {
+            backend: t.backend,
+            span_id: self.id.upstream_span_id,
+            started: self.timing.upstream_sent_at.unwrap_or(t.started),
+            ended: self.timing.first_byte_at.map_or(now, |f| f.max(now)),
+            status: self.outcome.upstream_status.take(),
+            error: self.tries.last_error.as_ref().map(|e| e.kind.code()),
+        });
+        self.timing.upstream_sent_at = None;
+        self.id.upstream_span_id = crate::observe::trace_context::random_span_id();
+        let traceparent = self.id.trace.traceparent_for(&self.id.upstream_span_id);
+        if let Ok(v) = HeaderValue::from_bytes(&traceparent) {
+            self.id.traceparent = v;
+        }
     }
 
     /// The backend index of the latest try, if one was made.

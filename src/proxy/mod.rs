@@ -56,7 +56,11 @@ impl Gateway {
         scan: &mut RequestScan,
     ) -> Request {
         let config = &runtime.config;
-        let trace = TraceContext::from_incoming(scan.traceparent, config.trace.sample_ratio);
+        let trace = TraceContext::from_incoming(
+            scan.traceparent,
+            config.trace.sampler,
+            config.trace.sample_ratio,
+        );
         let upstream_span_id = crate::observe::trace_context::random_span_id();
         let traceparent = Bytes::copy_from_slice(&trace.traceparent_for(&upstream_span_id));
         // Without a usable client id the request id is the trace id, as the traceparent
@@ -85,6 +89,7 @@ impl Gateway {
                 .and_then(refusals::client_socket)
                 .map(|c| c.socket()),
             key_id: None,
+            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
         };
         Request {
             start_ms: crate::clock::note_request_start(start),
@@ -404,6 +409,7 @@ impl ProxyHttp for Gateway {
         };
         if req.tries.count > 0 {
             metrics::retry(&cfg.name);
+            req.begin_retry();
         }
         let backend = &upstream.pool.backends[index];
         req.tries.last_error = None;
@@ -593,7 +599,12 @@ impl ProxyHttp for Gateway {
             &req.route_telemetry().metrics.first_byte,
             req.timing.first_byte_wait(),
         ) {
-            h.record(wait);
+            if req.id.trace.sampled {
+                let unix_ms = crate::clock::unix_nanos_at(now) / 1_000_000;
+                h.record_sampled(wait, &req.id.trace.trace_id, unix_ms);
+            } else {
+                h.record(wait);
+            }
         }
         let scan = respond::ResponseScan::of(&upstream_response.headers);
         req.response_scan = Some(scan);

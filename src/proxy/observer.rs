@@ -12,7 +12,7 @@ use crate::config::{AccessLogTarget, Config};
 use crate::observe::access_log::{self, AccessRecord};
 use crate::observe::line_writer::{LineWriter, Sink};
 use crate::observe::otlp::{self, Kind, PrebuiltValue, SpanHead};
-use crate::observe::spans::SpanSink;
+use crate::observe::spans::{self, SpanSink};
 use crate::observe::{json, logger, metrics};
 use crate::state::Shared;
 
@@ -36,7 +36,10 @@ fn access_log_dropped() {
 impl Observer {
     pub fn new(config: &Config) -> std::io::Result<Arc<Observer>> {
         let spans = match &config.trace.otlp_endpoint {
-            Some(endpoint) => Some(SpanSink::start(endpoint, &config.trace.service_name)?),
+            Some(_) => Some(SpanSink::start(
+                &config.trace,
+                &spans::resource_attributes(&config.trace),
+            )?),
             None => None,
         };
         let observer = Arc::new(Observer {
@@ -82,6 +85,14 @@ impl Observer {
         Ok(())
     }
 
+    /// The span exporter's state for /readyz (`{"state": "off"}` without export).
+    pub fn export_status(&self) -> serde_json::Value {
+        match &self.spans {
+            Some(s) => s.status().to_json(),
+            None => serde_json::json!({"state": "off"}),
+        }
+    }
+
     /// Writes out queued log lines (at shutdown).
     pub fn flush(&self) {
         if let Some(w) = self.access_log.load_full() {
@@ -111,6 +122,10 @@ impl Observer {
                 .status
                 .max(if outcome.cancelled() { 499 } else { 0 }),
             elapsed,
+            ctx.id.trace.sampled.then(|| {
+                let unix_ms = crate::clock::unix_nanos_at(start + elapsed) / 1_000_000;
+                (&ctx.id.trace.trace_id, unix_ms)
+            }),
         );
         let upstream_wait = ctx.timing.upstream_elapsed();
         route_metrics
@@ -218,7 +233,7 @@ impl Observer {
         let unmatched = &runtime.telemetry.unmatched;
         unmatched
             .metrics
-            .record_request(&method, refusal.status, refusal.duration);
+            .record_request(&method, refusal.status, refusal.duration, None);
         let Some(writer) = self.access_log.load_full() else {
             return;
         };
@@ -273,7 +288,8 @@ impl Observer {
         windows.record(route, now_s, outcome);
     }
 
-    /// The server span of the request and the client span of its (last) upstream call.
+    /// The server span of the request and one client span per try, with the stable
+    /// HTTP semantic conventions.
     fn export_spans(
         &self,
         sink: &SpanSink,
@@ -287,21 +303,16 @@ impl Observer {
         let at =
             |t: std::time::Instant| start_ns + t.saturating_duration_since(start).as_nanos() as u64;
         let route_rt = ctx.route_runtime();
-        // Semantic conventions: known methods by name, anything else as _OTHER.
-        let method: &'static str = match metrics::method_label(&req.method) {
-            "OTHER" => "_OTHER",
-            m => m,
-        };
+        // Known methods by name; anything else is _OTHER with the original beside it,
+        // and the span is named `HTTP`.
+        let method = metrics::method_label(&req.method);
+        let known = method != metrics::OTHER_METHOD;
+        let name_method = if known { method } else { "HTTP" };
         let error = ctx.outcome.error_code();
-        let backend = ctx.backend_telemetry();
         let server_end = times.end_unix_ns();
-        let client_span = match (ctx.timing.upstream_sent_at, backend) {
-            (Some(sent), Some(b)) => Some((sent, b)),
-            _ => None,
-        };
         let server_name: [&str; 3] = match route_rt {
-            Some(r) => [method, " ", r.route.path_prefix.as_str()],
-            None => [method, "", ""],
+            Some(r) => [name_method, " ", r.route.path_prefix.as_str()],
+            None => [name_method, "", ""],
         };
         let server = SpanHead {
             name: &server_name,
@@ -311,19 +322,43 @@ impl Observer {
             parent: trace.parent_span_id.map(|p| (p, true)),
             start_unix_nanos: start_ns,
             end_unix_nanos: server_end,
-            error: if ctx.outcome.status >= 500 {
-                error.or(Some("server error"))
-            } else {
-                None
-            },
+            // Server spans are errors on 5xx only; the status code says which.
+            error: (ctx.outcome.status >= 500).then_some(""),
         };
-        sink.record(1 + client_span.is_some() as u64, |spans| {
+        let scheme = if ctx.client.tls { "https" } else { "http" };
+        let (host, port) = request_authority(req);
+        let user_agent = req
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        let last_try = match (ctx.timing.upstream_sent_at, ctx.backend_telemetry()) {
+            (Some(sent), Some(b)) => Some((sent, b)),
+            _ => None,
+        };
+        let upstream = ctx.upstream_telemetry();
+        let spans = 1 + ctx.tries.earlier.len() as u64 + last_try.is_some() as u64;
+        sink.record(spans, |spans| {
             spans.span(&server, |b| {
                 otlp::str_attr(b, "http.request.method", method);
+                if !known {
+                    otlp::str_attr(b, "http.request.method_original", req.method.as_str());
+                }
+                otlp::str_attr(b, "url.scheme", scheme);
                 otlp::str_attr(b, "url.path", req.uri.path());
                 otlp::str_attr(b, "network.protocol.version", protocol_names(req.version).1);
                 otlp::int_attr(b, "http.response.status_code", ctx.outcome.status as i64);
-                b.extend_from_slice(&self.server_attrs);
+                match host {
+                    Some(h) => {
+                        otlp::str_attr(b, "server.address", h);
+                        if let Some(p) = port {
+                            otlp::int_attr(b, "server.port", p as i64);
+                        }
+                    }
+                    None => b.extend_from_slice(&self.server_attrs),
+                }
+                if let Some(ua) = user_agent {
+                    otlp::str_attr(b, "user_agent.original", ua);
+                }
                 otlp::str_attr(b, "agentgate.request_id", ctx.request_id_str());
                 otlp::int_attr(b, "agentgate.retries", ctx.tries.retries() as i64);
                 otlp::bool_attr(b, "agentgate.rate_limited", ctx.policy.rate_limited());
@@ -336,7 +371,7 @@ impl Observer {
                     json::IpText::new(ctx.client.ip).as_bytes(),
                 );
                 b.extend_from_slice(&ctx.route_telemetry().span_attrs);
-                if let Some(backend) = backend {
+                if let Some(backend) = ctx.backend_telemetry() {
                     b.extend_from_slice(&backend.span_backend);
                 }
                 if let Some(p) = ctx.policy.pagination {
@@ -349,40 +384,152 @@ impl Observer {
                     otlp::str_attr(b, "error.type", e);
                 }
             });
-            let Some((sent, backend)) = client_span else {
-                return;
+            let client = ClientSpan {
+                trace: &trace,
+                method,
+                known,
+                original_method: req.method.as_str(),
+                name: [name_method],
+                path: req.uri.path(),
+                query,
             };
-            let client = SpanHead {
-                name: &[method],
-                kind: Kind::Client,
-                trace_id: trace.trace_id,
-                span_id: ctx.id.upstream_span_id,
-                parent: Some((trace.span_id, false)),
-                start_unix_nanos: at(sent),
-                end_unix_nanos: ctx.timing.response_done_at.map(at).unwrap_or(server_end),
-                error: match ctx.outcome.upstream_status {
-                    Some(s) if s >= 500 => Some("server error"),
-                    None => error.or(Some("no response")),
-                    _ => None,
-                },
-            };
-            spans.span(&client, |b| {
-                otlp::str_attr(b, "http.request.method", method);
-                b.extend_from_slice(&backend.span_address_port);
-                match query {
-                    Some(q) => otlp::str_parts_attr(
-                        b,
-                        "url.full",
-                        &[&backend.origin, req.uri.path(), "?", q],
-                    ),
-                    None => otlp::str_parts_attr(b, "url.full", &[&backend.origin, req.uri.path()]),
-                }
-                otlp::int_attr(b, "http.request.resend_count", ctx.tries.retries() as i64);
-                if let Some(s) = ctx.outcome.upstream_status {
-                    otlp::int_attr(b, "http.response.status_code", s as i64);
-                }
-            });
+            for (resend, t) in ctx.tries.earlier.iter().enumerate() {
+                let Some(backend) = upstream.and_then(|u| u.backends.get(t.backend)) else {
+                    continue;
+                };
+                client.write(
+                    spans,
+                    backend,
+                    TrySpan {
+                        span_id: t.span_id,
+                        start_ns: at(t.started),
+                        end_ns: at(t.ended),
+                        resend_count: resend,
+                        status: t.status,
+                        error: t.error,
+                    },
+                );
+            }
+            if let Some((sent, backend)) = last_try {
+                client.write(
+                    spans,
+                    backend,
+                    TrySpan {
+                        span_id: ctx.id.upstream_span_id,
+                        start_ns: at(sent),
+                        end_ns: ctx.timing.response_done_at.map(at).unwrap_or(server_end),
+                        resend_count: ctx.tries.earlier.len(),
+                        status: ctx.outcome.upstream_status,
+                        error: if ctx.outcome.upstream_status.is_none() {
+                            error.or(Some("no_response"))
+                        } else {
+                            None
+                        },
+                    },
+                );
+            }
         });
+    }
+}
+
+/// What every client span of a request shares.
+struct ClientSpan<'a> {
+    trace: &'a crate::observe::trace_context::TraceContext,
+    method: &'static str,
+    known: bool,
+    original_method: &'a str,
+    name: [&'static str; 1],
+    path: &'a str,
+    query: Option<&'a str>,
+}
+
+/// One try's client span.
+struct TrySpan {
+    span_id: [u8; 8],
+    start_ns: u64,
+    end_ns: u64,
+    /// Tries before this one (`http.request.resend_count`, set from the second on).
+    resend_count: usize,
+    status: Option<u16>,
+    error: Option<&'static str>,
+}
+
+impl ClientSpan<'_> {
+    fn write(
+        &self,
+        spans: &mut crate::observe::spans::SpanBatch<'_>,
+        backend: &crate::observe::per_config::BackendTelemetry,
+        t: TrySpan,
+    ) {
+        let head = SpanHead {
+            name: &self.name,
+            kind: Kind::Client,
+            trace_id: self.trace.trace_id,
+            span_id: t.span_id,
+            parent: Some((self.trace.span_id, false)),
+            start_unix_nanos: t.start_ns,
+            end_unix_nanos: t.end_ns,
+            // Client spans are errors on 4xx and 5xx, and when no answer came; the
+            // status code or error.type says why.
+            error: match t.status {
+                Some(s) if s >= 400 => Some(""),
+                Some(_) => None,
+                None => Some(""),
+            },
+        };
+        spans.span(&head, |b| {
+            otlp::str_attr(b, "http.request.method", self.method);
+            if !self.known {
+                otlp::str_attr(b, "http.request.method_original", self.original_method);
+            }
+            b.extend_from_slice(&backend.span_address_port);
+            match self.query {
+                Some(q) => {
+                    otlp::str_parts_attr(b, "url.full", &[&backend.origin, self.path, "?", q])
+                }
+                None => otlp::str_parts_attr(b, "url.full", &[&backend.origin, self.path]),
+            }
+            if t.resend_count > 0 {
+                otlp::int_attr(b, "http.request.resend_count", t.resend_count as i64);
+            }
+            match t.status {
+                Some(s) => {
+                    otlp::int_attr(b, "http.response.status_code", s as i64);
+                    if s >= 400 {
+                        let mut code = itoa::Buffer::new();
+                        otlp::str_attr(b, "error.type", code.format(s));
+                    }
+                }
+                None => otlp::str_attr(b, "error.type", t.error.unwrap_or("no_response")),
+            }
+        });
+    }
+}
+
+/// `server.address` and `server.port` from the request's authority (`:authority` on
+/// HTTP/2, else the Host header).
+fn request_authority(req: &pingora::http::RequestHeader) -> (Option<&str>, Option<u16>) {
+    let authority = req.uri.authority().map(|a| a.as_str()).or_else(|| {
+        req.headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+    });
+    let Some(a) = authority.filter(|a| !a.is_empty()) else {
+        return (None, None);
+    };
+    // `[v6]:port`, `host:port`, or a bare host.
+    if let Some(rest) = a.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((h, tail)) => (Some(h), tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (Some(a), None),
+        };
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(port) => (Some(h), Some(port)),
+            Err(_) => (Some(a), None),
+        },
+        None => (Some(a), None),
     }
 }
 

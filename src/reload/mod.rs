@@ -61,11 +61,20 @@ pub fn reload(shared: &Shared, observer: &Observer) -> Result<ReloadReport, Conf
             .map_or_else(|| "unset".into(), |p| p.display().to_string())
     };
     restart_only("upgrade_sock", sock(&o.upgrade_sock), sock(&n.upgrade_sock));
-    if old.config.trace.otlp_endpoint != new.trace.otlp_endpoint
-        || old.config.trace.service_name != new.trace.service_name
+    // The exporter is built once; the sampler is read per request and reloads.
+    let (ot, nt) = (&old.config.trace, &new.trace);
+    if ot.otlp_endpoint != nt.otlp_endpoint
+        || ot.protocol != nt.protocol
+        || ot.headers != nt.headers
+        || ot.compression != nt.compression
+        || ot.timeout != nt.timeout
+        || ot.ca_file != nt.ca_file
+        || ot.service_name != nt.service_name
+        || ot.resource_attributes != nt.resource_attributes
     {
-        needs_restart
-            .push("trace.otlp_endpoint and trace.service_name apply after a restart".into());
+        needs_restart.push(
+            "the span exporter's settings (trace.otlp_endpoint, protocol, headers, compression, timeout, ca_file, service_name, resource_attributes) apply after a restart".into(),
+        );
     }
     for msg in &needs_restart {
         log::warn!("config reload: {msg}");

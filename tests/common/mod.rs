@@ -141,3 +141,26 @@ pub fn series_matches(series: &str, name: &str, labels: &[(&str, &str)]) -> bool
             .iter()
             .all(|(k, v)| rest.split(',').any(|pair| pair == format!("{k}=\"{v}\"")))
 }
+
+/// One upstream (`backend`, no retries, no active checks to speak of) behind the route
+/// `conversations` at `/echo`, with `trace` as the `[trace]` section's keys.
+pub fn traced_config(backend: &str, trace: &str) -> String {
+    format!(
+        r#"[trace]
+{trace}
+
+[upstreams.agents]
+backends = ["{backend}"]
+retries = 0
+
+[upstreams.agents.health]
+interval = "60s"
+eject_after = 0
+
+[[routes]]
+name = "conversations"
+path_prefix = "/echo"
+upstream = "agents"
+"#
+    )
+}

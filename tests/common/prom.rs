@@ -41,6 +41,11 @@ fn ready(addr: SocketAddr, path: &str) -> bool {
 
 /// Prometheus scraping `targets` (job "agentgate") every second, loading `rules`.
 pub fn prometheus(targets: &[SocketAddr], rules: &Path) -> Server {
+    prometheus_with(targets, rules, &[])
+}
+
+/// [`prometheus`] with extra command-line flags (e.g. `--enable-feature=exemplar-storage`).
+pub fn prometheus_with(targets: &[SocketAddr], rules: &Path, flags: &[&str]) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr = free_addr();
     let list = targets
@@ -61,6 +66,7 @@ pub fn prometheus(targets: &[SocketAddr], rules: &Path) -> Server {
             dir.path().join("data").display()
         ))
         .arg(format!("--web.listen-address={addr}"))
+        .args(flags)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

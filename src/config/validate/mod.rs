@@ -7,6 +7,7 @@ mod alerts;
 mod routes;
 mod server;
 mod services;
+mod trace;
 mod upstreams;
 
 use std::collections::{HashMap, HashSet};
@@ -38,6 +39,8 @@ pub struct Source<'a> {
     /// `check --strict`: resolves each backend name; `Some(why)` when it resolves to
     /// nothing.
     pub resolve: Option<&'a Resolve>,
+    /// The environment `[trace]` reads its `OTEL_*` variables from.
+    pub env: trace::Env<'a>,
 }
 
 /// Resolves a backend name for `check --strict`: `Some(why)` when it cannot.
@@ -47,7 +50,7 @@ pub fn validate(source: &Source<'_>, file: FileConfig) -> Result<Config, ConfigE
     let mut loc = Locator::expanded(source.path, source.text, source.expansion);
     let server = server::server_settings(&mut loc, &file.server, source.path);
     let log = server::log_settings(&mut loc, &file.log, source.path);
-    let trace = server::trace_settings(&mut loc, &file.trace);
+    let trace = trace::trace_settings(&mut loc, &file.trace, source.path, source.env);
     let upstreams = upstreams::upstreams(&mut loc, &file.upstreams, source.path, source.resolve);
     let rate_limit_store = file
         .rate_limit_store

@@ -1,4 +1,4 @@
-//! `[server]`, `[log]` and `[trace]`: listeners, limits and timeouts, logging, tracing.
+//! `[server]` and `[log]`: listeners, limits and timeouts, logging.
 
 #[allow(unused_imports)]
 use super::*;
@@ -163,49 +163,6 @@ pub(super) fn log_settings(loc: &mut Locator, s: &LogSection, config_path: &Path
     }
 }
 
-pub(super) fn trace_settings(loc: &mut Locator, s: &TraceSection) -> TraceSettings {
-    let otlp_endpoint = match &s.otlp_endpoint {
-        Some(e) if !e.get_ref().is_empty() => {
-            let text = e.get_ref();
-            if let Err(problem) = crate::config::Endpoint::parse(text) {
-                loc.push(
-                    span(e),
-                    format!("otlp_endpoint: {problem}; it must be an http:// URL of an OTLP/HTTP traces endpoint, e.g. \"http://127.0.0.1:4318/v1/traces\""),
-                );
-                None
-            } else {
-                Some(text.clone())
-            }
-        }
-        _ => None,
-    };
-    let service_name = s
-        .service_name
-        .as_ref()
-        .map(|n| n.get_ref().clone())
-        .unwrap_or_else(|| TraceSettings::default().service_name);
-    let sample_ratio = match &s.sample_ratio {
-        None => 1.0,
-        Some(r) => {
-            let v = *r.get_ref();
-            if !(0.0..=1.0).contains(&v) {
-                loc.push(
-                    span(r),
-                    format!("sample_ratio must be between 0.0 and 1.0, got {v}"),
-                );
-                1.0
-            } else {
-                v
-            }
-        }
-    };
-    TraceSettings {
-        otlp_endpoint,
-        service_name,
-        sample_ratio,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
@@ -276,17 +233,6 @@ mod tests {
         assert_problem_at(&t, "\"\"", "access_log is empty");
         let t = format!("{GOOD}\n[log]\nredact_headers = [\"bad header\"]\n");
         assert_problem_at(&t, "\"bad header\"", "not a valid header name");
-    }
-
-    #[test]
-    fn trace_settings() {
-        let t = format!(
-            "{GOOD}\n[trace]\notlp_endpoint = \"https://collector.example:4318/v1/traces\"\n"
-        );
-        assert_problem_at(&t, "\"https:", "not a plain http:// URL");
-        let t = format!("{GOOD}\n[trace]\nsample_ratio = 1.5\n");
-        assert_problem_at(&t, "1.5", "sample_ratio must be between 0.0 and 1.0");
-        assert_clean(&format!("{GOOD}\n[trace]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\nsample_ratio = 0.25\n"));
     }
 
     #[test]
