@@ -88,17 +88,20 @@ pub fn run(config: Config, start: Start, extra: Vec<Box<dyn ServiceWithDependent
             }
         }
     }
-    logger::init(&config);
+    let span_sink = match Observer::span_sink(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot start the span exporter: {e}");
+            return 2;
+        }
+    };
+    logger::init(&config, span_sink.clone());
     for w in &config.trace.env_warnings {
-        logger::event(
-            log::Level::Warn,
-            "an OTEL_* environment value was ignored",
-            &[("event", "otel_env_ignored"), ("warning", w)],
-        );
+        tracing::warn!(event = "otel_env_ignored", warning = %w, "an OTEL_* environment value was ignored");
     }
     metrics::install();
     metrics::touch_process_series();
-    let observer = match Observer::new(&config) {
+    let observer = match Observer::new(&config, span_sink) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("{}: cannot open the access log: {e}", config.path.display());
@@ -223,10 +226,21 @@ pub fn run(config: Config, start: Start, extra: Vec<Box<dyn ServiceWithDependent
         server.add_boxed_service(service);
     }
 
-    log::info!(
-        "agentgate {} serving on {listen}, admin on {admin_listen}",
-        crate::VERSION
-    );
+    {
+        let span = tracing::info_span!(
+            "agentgate.start",
+            event = "started",
+            version = crate::VERSION,
+            listen = %listen,
+            admin = %admin_listen,
+            config = %shared.runtime.load().config.path.display(),
+        );
+        let _in = span.enter();
+        tracing::info!(
+            "agentgate {} serving on {listen}, admin on {admin_listen}",
+            crate::VERSION
+        );
+    }
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainThenStop {
             shared: Arc::clone(&shared),

@@ -174,14 +174,15 @@ async fn http_export_over_tls_configured_by_the_environment() {
 async fn retries_follow_the_otlp_specification() {
     let rx = OtlpReceiver::start().await;
     let b = Backend::start("b").await;
-    rx.script(&[Answer::Http(503, None), Answer::Http(429, Some("2"))]);
     let trace = format!("otlp_endpoint = \"{}\"", rx.endpoint());
     let gw = Gateway::start("", &traced_config(&b.addr.to_string(), &trace));
+    rx.wait_started().await;
+    rx.script(&[Answer::Http(503, None), Answer::Http(429, Some("2"))]);
     let c = client();
     assert_eq!(c.get(gw.url("/echo/1")).send().await.unwrap().status(), 200);
     let spans = rx.wait_spans(2).await;
     assert_eq!(spans.len(), 2, "the batch arrived once, whole");
-    let requests = rx.requests();
+    let requests = rx.request_exports();
     assert_eq!(requests.len(), 3, "503, then 429, then accepted");
     assert!(
         requests.iter().all(|r| r.spans == 2),
@@ -196,7 +197,8 @@ async fn retries_follow_the_otlp_specification() {
     );
     let m = gw.metrics().await;
     assert_eq!(export_count(&m, "retried"), 2.0);
-    assert_eq!(export_count(&m, "success"), 1.0);
+    // (the gateway's own spans, its start and the failing export, go in batches too)
+    assert!(export_count(&m, "success") >= 1.0);
     assert_eq!(export_count(&m, "failed"), 0.0);
     assert!(metric_value(&m, "agentgate_otlp_last_success_timestamp_seconds", &[]) > 1.7e9);
 
@@ -211,7 +213,8 @@ async fn retries_follow_the_otlp_specification() {
     )
     .await;
     let m = gw.metrics().await;
-    assert_eq!(metric_value(&m, "agentgate_spans_dropped_total", &[]), 2.0);
+    // the two request spans, and any of the gateway's own that shared the batch
+    assert!(metric_value(&m, "agentgate_spans_dropped_total", &[]) >= 2.0);
     assert_eq!(export_count(&m, "retried"), 2.0, "no retry of a 400");
     // and export goes on with the next batch
     assert_eq!(c.get(gw.url("/echo/3")).send().await.unwrap().status(), 200);
@@ -234,16 +237,17 @@ async fn retries_follow_the_otlp_specification() {
 async fn grpc_unavailable_waits_for_its_retry_info() {
     let rx = OtlpReceiver::start_with(Protocol::Grpc, None).await;
     let b = Backend::start("b").await;
+    let trace = format!("otlp_endpoint = \"{}\"\nprotocol = \"grpc\"", rx.endpoint());
+    let gw = Gateway::start("", &traced_config(&b.addr.to_string(), &trace));
+    rx.wait_started().await;
     rx.script(&[Answer::Grpc(
         tonic::Code::Unavailable,
         Some(Duration::from_millis(1500)),
     )]);
-    let trace = format!("otlp_endpoint = \"{}\"\nprotocol = \"grpc\"", rx.endpoint());
-    let gw = Gateway::start("", &traced_config(&b.addr.to_string(), &trace));
     let c = client();
     assert_eq!(c.get(gw.url("/echo/1")).send().await.unwrap().status(), 200);
     rx.wait_spans(2).await;
-    let requests = rx.requests();
+    let requests = rx.request_exports();
     assert_eq!(requests.len(), 2);
     let waited = requests[1].at - requests[0].at;
     assert!(
@@ -262,7 +266,11 @@ async fn grpc_unavailable_waits_for_its_retry_info() {
     .await;
     let m = gw.metrics().await;
     assert_eq!(export_count(&m, "retried"), 1.0);
-    assert_eq!(metric_value(&m, "agentgate_spans_dropped_total", &[]), 2.0);
+    assert!(metric_value(&m, "agentgate_spans_dropped_total", &[]) >= 2.0);
+    assert!(rx
+        .spans()
+        .iter()
+        .all(|s| s.attr("url.path").as_deref() != Some("/echo/2")));
 }
 
 /// A collector that answers every request with bytes that are not HTTP, then closes.
@@ -545,4 +553,107 @@ upstream = "agents"
         .expect("client 4xx is an error");
     assert_eq!((status.code, status.message.as_str()), (2, ""));
     assert_eq!(client_span.attr("error.type").as_deref(), Some("404"));
+}
+
+/// The gateway's own work: start-up, reloads (what changed; the located errors of a
+/// bad one) and health transitions are spans at the collector and structured JSON
+/// lines in the process log; `log` records come through the bridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_traces_and_logs_its_own_work_as_structured_events() {
+    let rx = OtlpReceiver::start().await;
+    let b = Backend::start("b").await;
+    let trace = format!("otlp_endpoint = \"{}\"", rx.endpoint());
+    let body = traced_config(&b.addr.to_string(), &trace).replace(
+        "interval = \"60s\"",
+        "interval = \"200ms\"\nunhealthy_after = 1",
+    );
+    let gw = Gateway::start("", &body);
+    // a good reload that changes a route, then one with an error
+    gw.rewrite_config(
+        &gw.config_text()
+            .replace("path_prefix = \"/echo\"", "path_prefix = \"/echo2\""),
+    );
+    assert_eq!(gw.reload().await["result"], "success");
+    gw.rewrite_config(
+        &gw.config_text()
+            .replace("retries = 0", "retries = \"many\""),
+    );
+    assert_eq!(gw.reload().await["result"], "failure");
+    // the backend fails its checks
+    b.set_health_status(503);
+    let process_spans = wait_for(Duration::from_secs(20), "the process's spans", || {
+        let spans = rx.all_spans();
+        async move {
+            let names: Vec<String> = spans.iter().map(|s| s.span.name.clone()).collect();
+            (names.iter().any(|n| n == "backend.health")
+                && names.iter().filter(|n| *n == "config.reload").count() == 2
+                && names.iter().any(|n| n == "agentgate.start"))
+            .then_some(spans)
+        }
+    })
+    .await;
+    let reloads: Vec<&ReceivedSpan> = process_spans
+        .iter()
+        .filter(|s| s.span.name == "config.reload")
+        .collect();
+    let ok = reloads
+        .iter()
+        .find(|s| s.attr("event").as_deref() == Some("config_reloaded"))
+        .unwrap();
+    assert_eq!(ok.attr("changed").as_deref(), Some("routes"), "{ok:?}");
+    assert_eq!(ok.span.kind, 1, "internal span");
+    assert_eq!(ok.service, "agentgate");
+    assert!(!ok.span.events.is_empty(), "the log event is a span event");
+    let bad = reloads
+        .iter()
+        .find(|s| s.attr("event").as_deref() == Some("config_reload_failed"))
+        .unwrap();
+    let errors = bad.attr("errors").unwrap();
+    assert!(
+        errors.contains("agentgate.toml:16:11") && errors.contains("\"many\""),
+        "{errors}"
+    );
+    let health = process_spans
+        .iter()
+        .find(|s| s.span.name == "backend.health")
+        .unwrap();
+    assert_eq!(health.attr("healthy").as_deref(), Some("false"));
+    assert_eq!(health.attr("backend"), Some(b.addr.to_string()));
+    assert_eq!(health.attr("upstream").as_deref(), Some("agents"));
+
+    // The process log: JSON lines with ts/level/msg and the same fields.
+    let lines: Vec<serde_json::Value> = gw
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let find = |event: &str| {
+        lines
+            .iter()
+            .find(|l| l["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} line in {lines:#?}"))
+    };
+    let reloaded = find("config_reloaded");
+    assert_eq!(reloaded["level"], "info");
+    assert_eq!(reloaded["changed"], "routes");
+    assert!(reloaded["ts"].as_str().unwrap().ends_with('Z'));
+    assert!(reloaded["msg"]
+        .as_str()
+        .unwrap()
+        .starts_with("config reloaded from"));
+    let failed = find("config_reload_failed");
+    assert_eq!(failed["level"], "error");
+    assert!(failed["errors"]
+        .as_str()
+        .unwrap()
+        .contains("agentgate.toml:16:11"));
+    let unhealthy = find("health_transition");
+    assert_eq!(unhealthy["healthy"], "false");
+    assert_eq!(unhealthy["level"], "warn");
+    assert_eq!(
+        find("started")["version"]
+            .as_str()
+            .map(|v| v.starts_with(env!("CARGO_PKG_VERSION"))),
+        Some(true)
+    );
 }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod per_config;
 pub mod process;
+pub mod process_trace;
 pub mod redact;
 pub mod shards;
 pub mod spans;

@@ -12,8 +12,11 @@
 /// Span kinds of the OTLP enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    Internal = 1,
     Server = 2,
     Client = 3,
+    Producer = 4,
+    Consumer = 5,
 }
 
 const LEN: u64 = 2;
@@ -118,6 +121,58 @@ pub fn bool_attr(buf: &mut Vec<u8>, key: &str, value: bool) {
         tag(b, 2, VARINT);
         varint(b, value as u64);
     });
+}
+
+/// A value of an attribute the gateway did not encode ahead (the process's own spans).
+pub enum AttrValue<'a> {
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+    Double(f64),
+}
+
+/// An attribute as field `field` of its message (`Span.attributes` is 9,
+/// `Span.Event.attributes` is 3).
+pub fn attr_in(buf: &mut Vec<u8>, field: u64, key: &str, value: AttrValue<'_>) {
+    match value {
+        AttrValue::Str(v) => {
+            let n = v.len();
+            key_value(buf, field, key, 1 + varint_len(n as u64) + n, |b| {
+                bytes_field(b, 1, v.as_bytes())
+            })
+        }
+        AttrValue::Bool(v) => key_value(buf, field, key, 2, |b| {
+            tag(b, 2, VARINT);
+            varint(b, v as u64);
+        }),
+        AttrValue::Int(v) => key_value(buf, field, key, 1 + varint_len(v as u64), |b| {
+            tag(b, 3, VARINT);
+            varint(b, v as u64);
+        }),
+        AttrValue::Double(v) => key_value(buf, field, key, 9, |b| {
+            tag(b, 4, FIXED64);
+            b.extend_from_slice(&v.to_le_bytes());
+        }),
+    }
+}
+
+/// A `Span.Event` (field 11) at `time_unix_nanos`, whose attributes `attrs` encodes
+/// (with [`attr_in`] at field 3).
+pub fn event(buf: &mut Vec<u8>, time_unix_nanos: u64, name: &str, attrs: &[u8]) {
+    let name_len = if name.is_empty() {
+        0
+    } else {
+        1 + varint_len(name.len() as u64) + name.len()
+    };
+    let body = 9 + name_len + attrs.len();
+    tag(buf, 11, LEN);
+    varint(buf, body as u64);
+    tag(buf, 1, FIXED64);
+    buf.extend_from_slice(&time_unix_nanos.to_le_bytes());
+    if !name.is_empty() {
+        bytes_field(buf, 2, name.as_bytes());
+    }
+    buf.extend_from_slice(attrs);
 }
 
 /// Everything a span says besides its attributes.

@@ -339,14 +339,13 @@ impl Exporter {
         }
         if self.failing {
             self.failing = false;
-            super::logger::event(
-                log::Level::Info,
-                "span export recovered",
-                &[
-                    ("event", "otlp_export_recovered"),
-                    ("endpoint", &self.status.endpoint),
-                ],
+            let span = tracing::info_span!(
+                "otlp.export.recovered",
+                event = "otlp_export_recovered",
+                endpoint = %self.status.endpoint,
             );
+            let _in = span.enter();
+            tracing::info!("span export recovered");
         }
     }
 
@@ -376,19 +375,19 @@ impl Exporter {
         } else {
             format!("{spans} spans dropped")
         };
-        super::logger::event(
-            log::Level::Warn,
-            &format!(
-                "span export to {} failing ({action}): {}",
-                self.status.endpoint, error.message
-            ),
-            &[
-                ("event", "otlp_export_failing"),
-                ("endpoint", &self.status.endpoint),
-                ("protocol", self.status.protocol),
-                ("error", &error.message),
-                ("retryable", if error.retryable { "true" } else { "false" }),
-            ],
+        let span = tracing::warn_span!(
+            "otlp.export.failing",
+            event = "otlp_export_failing",
+            endpoint = %self.status.endpoint,
+            protocol = self.status.protocol,
+            error = %error.message,
+            retryable = error.retryable,
+        );
+        let _in = span.enter();
+        tracing::warn!(
+            "span export to {} failing ({action}): {}",
+            self.status.endpoint,
+            error.message
         );
     }
 }

@@ -356,14 +356,11 @@ pub fn check_upstream_body(
             *b = b.slice(..allowed);
         }
         ctx.policy.pagination = Some(PaginationAction::Oversize);
-        crate::observe::logger::event(
-            log::Level::Warn,
-            "list response cut at max_response_bytes",
-            &[
-                ("max_response_bytes", &limit.to_string()),
-                ("request_id", ctx.request_id_str()),
-                ("trace_id", &ctx.trace_id_string()),
-            ],
+        tracing::warn!(
+            max_response_bytes = limit,
+            request_id = ctx.request_id_str(),
+            trace_id = %ctx.trace_id_string(),
+            "list response cut at max_response_bytes"
         );
         if end {
             return Err(cut());

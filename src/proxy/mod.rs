@@ -152,7 +152,16 @@ impl Gateway {
                     } else {
                         backend.eject_for(cfg.health.eject_for.as_millis() as u64);
                         metrics::ejection(&cfg.name, &backend.label);
-                        log::warn!(
+                        let span = tracing::warn_span!(
+                            "backend.ejection",
+                            event = "ejection",
+                            upstream = %cfg.name,
+                            backend = %backend.label,
+                            eject_for = ?cfg.health.eject_for,
+                            outcome = outcome.as_str(),
+                        );
+                        let _in = span.enter();
+                        tracing::warn!(
                             "backend {} of upstream {} ejected for {:?} after {} consecutive failures ({})",
                             backend.label, cfg.name, cfg.health.eject_for, cfg.health.eject_after, outcome.as_str()
                         );

@@ -13,7 +13,7 @@ use crate::observe::access_log::{self, AccessRecord};
 use crate::observe::line_writer::{LineWriter, Sink};
 use crate::observe::otlp::{self, Kind, PrebuiltValue, SpanHead};
 use crate::observe::spans::{self, SpanSink};
-use crate::observe::{json, logger, metrics};
+use crate::observe::{json, metrics};
 use crate::state::Shared;
 
 /// Records finished requests: metrics, access log line, spans.
@@ -21,7 +21,7 @@ pub struct Observer {
     access_log: ArcSwapOption<LineWriter>,
     access_target: Mutex<Option<AccessLogTarget>>,
     /// Span export, when `[trace].otlp_endpoint` is set (fixed at start).
-    spans: Option<SpanSink>,
+    spans: Option<Arc<SpanSink>>,
     /// `server.address` and `server.port` of this gateway, encoded once.
     server_attrs: Vec<u8>,
 }
@@ -34,14 +34,8 @@ fn access_log_dropped() {
 }
 
 impl Observer {
-    pub fn new(config: &Config) -> std::io::Result<Arc<Observer>> {
-        let spans = match &config.trace.otlp_endpoint {
-            Some(_) => Some(SpanSink::start(
-                &config.trace,
-                &spans::resource_attributes(&config.trace),
-            )?),
-            None => None,
-        };
+    /// `spans`: the exporter, when `[trace]` export is on (see [`Observer::span_sink`]).
+    pub fn new(config: &Config, spans: Option<Arc<SpanSink>>) -> std::io::Result<Arc<Observer>> {
         let observer = Arc::new(Observer {
             access_log: ArcSwapOption::empty(),
             access_target: Mutex::new(None),
@@ -83,6 +77,18 @@ impl Observer {
         self.access_log.store(writer.map(Arc::new));
         *current = Some(config.log.access_log.clone());
         Ok(())
+    }
+
+    /// Starts the span exporter when the config turns export on (once, at start: the
+    /// process's own spans go out through it too).
+    pub fn span_sink(config: &Config) -> std::io::Result<Option<Arc<SpanSink>>> {
+        match &config.trace.otlp_endpoint {
+            Some(_) => Ok(Some(Arc::new(SpanSink::start(
+                &config.trace,
+                &spans::resource_attributes(&config.trace),
+            )?))),
+            None => Ok(None),
+        }
     }
 
     /// The span exporter's state for /readyz (`{"state": "off"}` without export).
@@ -136,20 +142,12 @@ impl Observer {
             if outcome.cancelled() {
                 route_metrics.streams_cancelled.increment(1);
                 let ran = format!("{:.3}", elapsed.as_secs_f64());
-                logger::event(
-                    log::Level::Info,
-                    &format!("client closed a stream after {ran}s: upstream request cancelled"),
-                    &[
-                        ("stream_seconds", &ran),
-                        (
-                            "route",
-                            route_rt
-                                .map(|r| r.route.name.as_str())
-                                .unwrap_or("unmatched"),
-                        ),
-                        ("request_id", ctx.request_id_str()),
-                        ("trace_id", &ctx.trace_id_string()),
-                    ],
+                tracing::info!(
+                    stream_seconds = %ran,
+                    route = route_rt.map(|r| r.route.name.as_str()).unwrap_or("unmatched"),
+                    request_id = ctx.request_id_str(),
+                    trace_id = %ctx.trace_id_string(),
+                    "client closed a stream after {ran}s: upstream request cancelled"
                 );
             }
         }

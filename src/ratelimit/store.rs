@@ -118,13 +118,20 @@ impl RedisStore {
         let state = if up { UP } else { DOWN };
         if self.state.swap(state, Ordering::Relaxed) != state {
             metrics::rate_limit_store_up(up);
+            let span = tracing::info_span!(
+                "rate_limit_store.transition",
+                event = "rate_limit_store",
+                store = %redact_url(&self.url),
+                up,
+            );
+            let _in = span.enter();
             if up {
-                log::info!(
+                tracing::info!(
                     "rate limit store {} is reachable: global limits are shared again",
                     redact_url(&self.url)
                 );
             } else {
-                log::warn!(
+                tracing::warn!(
                     "rate limit store {} is unreachable ({why}): applying on_unavailable until it returns",
                     redact_url(&self.url)
                 );

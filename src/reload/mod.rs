@@ -33,8 +33,16 @@ pub fn reload(shared: &Shared, observer: &Observer) -> Result<ReloadReport, Conf
         Ok(c) => c,
         Err(errors) => {
             metrics::config_reload(false);
-            for e in &errors.0 {
-                log::error!("config reload rejected, still serving the previous config: {e}");
+            let listed: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+            let span = tracing::error_span!(
+                "config.reload",
+                event = "config_reload_failed",
+                config = %path.display(),
+                errors = %listed.join("; "),
+            );
+            let _in = span.enter();
+            for e in &listed {
+                tracing::error!("config reload rejected, still serving the previous config: {e}");
             }
             return Err(errors);
         }
@@ -84,15 +92,57 @@ pub fn reload(shared: &Shared, observer: &Observer) -> Result<ReloadReport, Conf
             "config reload: cannot open the new access log target ({e}); keeping the previous one"
         );
     }
-    logger::init(&new);
+    logger::apply(&new);
     let summary = config::summary(&new);
+    let changed = what_changed(&old.config, &new);
     shared.install(new);
     metrics::config_reload(true);
-    log::info!("config reloaded from {}: {summary}", path.display());
+    let span = tracing::info_span!(
+        "config.reload",
+        event = "config_reloaded",
+        config = %path.display(),
+        summary = %summary,
+        changed = %changed,
+    );
+    let _in = span.enter();
+    tracing::info!("config reloaded from {}: {summary}", path.display());
     Ok(ReloadReport {
         summary,
         needs_restart,
     })
+}
+
+/// The sections a reload changed, by name (`routes, upstreams.agents`), or `nothing`.
+fn what_changed(old: &config::Config, new: &config::Config) -> String {
+    let (Ok(serde_json::Value::Object(o)), Ok(serde_json::Value::Object(n))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return "unknown".into();
+    };
+    let mut changed = Vec::new();
+    for (key, value) in &n {
+        match (o.get(key), value) {
+            (Some(serde_json::Value::Object(a)), serde_json::Value::Object(b))
+                if key == "upstreams" =>
+            {
+                for (name, u) in b {
+                    if a.get(name) != Some(u) {
+                        changed.push(format!("upstreams.{name}"));
+                    }
+                }
+                for name in a.keys().filter(|k| !b.contains_key(*k)) {
+                    changed.push(format!("upstreams.{name} (removed)"));
+                }
+            }
+            (before, after) if before != Some(after) => changed.push(key.clone()),
+            _ => {}
+        }
+    }
+    if changed.is_empty() {
+        "nothing".into()
+    } else {
+        changed.join(", ")
+    }
 }
 
 /// Reloads on SIGHUP.

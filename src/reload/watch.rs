@@ -163,11 +163,15 @@ impl BackgroundService for WatchConfig {
                 // The new config may name other files: what they hold now is the base.
                 Ok(_) => last = fingerprint(&self.shared.runtime.load().config.files()),
                 Err(errors) => {
-                    let listed = errors.to_string();
-                    crate::observe::logger::event(
-                        log::Level::Error,
-                        "watch_config: the changed config is invalid; still serving the previous one",
-                        &[("trigger", "watch"), ("errors", &listed)],
+                    let span = tracing::error_span!(
+                        "config.reload",
+                        event = "config_reload_failed",
+                        trigger = "watch",
+                        errors = %errors,
+                    );
+                    let _in = span.enter();
+                    tracing::error!(
+                        "watch_config: the changed config is invalid; still serving the previous one"
                     );
                 }
             }

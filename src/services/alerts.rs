@@ -13,7 +13,7 @@ use crate::alerts::window::quantile;
 use crate::alerts::{AlertState, AlertStatus};
 use crate::clock::now_ms;
 use crate::config::{Signal, Threshold};
-use crate::observe::{logger, metrics};
+use crate::observe::metrics;
 use crate::state::{Runtime, Shared};
 
 /// How often a firing alert is sent again (Alertmanager resolves alerts it stops hearing
@@ -148,24 +148,24 @@ impl AlertEvaluator {
         } else {
             s.state.as_str()
         };
-        logger::event(
-            if s.state == AlertState::Firing {
-                log::Level::Warn
-            } else {
-                log::Level::Info
-            },
-            "alert",
-            &[
-                ("alert", &s.rule.name),
-                ("state", after),
-                ("previous", before.as_str()),
-                ("severity", &s.rule.severity),
-                ("route", s.rule.route.as_deref().unwrap_or("all")),
-                ("signal", s.rule.signal.as_str()),
-                ("value", &value),
-                ("summary", &s.rule.summary),
-            ],
+        let span = tracing::info_span!(
+            "alert.transition",
+            event = "alert_transition",
+            alert = %s.rule.name,
+            state = after,
+            previous = before.as_str(),
+            severity = %s.rule.severity,
+            route = s.rule.route.as_deref().unwrap_or("all"),
+            signal = s.rule.signal.as_str(),
+            value = %value,
+            summary = %s.rule.summary,
         );
+        let _in = span.enter();
+        if s.state == AlertState::Firing {
+            tracing::warn!("alert");
+        } else {
+            tracing::info!("alert");
+        }
     }
 
     fn am_alert(

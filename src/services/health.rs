@@ -75,15 +75,24 @@ impl HealthService {
                     if let Some(now_healthy) =
                         backend.record_check(ok, h.healthy_after, h.unhealthy_after)
                     {
+                        let span = tracing::info_span!(
+                            "backend.health",
+                            event = "health_transition",
+                            upstream = %upstream.name,
+                            backend = %backend.label,
+                            healthy = now_healthy,
+                            check = %check,
+                        );
+                        let _in = span.enter();
                         if now_healthy {
-                            log::info!(
+                            tracing::info!(
                                 "backend {} of upstream {} is healthy again (active check {})",
                                 backend.label,
                                 upstream.name,
                                 check
                             );
                         } else {
-                            log::warn!(
+                            tracing::warn!(
                                 "backend {} of upstream {} failed {} active checks of {}: no traffic until it recovers",
                                 backend.label,
                                 upstream.name,

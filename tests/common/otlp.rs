@@ -89,6 +89,8 @@ pub struct ReceivedRequest {
     pub headers: Vec<(String, String)>,
     /// The body could be decoded as an `ExportTraceServiceRequest`.
     pub decoded: bool,
+    /// Request spans (server and client kinds) it carried; the gateway's own spans
+    /// are not counted.
     pub spans: usize,
     pub at: std::time::Instant,
 }
@@ -118,7 +120,10 @@ impl Store {
         self.requests.lock().unwrap().push(ReceivedRequest {
             headers,
             decoded: decoded.is_some(),
-            spans: spans.len(),
+            spans: spans
+                .iter()
+                .filter(|s| s.span.kind == 2 || s.span.kind == 3)
+                .count(),
             at: std::time::Instant::now(),
         });
         let accepted = matches!(
@@ -238,8 +243,34 @@ impl OtlpReceiver {
         self.endpoint().replace("127.0.0.1", "localhost")
     }
 
+    /// The request spans received (server and client kinds).
     pub fn spans(&self) -> Vec<ReceivedSpan> {
+        let all = self.store.spans.lock().unwrap();
+        all.iter()
+            .filter(|s| s.span.kind == 2 || s.span.kind == 3)
+            .cloned()
+            .collect()
+    }
+
+    /// Every span received, the gateway's own (internal kind) included.
+    pub fn all_spans(&self) -> Vec<ReceivedSpan> {
         self.store.spans.lock().unwrap().clone()
+    }
+
+    /// Waits until the gateway's start-up span arrived: what it sends next is request
+    /// spans (a test scripting answers for them starts after this).
+    pub async fn wait_started(&self) {
+        super::wait_for(Duration::from_secs(15), "the gateway's start span", || {
+            let started = self
+                .store
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|s| s.span.name == "agentgate.start");
+            async move { started.then_some(()) }
+        })
+        .await
     }
 
     /// Waits (at most 15 s) until at least `n` spans arrived; returns them all.
@@ -253,6 +284,12 @@ impl OtlpReceiver {
 
     pub fn requests(&self) -> Vec<ReceivedRequest> {
         self.store.requests.lock().unwrap().clone()
+    }
+
+    /// The requests that carried request spans (not only the gateway's own).
+    pub fn request_exports(&self) -> Vec<ReceivedRequest> {
+        let all = self.store.requests.lock().unwrap();
+        all.iter().filter(|r| r.spans > 0).cloned().collect()
     }
 }
 
