@@ -148,9 +148,13 @@ async fn grpc_over_tls_with_the_grpc_health_check() {
         &upstream(
             agent.addr,
             &format!("protocol = \"h2\"\nca_file = \"{}\"", ca_file.display()),
-            "grpc = true\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_after = 1\nhealthy_after = 1",
+            // A check's timeout leaves room for a TLS handshake on a loaded machine.
+            "grpc = true\ninterval = \"300ms\"\ntimeout = \"300ms\"\nunhealthy_after = 1\nhealthy_after = 1",
         ),
     );
+    let healthy = [("upstream", "u")];
+    gw.metrics_text_when("agentgate_upstream_backend_healthy", &healthy, 1.0)
+        .await;
     let mut c = health_client(gw.listen).await;
     let r = c
         .check(HealthCheckRequest {
@@ -159,9 +163,6 @@ async fn grpc_over_tls_with_the_grpc_health_check() {
         .await
         .expect("unary call over TLS to the agent");
     assert_eq!(r.into_inner().status, Wire::Serving as i32);
-    let healthy = [("upstream", "u")];
-    gw.metrics_text_when("agentgate_upstream_backend_healthy", &healthy, 1.0)
-        .await;
 
     // The agent reports NOT_SERVING: the gRPC health check takes it out of service.
     agent
