@@ -15,7 +15,8 @@
 #
 # Knobs: DURATION (s per run, 10), ROUNDS (5), WARMUP (s per system before round 1, 8),
 #        COST_SECONDS (s counted under callgrind, 12), THREADS (1), CONNS (50),
-#        STREAMS (10000), IDLE_CONNS (5000), HALT_POLL_NS (see below).
+#        STREAMS (10000), IDLE_CONNS (5000), HALT_POLL_NS (see below),
+#        COMPRESSION (all-on's [trace] compression: gzip, the default, or none).
 #
 # HALT_POLL_NS: on a VM guest whose idle driver is haltpoll, how long an idle vCPU polls
 # for work before it halts. 0 (as some hosts boot their guests) makes every wake-up of an
@@ -180,7 +181,7 @@ agentgate_config() { # port admin threads kind(off|on|local|global) backend
     echo "level = \"warn\""
     if [ "$kind" = on ]; then echo "access_log = \"$W/agentgate-$port-access.log\""; else echo "access_log = \"off\""; fi
     echo "[trace]"
-    if [ "$kind" = on ]; then echo "otlp_endpoint = \"http://$SINK/v1/traces\""; echo "sample_ratio = 1.0"; else echo "sample_ratio = 0.0"; fi
+    if [ "$kind" = on ]; then echo "otlp_endpoint = \"http://$SINK/v1/traces\""; echo "sample_ratio = 1.0"; echo "compression = \"${COMPRESSION:-gzip}\""; else echo "sample_ratio = 0.0"; fi
     echo "[upstreams.agents]"
     echo "backends = [\"$backend\"]"
     echo "[upstreams.agents.health]"
