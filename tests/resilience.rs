@@ -565,3 +565,58 @@ async fn an_empty_health_path_turns_active_checks_off() {
         "no active check once they are off"
     );
 }
+
+/// `retry_budget`: with a share of 0 only the floor (3 a second over the 10-second
+/// window) is retried; every retry past it is refused and counted, and that request
+/// gets the failure of its one try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_within_the_retry_budget() {
+    let live = Backend::start("live").await;
+    let dead = free_addr();
+    let body = format!(
+        r#"[upstreams.agents]
+backends = ["{dead}", "{}"]
+balance = "round_robin"
+retries = 1
+retry_budget = 0.0
+
+[upstreams.agents.health]
+interval = "60s"
+eject_after = 0
+
+[[routes]]
+name = "conversations"
+path_prefix = "/echo"
+upstream = "agents"
+"#,
+        live.addr
+    );
+    let gw = Gateway::start("", &body);
+    let c = client();
+    let mut failed = 0;
+    for i in 0..100 {
+        let r = c.get(gw.url(&format!("/echo/{i}"))).send().await.unwrap();
+        match r.status().as_u16() {
+            200 => {}
+            502 => failed += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let m = gw.metrics().await;
+    let retries = metric_value(
+        &m,
+        "agentgate_upstream_retries_total",
+        &[("upstream", "agents")],
+    );
+    let refused = metric_value(
+        &m,
+        "agentgate_upstream_retry_budget_exhausted_total",
+        &[("upstream", "agents")],
+    );
+    assert_eq!(retries, 30.0, "the floor: 3 a second over the window");
+    assert!(
+        failed >= 1,
+        "past the budget a dead backend's request fails"
+    );
+    assert_eq!(refused, failed as f64, "each refused retry is counted");
+}

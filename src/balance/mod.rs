@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod health;
 pub mod peer;
+pub mod retry_budget;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct UpstreamPool {
     pub config: Arc<Upstream>,
     pub backends: Vec<Arc<BackendState>>,
     next: AtomicUsize,
+    /// `retry_budget` (counted afresh from a reload).
+    pub retry_budget: retry_budget::RetryBudget,
 }
 
 /// Why no backend could be chosen.
@@ -39,6 +42,7 @@ impl UpstreamPool {
             .map(|b| registry.state_for(&config.name, b))
             .collect();
         Self {
+            retry_budget: retry_budget::RetryBudget::new(config.retry_budget),
             config,
             backends,
             next: AtomicUsize::new(0),
@@ -125,6 +129,7 @@ mod tests {
             first_byte_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             retries: 1,
+            retry_budget: Upstream::DEFAULT_RETRY_BUDGET,
             protocol: crate::config::UpstreamProtocol::Http1,
             tls: None,
             health: HealthSettings {

@@ -98,6 +98,7 @@ pub struct UpstreamSection {
     pub first_byte_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<i64>>,
+    pub retry_budget: Option<Spanned<f64>>,
     pub health: Option<HealthSection>,
     pub protocol: Option<Spanned<UpstreamProtocol>>,
     pub tls: Option<Spanned<bool>>,

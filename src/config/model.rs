@@ -350,6 +350,8 @@ pub struct Upstream {
     #[serde(serialize_with = "show::duration")]
     pub idle_timeout: Duration,
     pub retries: u32,
+    /// The share of requests that may be retried over 10 s, plus 3 a second.
+    pub retry_budget: f64,
     pub health: HealthSettings,
     pub protocol: UpstreamProtocol,
     /// Present: the agents are reached over TLS (always with `protocol = "h2"`).
@@ -652,6 +654,8 @@ impl Upstream {
     pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(120);
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const DEFAULT_RETRIES: u32 = 1;
+    /// SPEC 7.6 and Linkerd's default: a fifth of requests, plus 3 a second.
+    pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
     pub const DEFAULT_PROTOCOL: UpstreamProtocol = UpstreamProtocol::Http1;
     pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 }

@@ -121,6 +121,10 @@ fn describe() {
         "1 while the global rate limit store answers"
     );
     describe_counter!(
+        "agentgate_upstream_retry_budget_exhausted_total",
+        "Retries not made because the upstream's retry_budget was spent"
+    );
+    describe_counter!(
         "agentgate_otlp_exports_total",
         "Span export requests (result: success; retried, an attempt that will be tried again; failed, a batch given up)"
     );
@@ -407,6 +411,12 @@ impl BackendMetrics {
 /// Process-wide metrics that are not per route or backend.
 pub fn retry(upstream: &str) {
     counter!("agentgate_upstream_retries_total", "upstream" => upstream.to_string()).increment(1);
+}
+
+/// A retry `retries` allowed but the upstream's `retry_budget` had no room for.
+pub fn retry_budget_exhausted(upstream: &str) {
+    counter!("agentgate_upstream_retry_budget_exhausted_total", "upstream" => upstream.to_string())
+        .increment(1);
 }
 
 pub fn set_backend_healthy(upstream: &str, backend: &str, healthy: bool) {

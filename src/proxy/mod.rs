@@ -254,6 +254,27 @@ impl Gateway {
     fn allowed_retries(req: &Request) -> u32 {
         req.upstream_settings().map(|u| u.retries).unwrap_or(0)
     }
+
+    /// A retry the request may make (`retries` not used up) also needs room in the
+    /// upstream's `retry_budget`; one refused for budget is counted.
+    fn retry_allowed(req: &Request) -> bool {
+        if req.tries.count > Self::allowed_retries(req) {
+            return false;
+        }
+        let Some(upstream) = req.upstream() else {
+            return false;
+        };
+        let pool = &upstream.pool;
+        if pool
+            .retry_budget
+            .try_retry(crate::clock::recent_ms() / 1000)
+        {
+            true
+        } else {
+            metrics::retry_budget_exhausted(&pool.config.name);
+            false
+        }
+    }
 }
 
 /// Fails the request with `err` and gives pingora the error that stops the phase. The
@@ -419,6 +440,11 @@ impl ProxyHttp for Gateway {
         if req.tries.count > 0 {
             metrics::retry(&cfg.name);
             req.begin_retry();
+        } else {
+            upstream
+                .pool
+                .retry_budget
+                .note_request(crate::clock::recent_ms() / 1000);
         }
         let backend = &upstream.pool.backends[index];
         req.tries.last_error = None;
@@ -517,7 +543,7 @@ impl ProxyHttp for Gateway {
         req.tries.last_error = Self::classify(&e, req);
         req.tries.end_current();
         // A connect failure never reached the agent: always safe to try another backend.
-        e.set_retry(req.tries.count <= Self::allowed_retries(req));
+        e.set_retry(Self::retry_allowed(req));
         e
     }
 
@@ -560,7 +586,7 @@ impl ProxyHttp for Gateway {
             && session.response_written().is_none()
             && req.timing.first_byte_at.is_none();
         // Never more than `retries + 1` tries in all, a reused connection's included.
-        e.set_retry(safe && req.tries.count <= Self::allowed_retries(req));
+        e.set_retry(safe && Self::retry_allowed(req));
         if e.retry() {
             req.tries.end_current();
         }

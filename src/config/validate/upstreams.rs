@@ -81,6 +81,20 @@ pub(super) fn upstreams(
             10,
             "retries",
         ) as u32;
+        let retry_budget = match &s.retry_budget {
+            None => Upstream::DEFAULT_RETRY_BUDGET,
+            Some(r) if (0.0..=1.0).contains(r.get_ref()) => *r.get_ref(),
+            Some(r) => {
+                loc.push(
+                    span(r),
+                    format!(
+                        "retry_budget is a share of requests from 0.0 to 1.0 (0.2: at most one retry for every five requests, plus 3 a second), got {}",
+                        r.get_ref()
+                    ),
+                );
+                Upstream::DEFAULT_RETRY_BUDGET
+            }
+        };
         let h = s.health.as_ref();
         let protocol = chosen(&s.protocol, Upstream::DEFAULT_PROTOCOL);
         let tls = upstream_tls(loc, s, protocol, config_path);
@@ -105,6 +119,7 @@ pub(super) fn upstreams(
             first_byte_timeout,
             idle_timeout,
             retries,
+            retry_budget,
             health,
             protocol,
             tls,
@@ -335,6 +350,13 @@ mod tests {
         );
         let t = with_upstream("retries = 11");
         assert_problem_at(&t, "11", "retries must be between 0 and 10");
+        let t = with_upstream("retry_budget = 1.5");
+        assert_problem_at(
+            &t,
+            "1.5",
+            "retry_budget is a share of requests from 0.0 to 1.0",
+        );
+        assert_clean(&with_upstream("retry_budget = 0.5"));
         let t = with_upstream("connect_timeout = \"10 sec\"");
         assert_problem_at(&t, "\"10 sec\"", "invalid duration");
         let t = with_upstream("idle_timeout = \"0ms\"");
