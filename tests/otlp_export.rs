@@ -60,8 +60,14 @@ async fn grpc_export_plain_and_over_tls_with_headers() {
         assert!(request.decoded);
         assert_eq!(request.header("x-api-key"), Some("k1"), "{request:?}");
         assert_eq!(request.header("grpc-encoding"), Some("gzip"), "{request:?}");
-        let m = gw.metrics().await;
-        assert!(export_count(&m, "success") >= 1.0);
+        // (the receiver holds the spans a moment before the gateway reads its answer)
+        wait_metric(
+            &gw,
+            "agentgate_otlp_exports_total",
+            &[("result", "success")],
+            1.0,
+        )
+        .await;
         assert!(
             !gw.stderr().contains("k1"),
             "the header value never reaches a log"
@@ -195,6 +201,13 @@ async fn retries_follow_the_otlp_specification() {
         honoured >= Duration::from_millis(1950),
         "Retry-After: 2 waited {honoured:?}"
     );
+    wait_metric(
+        &gw,
+        "agentgate_otlp_exports_total",
+        &[("result", "success")],
+        1.0,
+    )
+    .await;
     let m = gw.metrics().await;
     assert_eq!(export_count(&m, "retried"), 2.0);
     // (the gateway's own spans, its start and the failing export, go in batches too)

@@ -324,8 +324,9 @@ impl Exporter {
                 first_failed,
             });
         } else {
-            metrics::otlp_export(ExportResult::Failed, unix_s);
+            // Dropped first: a reader that sees the failure sees its spans counted.
             metrics::spans_dropped(spans as u64);
+            metrics::otlp_export(ExportResult::Failed, unix_s);
         }
         self.failed(now, &error, retry, wait, spans);
     }
