@@ -410,26 +410,11 @@ async fn spans_follow_the_http_semantic_conventions() {
     let rx = OtlpReceiver::start().await;
     let b = Backend::start("b").await;
     let dead = free_addr();
-    let body = format!(
-        r#"[trace]
-otlp_endpoint = "{}"
-
-[upstreams.agents]
-backends = ["{dead}", "{}"]
-balance = "round_robin"
-retries = 1
-
-[upstreams.agents.health]
-interval = "60s"
-eject_after = 0
-
-[[routes]]
-name = "conversations"
-path_prefix = "/echo"
-upstream = "agents"
-"#,
-        rx.endpoint(),
-        b.addr
+    let (dead_addr, live) = (dead.to_string(), b.addr.to_string());
+    let body = agents_config(
+        &[&dead_addr, &live],
+        "balance = \"round_robin\"\nretries = 1",
+        &format!("otlp_endpoint = \"{}\"", rx.endpoint()),
     );
     let gw = Gateway::start("", &body);
     let c = client();

@@ -573,23 +573,11 @@ async fn an_empty_health_path_turns_active_checks_off() {
 async fn retries_stay_within_the_retry_budget() {
     let live = Backend::start("live").await;
     let dead = free_addr();
-    let body = format!(
-        r#"[upstreams.agents]
-backends = ["{dead}", "{}"]
-balance = "round_robin"
-retries = 1
-retry_budget = 0.0
-
-[upstreams.agents.health]
-interval = "60s"
-eject_after = 0
-
-[[routes]]
-name = "conversations"
-path_prefix = "/echo"
-upstream = "agents"
-"#,
-        live.addr
+    let (dead, live_addr) = (dead.to_string(), live.addr.to_string());
+    let body = agents_config(
+        &[&dead, &live_addr],
+        "balance = \"round_robin\"\nretries = 1\nretry_budget = 0.0",
+        "",
     );
     let gw = Gateway::start("", &body);
     let c = client();

@@ -145,13 +145,25 @@ pub fn series_matches(series: &str, name: &str, labels: &[(&str, &str)]) -> bool
 /// One upstream (`backend`, no retries, no active checks to speak of) behind the route
 /// `conversations` at `/echo`, with `trace` as the `[trace]` section's keys.
 pub fn traced_config(backend: &str, trace: &str) -> String {
+    agents_config(&[backend], "retries = 0", trace)
+}
+
+/// The upstream `agents` over `backends` (in order) with `upstream_keys` (e.g.
+/// `balance = "round_robin"\nretries = 1`), checks every 60 s and no passive ejection,
+/// behind the route `conversations` at `/echo`; `trace` is the `[trace]` section's keys.
+pub fn agents_config(backends: &[&str], upstream_keys: &str, trace: &str) -> String {
+    let list = backends
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"[trace]
 {trace}
 
 [upstreams.agents]
-backends = ["{backend}"]
-retries = 0
+backends = [{list}]
+{upstream_keys}
 
 [upstreams.agents.health]
 interval = "60s"
