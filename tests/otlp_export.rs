@@ -12,14 +12,6 @@ use common::otlp::{Answer, OtlpReceiver, Protocol, ReceivedSpan};
 use common::tls::{loopback, Ca};
 use common::*;
 
-async fn wait_metric(gw: &Gateway, name: &str, labels: &[(&str, &str)], at_least: f64) -> f64 {
-    wait_for(Duration::from_secs(20), name, || async {
-        let v = metric_value(&gw.metrics().await, name, labels);
-        (v >= at_least).then_some(v)
-    })
-    .await
-}
-
 fn export_count(metrics: &[(String, f64)], result: &str) -> f64 {
     metric_value(
         metrics,
@@ -61,8 +53,7 @@ async fn grpc_export_plain_and_over_tls_with_headers() {
         assert_eq!(request.header("x-api-key"), Some("k1"), "{request:?}");
         assert_eq!(request.header("grpc-encoding"), Some("gzip"), "{request:?}");
         // (the receiver holds the spans a moment before the gateway reads its answer)
-        wait_metric(
-            &gw,
+        gw.metrics_text_when(
             "agentgate_otlp_exports_total",
             &[("result", "success")],
             1.0,
@@ -201,8 +192,7 @@ async fn retries_follow_the_otlp_specification() {
         honoured >= Duration::from_millis(1950),
         "Retry-After: 2 waited {honoured:?}"
     );
-    wait_metric(
-        &gw,
+    gw.metrics_text_when(
         "agentgate_otlp_exports_total",
         &[("result", "success")],
         1.0,
@@ -218,13 +208,8 @@ async fn retries_follow_the_otlp_specification() {
     // 400 is not retryable: the batch is given up and its spans counted as dropped.
     rx.script(&[Answer::Http(400, None)]);
     assert_eq!(c.get(gw.url("/echo/2")).send().await.unwrap().status(), 200);
-    wait_metric(
-        &gw,
-        "agentgate_otlp_exports_total",
-        &[("result", "failed")],
-        1.0,
-    )
-    .await;
+    gw.metrics_text_when("agentgate_otlp_exports_total", &[("result", "failed")], 1.0)
+        .await;
     let m = gw.metrics().await;
     // the two request spans, and any of the gateway's own that shared the batch
     assert!(metric_value(&m, "agentgate_spans_dropped_total", &[]) >= 2.0);
@@ -270,13 +255,8 @@ async fn grpc_unavailable_waits_for_its_retry_info() {
     // INVALID_ARGUMENT is permanent: dropped and counted, never retried.
     rx.script(&[Answer::Grpc(tonic::Code::InvalidArgument, None)]);
     assert_eq!(c.get(gw.url("/echo/2")).send().await.unwrap().status(), 200);
-    wait_metric(
-        &gw,
-        "agentgate_otlp_exports_total",
-        &[("result", "failed")],
-        1.0,
-    )
-    .await;
+    gw.metrics_text_when("agentgate_otlp_exports_total", &[("result", "failed")], 1.0)
+        .await;
     let m = gw.metrics().await;
     assert_eq!(export_count(&m, "retried"), 1.0);
     assert!(metric_value(&m, "agentgate_spans_dropped_total", &[]) >= 2.0);
@@ -321,8 +301,7 @@ async fn bad_collectors_never_fail_traffic_and_are_logged_once() {
             assert_eq!(r.status(), 200, "{endpoint}");
         }
         // Tried again (the failure is transient), counted, and logged once.
-        wait_metric(
-            &gw,
+        gw.metrics_text_when(
             "agentgate_otlp_exports_total",
             &[("result", "retried")],
             2.0,
