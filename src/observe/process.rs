@@ -4,6 +4,18 @@
 
 use std::fmt::Write;
 
+/// The host's name (`gethostname`), for alert labels and the span resource.
+pub fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
 /// Appends the process metrics in the text exposition format; on a system without
 /// `/proc` it appends nothing.
 pub fn render_into(out: &mut String) {

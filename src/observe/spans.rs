@@ -411,7 +411,12 @@ pub fn resource_attributes(settings: &TraceSettings) -> Vec<(String, String)> {
         ("service.name".into(), settings.service_name.clone()),
         ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
         ("service.instance.id".into(), instance_id().to_string()),
-        ("host.name".into(), host_name()),
+        (
+            "host.name".into(),
+            super::process::host_name()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "unknown".into()),
+        ),
         ("telemetry.sdk.name".into(), "agentgate".into()),
         ("telemetry.sdk.language".into(), "rust".into()),
         (
@@ -445,14 +450,6 @@ pub fn instance_id() -> &'static str {
             &h[20..]
         )
     })
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]

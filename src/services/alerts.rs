@@ -210,14 +210,6 @@ impl BackgroundService for AlertEvaluator {
 
 /// `host:port` naming this gateway in alert labels.
 pub fn instance_name(listen_port: u16) -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
-    let host = if rc == 0 {
-        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "localhost".to_string()
-    };
+    let host = crate::observe::process::host_name().unwrap_or_else(|| "localhost".into());
     format!("{host}:{listen_port}")
 }
