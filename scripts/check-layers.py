@@ -14,7 +14,7 @@ import sys
 LAYERS = [
     ("foundation", ["clock", "alloc", "errors", "config"]),
     ("telemetry", ["observe"]),
-    ("policies", ["auth", "balance", "ratelimit", "pagination", "alerts"]),
+    ("policies", ["ai", "auth", "balance", "ratelimit", "pagination", "alerts"]),
     ("state", ["state"]),
     ("proxy and services", ["proxy", "services"]),
     ("control", ["reload", "admin"]),

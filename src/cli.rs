@@ -52,6 +52,10 @@ pub enum Command {
         /// Delay between streamed tokens, e.g. "100ms".
         #[arg(long, default_value = "100ms")]
         token_delay: String,
+        /// Wait before the first content token of an LLM answer (chat completions,
+        /// messages), after the role chunk or message_start, e.g. "300ms".
+        #[arg(long, default_value = "300ms")]
+        first_token_delay: String,
     },
     /// Alert rule tools.
     Alerts {
@@ -127,6 +131,7 @@ pub fn main() -> i32 {
             listen,
             name,
             token_delay,
+            first_token_delay,
         } => {
             let listen: std::net::SocketAddr = match config::validate::parse_socket_addr(&listen) {
                 Ok(a) => a,
@@ -142,7 +147,14 @@ pub fn main() -> i32 {
                     return 2;
                 }
             };
-            crate::demo::run_agent(listen, &name, delay)
+            let first = match config::duration::parse_duration(&first_token_delay) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("--first-token-delay: {e}");
+                    return 2;
+                }
+            };
+            crate::demo::run_agent(listen, &name, delay, first)
         }
         Command::Alerts {
             command: AlertsCommand::Export { config },

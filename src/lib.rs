@@ -22,6 +22,7 @@ pub const VERSION: &str = concat!(
 );
 
 pub mod admin;
+pub mod ai;
 pub mod alerts;
 pub mod alloc;
 pub mod auth;

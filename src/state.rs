@@ -19,12 +19,15 @@ use crate::config::{
 };
 use crate::observe::per_config::Telemetry;
 use crate::ratelimit::store::RedisStore;
+use crate::ratelimit::tokens::TokenLimiter;
 use crate::ratelimit::RouteLimiter;
 
-/// A route with its limiter.
+/// A route with its limiters.
 pub struct RouteRuntime {
     pub route: Arc<Route>,
     pub limiter: Option<Arc<RouteLimiter>>,
+    /// The token budget, on routes with `[routes.token_limit]`.
+    pub tokens: Option<Arc<TokenLimiter>>,
 }
 
 /// An upstream's pool of backends.
@@ -56,6 +59,7 @@ pub struct Carryover {
     /// keeps it; a failed lookup leaves the last answer).
     pub resolved: Mutex<HashMap<(String, BackendName), Vec<SocketAddr>>>,
     limiters: Mutex<HashMap<String, Arc<RouteLimiter>>>,
+    token_limiters: Mutex<HashMap<String, Arc<TokenLimiter>>>,
     store: ArcSwapOption<RedisStore>,
 }
 
@@ -94,6 +98,28 @@ impl Carryover {
             }
         }
         let fresh = Arc::new(RouteLimiter::new(&route.name, rule, store.clone()));
+        limiters.insert(route.name.clone(), Arc::clone(&fresh));
+        Some(fresh)
+    }
+
+    /// The route's token budget: a local one carries over a reload that keeps its rule
+    /// (the tokens reserved stay reserved); a global one lives in Redis anyway.
+    fn token_limiter_for(
+        &self,
+        route: &Route,
+        store: &Option<(Arc<RedisStore>, OnUnavailable)>,
+    ) -> Option<Arc<TokenLimiter>> {
+        let rule = route.token_limit.as_ref()?;
+        let mut limiters = self
+            .token_limiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = limiters.get(&route.name) {
+            if &existing.rule == rule && (rule.scope == RateLimitScope::Local) {
+                return Some(Arc::clone(existing));
+            }
+        }
+        let fresh = Arc::new(TokenLimiter::new(&route.name, rule, store.clone()));
         limiters.insert(route.name.clone(), Arc::clone(&fresh));
         Some(fresh)
     }
@@ -146,6 +172,7 @@ impl Runtime {
             .iter()
             .map(|r| RouteRuntime {
                 limiter: carry.limiter_for(r, &store),
+                tokens: carry.token_limiter_for(r, &store),
                 route: Arc::clone(r),
             })
             .collect();

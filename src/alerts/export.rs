@@ -39,6 +39,14 @@ pub fn signal_expr(config: &Config, rule: &AlertRule) -> String {
             "histogram_quantile(0.99, sum by (le) (rate(agentgate_upstream_first_byte_seconds_bucket{}[{w}])))",
             with("")
         ),
+        Signal::TimeToFirstTokenP99 => format!(
+            "histogram_quantile(0.99, sum by (le) (rate(agentgate_gen_ai_time_to_first_token_seconds_bucket{}[{w}])))",
+            with("")
+        ),
+        Signal::TokensPerSecond => format!(
+            "sum(rate(agentgate_gen_ai_tokens_total{}[{w}]))",
+            with("")
+        ),
         Signal::HealthyBackends => {
             let upstream = rule
                 .route

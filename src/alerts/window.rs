@@ -18,6 +18,10 @@ struct Slot {
     latency: [AtomicU64; BUCKETS],
     first_byte: [AtomicU64; BUCKETS],
     first_byte_count: AtomicU64,
+    /// Time to first token of AI routes' requests.
+    ttft: [AtomicU64; BUCKETS],
+    /// Input + output tokens of AI routes' requests.
+    tokens: AtomicU64,
 }
 
 impl Slot {
@@ -30,6 +34,8 @@ impl Slot {
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             first_byte: std::array::from_fn(|_| AtomicU64::new(0)),
             first_byte_count: AtomicU64::new(0),
+            ttft: std::array::from_fn(|_| AtomicU64::new(0)),
+            tokens: AtomicU64::new(0),
         }
     }
 
@@ -38,7 +44,13 @@ impl Slot {
         self.errors.store(0, Ordering::Relaxed);
         self.rate_limited.store(0, Ordering::Relaxed);
         self.first_byte_count.store(0, Ordering::Relaxed);
-        for b in self.latency.iter().chain(self.first_byte.iter()) {
+        self.tokens.store(0, Ordering::Relaxed);
+        for b in self
+            .latency
+            .iter()
+            .chain(self.first_byte.iter())
+            .chain(self.ttft.iter())
+        {
             b.store(0, Ordering::Relaxed);
         }
     }
@@ -51,6 +63,10 @@ pub struct Outcome {
     pub rate_limited: bool,
     pub latency_s: f64,
     pub first_byte_s: Option<f64>,
+    /// On AI routes: time to first token, when content came.
+    pub ttft_s: Option<f64>,
+    /// On AI routes: input + output tokens.
+    pub tokens: u64,
 }
 
 /// Sums over a window.
@@ -62,6 +78,8 @@ pub struct WindowSums {
     pub latency: [u64; BUCKETS],
     pub first_byte: [u64; BUCKETS],
     pub first_byte_count: u64,
+    pub ttft: [u64; BUCKETS],
+    pub tokens: u64,
 }
 
 pub struct Ring {
@@ -114,6 +132,12 @@ impl Ring {
             slot.first_byte[bucket_of(fb)].fetch_add(1, Ordering::Relaxed);
             slot.first_byte_count.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(t) = o.ttft_s {
+            slot.ttft[bucket_of(t)].fetch_add(1, Ordering::Relaxed);
+        }
+        if o.tokens > 0 {
+            slot.tokens.fetch_add(o.tokens, Ordering::Relaxed);
+        }
     }
 
     /// Sums the last `seconds` seconds up to and including `now_s`.
@@ -129,9 +153,11 @@ impl Ring {
             out.errors += slot.errors.load(Ordering::Relaxed);
             out.rate_limited += slot.rate_limited.load(Ordering::Relaxed);
             out.first_byte_count += slot.first_byte_count.load(Ordering::Relaxed);
+            out.tokens += slot.tokens.load(Ordering::Relaxed);
             for i in 0..BUCKETS {
                 out.latency[i] += slot.latency[i].load(Ordering::Relaxed);
                 out.first_byte[i] += slot.first_byte[i].load(Ordering::Relaxed);
+                out.ttft[i] += slot.ttft[i].load(Ordering::Relaxed);
             }
         }
         out
@@ -226,6 +252,8 @@ mod tests {
             rate_limited: false,
             latency_s: latency,
             first_byte_s: Some(latency / 2.0),
+            ttft_s: None,
+            tokens: 0,
         }
     }
 
@@ -265,5 +293,24 @@ mod tests {
         let p100 = quantile(1.0, &sums.latency).unwrap();
         assert!(p100 > 2.5 && p100 <= 5.0, "{p100}");
         assert_eq!(quantile(0.99, &[0; BUCKETS]), None);
+    }
+
+    #[test]
+    fn tokens_and_time_to_first_token() {
+        let ring = Ring::new(60);
+        for i in 0..10 {
+            ring.record(
+                7,
+                Outcome {
+                    ttft_s: (i < 5).then_some(0.3),
+                    tokens: 100,
+                    ..ok(1.0)
+                },
+            );
+        }
+        let sums = ring.sum(7, 60);
+        assert_eq!(sums.tokens, 1000);
+        let p99 = quantile(0.99, &sums.ttft).unwrap();
+        assert!(p99 > 0.25 && p99 <= 0.5, "{p99}");
     }
 }

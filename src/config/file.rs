@@ -130,6 +130,31 @@ pub struct RouteSection {
     pub auth: Option<Spanned<bool>>,
     pub rate_limit: Option<Spanned<RateLimitSection>>,
     pub pagination: Option<Spanned<PaginationSection>>,
+    pub ai: Option<Spanned<AiSection>>,
+    pub token_limit: Option<Spanned<TokenLimitSection>>,
+}
+
+/// `[routes.ai]`: the route carries LLM-style traffic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiSection {
+    pub api: Option<Spanned<String>>,
+    #[serde(default)]
+    pub models: Vec<Spanned<String>>,
+    pub conversation_header: Option<Spanned<String>>,
+}
+
+/// `[routes.token_limit]`: a token budget reserved at admission, settled from usage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLimitSection {
+    pub key: Option<Spanned<String>>,
+    pub tokens_per_minute: Spanned<i64>,
+    pub burst: Option<Spanned<i64>>,
+    pub scope: Option<Spanned<RateLimitScope>>,
+    pub default_reservation: Option<Spanned<i64>>,
+    /// How many gateway replicas share a global budget; sizes the local fallback share.
+    pub expected_replicas: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -395,6 +395,56 @@ pub struct Route {
     pub auth: bool,
     pub rate_limit: Option<RateLimitRule>,
     pub pagination: Option<PaginationRule>,
+    pub ai: Option<AiRoute>,
+    pub token_limit: Option<TokenLimitRule>,
+}
+
+/// Where an LLM API puts model, limits and usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum AiApi {
+    /// Chat completions and responses.
+    Openai,
+    /// Messages.
+    Anthropic,
+}
+
+/// `[routes.ai]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AiRoute {
+    pub api: AiApi,
+    /// Model names allowed as label values; any other is `other`.
+    pub models: Vec<Arc<str>>,
+    #[serde(serialize_with = "show::display")]
+    pub conversation_header: HeaderName,
+}
+
+impl AiRoute {
+    /// The label value for a request's model: itself when listed, else `other`.
+    pub fn model_label(&self, model: Option<&str>) -> &str {
+        model
+            .and_then(|m| self.models.iter().find(|l| &***l == m))
+            .map_or("other", |l| &**l)
+    }
+}
+
+/// `[routes.token_limit]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLimitRule {
+    #[serde(serialize_with = "show::display")]
+    pub key: RateLimitKey,
+    pub tokens_per_minute: u64,
+    pub burst: u64,
+    pub scope: RateLimitScope,
+    pub default_reservation: u64,
+    pub expected_replicas: u32,
+}
+
+impl TokenLimitRule {
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens_per_minute as f64 / 60.0
+    }
 }
 
 /// Written `client_ip`, `api_key`, `header:<Name>` or `global` (see its `Display`).
@@ -498,6 +548,10 @@ pub enum Signal {
     FirstByteP99,
     RateLimitedRatio,
     HealthyBackends,
+    /// p99 time to first token of AI routes (seconds).
+    TimeToFirstTokenP99,
+    /// Input + output tokens per second of AI routes.
+    TokensPerSecond,
 }
 
 impl Signal {

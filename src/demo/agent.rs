@@ -7,6 +7,9 @@
 //! - `POST /v1/conversations/{id}/messages`: a JSON reply naming the instance
 //! - `POST /v1/conversations/{id}/stream`: `text/event-stream`, one token every
 //!   `token_delay`, then `[DONE]` (`?tokens=N` sets how many, default 20)
+//! - `POST /v1/chat/completions`: the OpenAI chat completions API, streaming and not
+//!   (see [`llm`])
+//! - `POST /v1/messages`: the Anthropic messages API, streaming and not
 //!
 //! Every response carries `x-agent-instance`.
 
@@ -21,6 +24,8 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use serde_json::json;
 
+use super::llm::{self, Api, Completion};
+
 /// How many conversations the generated list holds.
 const CONVERSATIONS: u64 = 1000;
 /// The agent's own cap on `limit` (an agent written without pagination limits).
@@ -32,6 +37,18 @@ const WORDS: [&str; 12] = [
 pub struct DemoAgent {
     pub name: String,
     pub token_delay: Duration,
+    /// The LLM endpoints' wait before their first content token (after the role chunk
+    /// or `message_start`, which go out at once, as real providers do).
+    pub first_token_delay: Duration,
+}
+
+/// What `handle` decided.
+enum Answer {
+    Reply(Reply),
+    /// The conversation token stream.
+    Stream,
+    /// An LLM-style completion, streamed or whole.
+    Completion(Completion),
 }
 
 struct Reply {
@@ -83,33 +100,127 @@ impl DemoAgent {
         )
     }
 
-    async fn handle(&self, session: &mut ServerSession) -> Option<Reply> {
+    async fn handle(&self, session: &mut ServerSession) -> Answer {
         let req = session.req_header();
         let method = req.method.clone();
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method.as_str(), parts.as_slice()) {
-            ("GET", ["healthz"]) => Some(json_reply(
+            ("GET", ["healthz"]) => Answer::Reply(json_reply(
                 200,
                 json!({"status": "ok", "instance": self.name}),
             )),
-            ("GET", ["v1", "conversations"]) => Some(self.list(query.as_deref())),
+            ("GET", ["v1", "conversations"]) => Answer::Reply(self.list(query.as_deref())),
             ("POST", ["v1", "conversations", id, "messages"]) => {
                 let id = id.to_string();
                 let mut received = 0usize;
                 while let Ok(Some(chunk)) = session.read_request_body().await {
                     received += chunk.len();
                 }
-                Some(json_reply(
+                Answer::Reply(json_reply(
                     200,
                     json!({"conversation_id": id, "instance": self.name, "received_bytes": received,
                            "reply": format!("{} answered conversation {id}", self.name)}),
                 ))
             }
-            ("POST", ["v1", "conversations", _, "stream"]) => None,
-            _ => Some(json_reply(404, json!({"error": "not found", "path": path}))),
+            ("POST", ["v1", "conversations", _, "stream"]) => Answer::Stream,
+            ("POST", ["v1", "chat", "completions"]) => self.completion(session, Api::OpenAi).await,
+            ("POST", ["v1", "messages"]) => self.completion(session, Api::Anthropic).await,
+            _ => Answer::Reply(json_reply(404, json!({"error": "not found", "path": path}))),
         }
+    }
+
+    /// Reads an LLM request; a body that is not a usable request is a 400 in the API's
+    /// own error shape.
+    async fn completion(&self, session: &mut ServerSession, api: Api) -> Answer {
+        let tokens = query_param(session.req_header().uri.query(), "tokens")
+            .and_then(|t| t.parse::<u64>().ok());
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            if body.len() + chunk.len() > llm::MAX_REQUEST_BYTES {
+                return Answer::Reply(json_reply(413, llm::error_body(api, "request too large")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        match Completion::read(api, &body, tokens) {
+            Ok(c) => Answer::Completion(c),
+            Err(message) => Answer::Reply(json_reply(400, llm::error_body(api, &message))),
+        }
+    }
+
+    /// Answers a completion: whole after the generation time, or as an event stream.
+    async fn complete(&self, session: &mut ServerSession, c: &Completion) -> bool {
+        if !c.stream {
+            tokio::time::sleep(
+                self.first_token_delay
+                    + self.token_delay * c.output_tokens.saturating_sub(1) as u32,
+            )
+            .await;
+            let body = c.whole_body(&self.name);
+            let Ok(mut header) = ResponseHeader::build(200, Some(4)) else {
+                return false;
+            };
+            let _ = header.insert_header("content-type", "application/json");
+            let _ = header.insert_header("content-length", body.len().to_string());
+            let _ = header.insert_header("x-agent-instance", self.name.as_str());
+            return session
+                .write_response_header(Box::new(header))
+                .await
+                .is_ok()
+                && session
+                    .write_response_body(Bytes::from(body), true)
+                    .await
+                    .is_ok();
+        }
+        if !self.event_stream_header(session).await {
+            return false;
+        }
+        let mut events = c.events(&self.name);
+        // The opening events (role chunk, message_start) go at once; content waits.
+        if !self.send(session, events.opening()).await {
+            return false;
+        }
+        for i in 0..c.output_tokens {
+            let delay = if i == 0 {
+                self.first_token_delay
+            } else {
+                self.token_delay
+            };
+            tokio::time::sleep(delay).await;
+            if !self.send(session, events.token(i)).await {
+                return false;
+            }
+        }
+        if !self.send(session, events.closing()).await {
+            return false;
+        }
+        session
+            .write_response_body(Bytes::new(), true)
+            .await
+            .is_ok()
+    }
+
+    async fn send(&self, session: &mut ServerSession, bytes: Vec<u8>) -> bool {
+        bytes.is_empty()
+            || session
+                .write_response_body(Bytes::from(bytes), false)
+                .await
+                .is_ok()
+    }
+
+    async fn event_stream_header(&self, session: &mut ServerSession) -> bool {
+        let Ok(mut header) = ResponseHeader::build(200, Some(4)) else {
+            return false;
+        };
+        let _ = header.insert_header("content-type", "text/event-stream");
+        let _ = header.insert_header("cache-control", "no-cache");
+        let _ = header.insert_header("transfer-encoding", "chunked");
+        let _ = header.insert_header("x-agent-instance", self.name.as_str());
+        session
+            .write_response_header(Box::new(header))
+            .await
+            .is_ok()
     }
 
     async fn stream(&self, session: &mut ServerSession) -> bool {
@@ -118,18 +229,7 @@ impl DemoAgent {
             .unwrap_or(20)
             .min(100_000);
         while let Ok(Some(_)) = session.read_request_body().await {}
-        let Ok(mut header) = ResponseHeader::build(200, Some(4)) else {
-            return false;
-        };
-        let _ = header.insert_header("content-type", "text/event-stream");
-        let _ = header.insert_header("cache-control", "no-cache");
-        let _ = header.insert_header("transfer-encoding", "chunked");
-        let _ = header.insert_header("x-agent-instance", self.name.as_str());
-        if session
-            .write_response_header(Box::new(header))
-            .await
-            .is_err()
-        {
+        if !self.event_stream_header(session).await {
             return false;
         }
         for i in 0..tokens {
@@ -172,7 +272,7 @@ impl HttpServerApp for DemoAgent {
         }
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         let ok = match self.handle(&mut session).await {
-            Some(reply) => {
+            Answer::Reply(reply) => {
                 let mut header = ResponseHeader::build(reply.status, Some(4)).ok()?;
                 header
                     .insert_header("content-type", reply.content_type)
@@ -192,7 +292,8 @@ impl HttpServerApp for DemoAgent {
                         .await
                         .is_ok()
             }
-            None => self.stream(&mut session).await,
+            Answer::Stream => self.stream(&mut session).await,
+            Answer::Completion(c) => self.complete(&mut session, &c).await,
         };
         if !ok {
             return None;

@@ -2,6 +2,7 @@
 //! demo that runs three of them behind the gateway.
 
 pub mod agent;
+pub mod llm;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,12 +24,22 @@ const DEMO_AGENTS: [(&str, &str); 3] = [
     ("agent-3", "127.0.0.1:9003"),
 ];
 
-fn agent_service(name: &str, listen: &str, token_delay: Duration) -> Service<DemoAgent> {
+/// The demo agents' wait before the first content token of an LLM answer: time to
+/// first token is then visibly longer than time to first byte.
+const DEMO_FIRST_TOKEN_DELAY: Duration = Duration::from_millis(300);
+
+fn agent_service(
+    name: &str,
+    listen: &str,
+    token_delay: Duration,
+    first_token_delay: Duration,
+) -> Service<DemoAgent> {
     let mut service = Service::new(
         format!("demo agent {name}"),
         DemoAgent {
             name: name.to_string(),
             token_delay,
+            first_token_delay,
         },
     );
     service.add_tcp(listen);
@@ -37,7 +48,12 @@ fn agent_service(name: &str, listen: &str, token_delay: Duration) -> Service<Dem
 }
 
 /// Runs one demo agent until SIGINT/SIGTERM.
-pub fn run_agent(listen: SocketAddr, name: &str, token_delay: Duration) -> i32 {
+pub fn run_agent(
+    listen: SocketAddr,
+    name: &str,
+    token_delay: Duration,
+    first_token_delay: Duration,
+) -> i32 {
     let conf = ServerConf {
         threads: 1,
         grace_period_seconds: Some(0),
@@ -46,7 +62,12 @@ pub fn run_agent(listen: SocketAddr, name: &str, token_delay: Duration) -> i32 {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    server.add_service(agent_service(name, &listen.to_string(), token_delay));
+    server.add_service(agent_service(
+        name,
+        &listen.to_string(),
+        token_delay,
+        first_token_delay,
+    ));
     eprintln!("demo agent {name} listening on {listen}");
     server.run(RunArgs::default());
     0
@@ -88,8 +109,12 @@ pub fn run_demo() -> i32 {
     let agents: Vec<Box<dyn ServiceWithDependents>> = DEMO_AGENTS
         .iter()
         .map(|(name, addr)| {
-            Box::new(agent_service(name, addr, Duration::from_millis(100)))
-                as Box<dyn ServiceWithDependents>
+            Box::new(agent_service(
+                name,
+                addr,
+                Duration::from_millis(100),
+                DEMO_FIRST_TOKEN_DELAY,
+            )) as Box<dyn ServiceWithDependents>
         })
         .collect();
     let code = crate::server::run(config, crate::server::Start::Fresh, agents);

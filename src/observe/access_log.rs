@@ -35,6 +35,19 @@ pub struct AccessRecord<'a> {
     pub pagination: Option<&'a str>,
     pub error: Option<&'a str>,
     pub key_id: Option<&'a str>,
+    /// The fields of an AI route's request (absent elsewhere: those lines keep §6's).
+    pub ai: Option<AiFields<'a>>,
+}
+
+/// `model`, `input_tokens`, `output_tokens`, `usage_source`, `ttft_ms`,
+/// `conversation_id`.
+pub struct AiFields<'a> {
+    pub model: Option<&'a str>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub usage_source: &'a str,
+    pub ttft: Option<Duration>,
+    pub conversation_id: Option<&'a str>,
 }
 
 /// Formats one line (without its newline) in the configured format into `out`.
@@ -106,6 +119,23 @@ pub fn format_into(out: &mut Vec<u8>, record: &AccessRecord<'_>, settings: &LogS
     push_opt_plain(out, record.error);
     out.extend_from_slice(b",\"key_id\":");
     push_opt_str(out, record.key_id);
+    if let Some(ai) = &record.ai {
+        out.extend_from_slice(b",\"model\":");
+        push_opt_str(out, ai.model);
+        out.extend_from_slice(b",\"input_tokens\":");
+        json::push_u64(out, ai.input_tokens);
+        out.extend_from_slice(b",\"output_tokens\":");
+        json::push_u64(out, ai.output_tokens);
+        out.extend_from_slice(b",\"usage_source\":");
+        json::push_plain_str(out, ai.usage_source);
+        out.extend_from_slice(b",\"ttft_ms\":");
+        match ai.ttft {
+            Some(d) => json::push_millis(out, d),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"conversation_id\":");
+        push_opt_str(out, ai.conversation_id);
+    }
     out.push(b'}');
 }
 

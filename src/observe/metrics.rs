@@ -128,6 +128,26 @@ fn describe() {
         "agentgate_otlp_exports_total",
         "Span export requests (result: success; retried, an attempt that will be tried again; failed, a batch given up)"
     );
+    describe_counter!(
+        "agentgate_gen_ai_tokens_total",
+        "Tokens of AI routes, by route, model (listed in [routes.ai].models, else other) and type (input, output)"
+    );
+    describe_counter!(
+        "agentgate_token_limited_total",
+        "Requests answered 429 token_limit_exceeded"
+    );
+    describe_counter!(
+        "agentgate_streams_cancelled_tokens_total",
+        "Output tokens the agent had produced for streams the client abandoned"
+    );
+    describe_counter!(
+        "agentgate_gen_ai_requests_unparsed_total",
+        "Requests of AI routes whose body was not a JSON object (passed on unread)"
+    );
+    describe_counter!(
+        "agentgate_token_settlements_total",
+        "Token reservations settled at the end of a request (result: settled; unreported, no usage so the reservation stands; store_unavailable)"
+    );
     describe_gauge!(
         "agentgate_otlp_last_success_timestamp_seconds",
         "Unix time of the last span export the collector accepted"
@@ -357,6 +377,77 @@ impl RouteMetrics {
 
     pub fn record_pagination(&self, action: PaginationAction) {
         self.pagination[action.index()].increment(1);
+    }
+}
+
+static TTFT: histogram::Metric = histogram::Metric {
+    name: "agentgate_gen_ai_time_to_first_token_seconds",
+    help: "Time from sending the request upstream to the first event that carries content",
+    bounds: &LATENCY_BUCKETS,
+    exemplars: true,
+};
+
+/// Time per output token buckets in seconds: 1 ms to 1 s.
+pub const TPOT_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0,
+];
+
+static TPOT: histogram::Metric = histogram::Metric {
+    name: "agentgate_gen_ai_time_per_output_token_seconds",
+    help: "Time between the first and the last content event, per output token after the first",
+    bounds: &TPOT_BUCKETS,
+    exemplars: false,
+};
+
+/// Handles of one route and model label (a listed model, or `other`).
+pub struct ModelMetrics {
+    pub input_tokens: Counter,
+    pub output_tokens: Counter,
+    pub ttft: Arc<Histogram>,
+    pub tpot: Arc<Histogram>,
+}
+
+/// Token settlement results, the `result` label values (see `ratelimit::tokens`).
+pub const SETTLEMENT_RESULTS: [&str; 3] = ["settled", "unreported", "store_unavailable"];
+
+/// Hot-path handles for a route with `[routes.ai]`.
+pub struct AiMetrics {
+    /// One per listed model, in the config's order, then `other` last.
+    pub models: Vec<ModelMetrics>,
+    pub token_limited: Counter,
+    pub cancelled_tokens: Counter,
+    /// Request bodies that were not a JSON object (passed on as they were).
+    pub unparsed: Counter,
+    pub settlements: [Counter; 3],
+}
+
+impl AiMetrics {
+    pub fn new(route: &str, models: &[Arc<str>]) -> AiMetrics {
+        let r = route.to_string();
+        AiMetrics {
+            models: models
+                .iter()
+                .map(|m| &**m)
+                .chain(["other"])
+                .map(|m| ModelMetrics {
+                    input_tokens: counter!("agentgate_gen_ai_tokens_total", "route" => r.clone(), "model" => m.to_string(), "type" => "input"),
+                    output_tokens: counter!("agentgate_gen_ai_tokens_total", "route" => r.clone(), "model" => m.to_string(), "type" => "output"),
+                    ttft: histogram::series(&TTFT, &[("route", route), ("model", m)]),
+                    tpot: histogram::series(&TPOT, &[("route", route), ("model", m)]),
+                })
+                .collect(),
+            token_limited: counter!("agentgate_token_limited_total", "route" => r.clone()),
+            cancelled_tokens: counter!("agentgate_streams_cancelled_tokens_total", "route" => r.clone()),
+            unparsed: counter!("agentgate_gen_ai_requests_unparsed_total", "route" => r.clone()),
+            settlements: SETTLEMENT_RESULTS
+                .map(|res| counter!("agentgate_token_settlements_total", "route" => r.clone(), "result" => res)),
+        }
+    }
+
+    /// The handles of a model label: its position in `models`, or `other`.
+    pub fn model(&self, index: Option<usize>) -> &ModelMetrics {
+        let other = self.models.len() - 1;
+        &self.models[index.unwrap_or(other).min(other)]
     }
 }
 

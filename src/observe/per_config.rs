@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::observe::json::LogName;
-use crate::observe::metrics::{BackendMetrics, RouteMetrics};
+use crate::observe::metrics::{AiMetrics, BackendMetrics, RouteMetrics};
 use crate::observe::otlp::{self, PrebuiltValue};
 
 /// The telemetry entries of one config (same order as its routes and upstreams).
@@ -26,6 +26,8 @@ pub struct RouteTelemetry {
     pub span_attrs: Vec<u8>,
     /// The route's name for the access log, escaped once.
     pub log_name: LogName,
+    /// Token and time-to-first-token handles, on routes with `[routes.ai]`.
+    pub ai: Option<AiMetrics>,
 }
 
 /// An upstream's log name and its backends' entries (same order as its backends).
@@ -62,6 +64,7 @@ impl Telemetry {
                         ("agentgate.upstream", PrebuiltValue::Str(upstream)),
                     ]),
                     log_name: LogName::new(&r.name),
+                    ai: r.ai.as_ref().map(|a| AiMetrics::new(&r.name, &a.models)),
                 }
             })
             .collect();
@@ -104,6 +107,7 @@ impl Telemetry {
                 metrics: RouteMetrics::new("unmatched", None),
                 span_attrs: Vec::new(),
                 log_name: LogName::new("unmatched"),
+                ai: None,
             },
         }
     }

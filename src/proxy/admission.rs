@@ -65,7 +65,7 @@ pub async fn admit(
             paginate(rule, session, ctx)?;
         }
     }
-    Ok(())
+    super::ai::admit(session, ctx, route_rt).await
 }
 
 /// Finds the tenant of a presented key; on auth routes a missing or unknown key is 401.
@@ -98,7 +98,7 @@ async fn rate_limit(
 ) -> Result<(), GatewayError> {
     let mut ip_buf = [0u8; 16];
     let material = key_material(
-        &limiter.rule,
+        &limiter.rule.key,
         ctx.client.ip,
         ctx.client.key_id.as_deref(),
         &req.headers,
@@ -112,6 +112,7 @@ async fn rate_limit(
         } => {
             ctx.policy.rate_limit = Some(RateNote {
                 limit,
+                window_s: limiter.window_s(),
                 remaining,
                 reset_s,
                 denied_retry_after_s: None,
@@ -125,6 +126,7 @@ async fn rate_limit(
         } => {
             ctx.policy.rate_limit = Some(RateNote {
                 limit,
+                window_s: limiter.window_s(),
                 remaining: 0,
                 reset_s: reset_s.max(retry_after_s),
                 denied_retry_after_s: Some(retry_after_s),

@@ -19,12 +19,14 @@ use super::deadlines::UpstreamDeadline;
 use super::headers::HopByHop;
 use super::respond::ResponseScan;
 use super::socket::Socket;
+use crate::ai::{Meter, RequestFacts};
 use crate::balance::InFlightGuard;
 use crate::errors::GatewayError;
 use crate::observe::metrics::PaginationAction;
 use crate::observe::per_config::{BackendTelemetry, RouteTelemetry, UpstreamTelemetry};
 use crate::observe::trace_context::TraceContext;
 use crate::pagination::ResponseCap;
+use crate::ratelimit::tokens::Reservation;
 use crate::state::{RouteRuntime, Runtime, UpstreamRuntime};
 
 /// The proxy phases' context: the request once its header has been read.
@@ -52,6 +54,25 @@ pub struct Request {
     pub outcome: Outcome,
     /// The agent's response header as scanned on arrival (taken by `response_filter`).
     pub response_scan: Option<ResponseScan>,
+    /// What an LLM-style exchange says of itself, on routes with `[routes.ai]`.
+    pub ai: Option<Box<AiExchange>>,
+}
+
+/// An exchange on a `[routes.ai]` route: the request's facts, its token reservation and
+/// the meter reading the response.
+pub struct AiExchange {
+    pub facts: RequestFacts,
+    /// The `conversation_header` value the request arrived with (or none).
+    pub conversation_id: Option<HeaderValue>,
+    /// The model's label index in `[routes.ai].models` (`None`: `other`).
+    pub model_label: Option<usize>,
+    /// A copy of a body read as it passes (bodies past pingora's 64 KiB replay buffer),
+    /// until its end is read; `None` once read or when read before admission.
+    pub body_copy: Option<Vec<u8>>,
+    /// Tokens reserved for this request (until it settles).
+    pub reservation: Option<Reservation>,
+    /// The response's reader, made when its header arrives.
+    pub meter: Option<Meter>,
 }
 
 /// How the request and its trace are named.
@@ -101,9 +122,28 @@ pub struct PolicyNotes {
     pub pagination_clamped: Option<(u64, u64)>,
     /// The list response's size cap, on pagination routes.
     pub response_cap: Option<ResponseCap>,
+    /// The token budget's verdict, when the route has one.
+    pub tokens: Option<TokenNote>,
+}
+
+/// The token budget for the `RateLimit` headers, and a denial's wait.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenNote {
+    pub burst: u64,
+    /// Seconds a full budget takes to refill (the policy's window).
+    pub window_s: u64,
+    pub remaining: u64,
+    pub reset_s: u64,
+    pub denied_retry_after_s: Option<u64>,
 }
 
 impl PolicyNotes {
+    /// Whether the token budget denied the request (429 token_limit_exceeded).
+    pub fn token_limited(&self) -> bool {
+        self.tokens
+            .is_some_and(|t| t.denied_retry_after_s.is_some())
+    }
+
     /// Whether the rate limit denied the request (429).
     pub fn rate_limited(&self) -> bool {
         self.rate_limit
@@ -115,6 +155,8 @@ impl PolicyNotes {
 #[derive(Debug, Clone, Copy)]
 pub struct RateNote {
     pub limit: u32,
+    /// Seconds a full burst takes to refill (the `w` of `RateLimit-Policy`).
+    pub window_s: u64,
     pub remaining: u32,
     pub reset_s: u64,
     /// Set when the request was denied (429): seconds until a retry can pass.

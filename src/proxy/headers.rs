@@ -26,6 +26,9 @@ pub const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+/// The IETF draft's structured fields (draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT_POLICY_SF: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const RATELIMIT_SF: HeaderName = HeaderName::from_static("ratelimit");
 pub const X_PAGINATION_CLAMPED: HeaderName = HeaderName::from_static("x-pagination-clamped");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the HTTP/2 upgrade's `http2-settings`)

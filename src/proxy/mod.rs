@@ -3,6 +3,7 @@
 //! admission, observation).
 
 pub mod admission;
+pub mod ai;
 pub mod ctx;
 pub mod deadlines;
 pub mod headers;
@@ -112,6 +113,7 @@ impl Gateway {
             timing: Default::default(),
             outcome: Default::default(),
             response_scan: None,
+            ai: None,
             runtime,
         }
     }
@@ -370,7 +372,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
@@ -398,6 +400,7 @@ impl ProxyHttp for Gateway {
                 return Err(stop(req, err));
             }
         }
+        ai::on_request_body(session, req, body.as_deref(), end_of_stream).await;
         if req.timing.first_byte_at.is_some() {
             if req.websocket && body.is_some() {
                 // A WebSocket's client sent a frame: the stream is not idle.
@@ -643,6 +646,13 @@ impl ProxyHttp for Gateway {
         }
         let scan = respond::ResponseScan::of(&upstream_response.headers);
         req.response_scan = Some(scan);
+        if req.ai.is_some() {
+            let content_type = upstream_response
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes());
+            ai::on_response_header(req, content_type);
+        }
         admission::check_upstream_response(&scan, req).map_err(|err| stop(req, err))
     }
 
@@ -702,6 +712,7 @@ impl ProxyHttp for Gateway {
             Self::arm_upstream_deadline(req, true);
         }
         admission::check_upstream_body(body, end_of_stream, req).map_err(|err| stop(req, err))?;
+        ai::on_response_body(req, body.as_deref(), end_of_stream);
         Ok(None)
     }
 
@@ -798,6 +809,7 @@ impl ProxyHttp for Gateway {
             // in the access log and the metrics alike.
             req.outcome.status = 499;
         }
+        ai::finish(session, req).await;
         self.observer.finish_request(session, req);
     }
 

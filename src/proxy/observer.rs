@@ -202,6 +202,24 @@ impl Observer {
             pagination: ctx.policy.pagination.map(|p| p.as_str()),
             error: outcome.error_code(),
             key_id: ctx.client.key_id.as_deref(),
+            ai: ctx.ai.as_deref().map(|ai| {
+                let (usage, source) = ai
+                    .meter
+                    .as_ref()
+                    .map(|m| m.usage())
+                    .unwrap_or((Default::default(), crate::ai::UsageSource::Estimated));
+                access_log::AiFields {
+                    model: ai.facts.model.as_deref(),
+                    input_tokens: usage.input,
+                    output_tokens: usage.output,
+                    usage_source: source.as_str(),
+                    ttft: ai
+                        .meter
+                        .as_ref()
+                        .and_then(|m| super::ai::time_to_first_token(ctx, m)),
+                    conversation_id: ai.conversation_id.as_ref().and_then(|c| c.to_str().ok()),
+                }
+            }),
         };
         writer.write_with(|line| access_log::format_into(line, &record, &runtime.config.log));
     }
@@ -255,6 +273,7 @@ impl Observer {
             retries: 0,
             rate_limited: false,
             pagination: None,
+            ai: None,
             error: Some(refusal.code),
             key_id: None,
         };
@@ -276,11 +295,19 @@ impl Observer {
             return;
         }
         let first_byte_s = first_byte.map(|d| d.as_secs_f64());
+        let meter = ctx.ai.as_deref().and_then(|a| a.meter.as_ref());
         let outcome = crate::alerts::window::Outcome {
             error: ctx.outcome.is_server_error(),
-            rate_limited: ctx.policy.rate_limited(),
+            rate_limited: ctx.policy.rate_limited() || ctx.policy.token_limited(),
             latency_s: elapsed.as_secs_f64(),
             first_byte_s,
+            ttft_s: meter
+                .and_then(|m| super::ai::time_to_first_token(ctx, m))
+                .map(|d| d.as_secs_f64()),
+            tokens: meter.map_or(0, |m| {
+                let (u, _) = m.usage();
+                u.input + u.output
+            }),
         };
         let now_s = (ctx.start_ms + elapsed.as_millis() as u64) / 1000;
         windows.record(route, now_s, outcome);
@@ -378,6 +405,9 @@ impl Observer {
                 if let Some(k) = &ctx.client.key_id {
                     otlp::str_attr(b, "agentgate.key_id", k);
                 }
+                if let (Some(ai), Some(r)) = (&ctx.ai, route_rt.and_then(|r| r.route.ai.as_ref())) {
+                    gen_ai_attrs(b, req.uri.path(), r.api, ai);
+                }
                 if let Some(e) = error {
                     otlp::str_attr(b, "error.type", e);
                 }
@@ -427,6 +457,60 @@ impl Observer {
                 );
             }
         });
+    }
+}
+
+/// The `gen_ai.*` attributes of an AI route's server span.
+fn gen_ai_attrs(
+    b: &mut Vec<u8>,
+    path: &str,
+    api: crate::config::AiApi,
+    ai: &super::ctx::AiExchange,
+) {
+    otlp::str_attr(b, "gen_ai.operation.name", gen_ai_operation(path));
+    otlp::str_attr(b, "gen_ai.provider.name", api.into());
+    if let Some(m) = &ai.facts.model {
+        otlp::str_attr(b, "gen_ai.request.model", m);
+    }
+    if let Some(n) = ai.facts.max_output_tokens {
+        otlp::int_attr(
+            b,
+            "gen_ai.request.max_tokens",
+            n.min(i64::MAX as u64) as i64,
+        );
+    }
+    if let Some(meter) = &ai.meter {
+        if let Some(m) = &meter.response_model {
+            otlp::str_attr(b, "gen_ai.response.model", m);
+        }
+        let (usage, source) = meter.usage();
+        otlp::int_attr(
+            b,
+            "gen_ai.usage.input_tokens",
+            usage.input.min(i64::MAX as u64) as i64,
+        );
+        otlp::int_attr(
+            b,
+            "gen_ai.usage.output_tokens",
+            usage.output.min(i64::MAX as u64) as i64,
+        );
+        otlp::str_attr(b, "agentgate.usage_source", source.as_str());
+    }
+    if let Some(c) = ai.conversation_id.as_ref().and_then(|c| c.to_str().ok()) {
+        otlp::str_attr(b, "gen_ai.conversation.id", c);
+    }
+}
+
+/// `gen_ai.operation.name` from the API path: `chat` for chat completions, messages and
+/// responses; `text_completion` and `embeddings` for those endpoints.
+pub fn gen_ai_operation(path: &str) -> &'static str {
+    let path = path.trim_end_matches('/');
+    if path.ends_with("/embeddings") {
+        "embeddings"
+    } else if path.ends_with("/completions") && !path.ends_with("/chat/completions") {
+        "text_completion"
+    } else {
+        "chat"
     }
 }
 

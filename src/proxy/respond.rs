@@ -24,13 +24,16 @@ pub async fn send_error(session: &mut Session, ctx: &mut Request, err: GatewayEr
         map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         map.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         map.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if err.kind == ErrorKind::RateLimited {
-            let wait = ctx
-                .policy
-                .rate_limit
-                .and_then(|r| r.denied_retry_after_s)
-                .unwrap_or(1);
-            map.insert(http::header::RETRY_AFTER, HeaderValue::from(wait.max(1)));
+        let wait = match err.kind {
+            ErrorKind::RateLimited => ctx.policy.rate_limit.and_then(|r| r.denied_retry_after_s),
+            ErrorKind::TokenLimited => ctx.policy.tokens.and_then(|t| t.denied_retry_after_s),
+            _ => None,
+        };
+        if matches!(err.kind, ErrorKind::RateLimited | ErrorKind::TokenLimited) {
+            map.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(wait.unwrap_or(1).max(1)),
+            );
         }
         decorate_response(map, ctx);
     });
@@ -52,7 +55,7 @@ pub async fn send_error(session: &mut Session, ctx: &mut Request, err: GatewayEr
 /// Adds the headers every response carries.
 pub fn decorate_response(map: &mut HeaderMap, ctx: &Request) {
     // Room for everything below: the map grows once, not on every insert.
-    map.reserve(6);
+    map.reserve(8);
     map.insert(headers::X_REQUEST_ID, ctx.id.request_id.clone());
     map.insert(headers::SERVER_TIMING, server_timing(ctx));
     if let Some(note) = ctx.policy.rate_limit {
@@ -63,10 +66,59 @@ pub fn decorate_response(map: &mut HeaderMap, ctx: &Request) {
         );
         map.insert(headers::RATELIMIT_RESET, count_value(1, note.reset_s));
     }
+    if ctx.policy.rate_limit.is_some() || ctx.policy.tokens.is_some() {
+        put_structured_ratelimit(map, ctx);
+    }
     if let Some((asked, max)) = ctx.policy.pagination_clamped {
         if let Ok(value) = HeaderValue::from_str(&format!("{asked}->{max}")) {
             map.insert(headers::X_PAGINATION_CLAMPED, value);
         }
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` (the IETF draft's structured fields), one named
+/// policy per limit: `"requests"` for the rate limit, `"tokens"` for the token budget.
+fn put_structured_ratelimit(map: &mut HeaderMap, ctx: &Request) {
+    let mut policy = [0u8; 128];
+    let mut policy = Cursor(&mut policy, 0);
+    let mut state = [0u8; 128];
+    let mut state = Cursor(&mut state, 0);
+    let limits = [
+        ctx.policy.rate_limit.map(|r| {
+            (
+                "\"requests\"",
+                r.limit as u64,
+                r.window_s,
+                r.remaining as u64,
+                r.reset_s,
+            )
+        }),
+        ctx.policy
+            .tokens
+            .map(|t| ("\"tokens\"", t.burst, t.window_s, t.remaining, t.reset_s)),
+    ];
+    for (name, quota, window, remaining, reset) in limits.into_iter().flatten() {
+        if policy.1 > 0 {
+            policy.put(b", ");
+            state.put(b", ");
+        }
+        policy.put(name.as_bytes());
+        policy.put(b";q=");
+        policy.number(quota);
+        policy.put(b";w=");
+        policy.number(window.max(1));
+        state.put(name.as_bytes());
+        state.put(b";r=");
+        state.number(remaining);
+        state.put(b";t=");
+        state.number(reset);
+    }
+    let (p, s) = (policy.1, state.1);
+    if let Ok(v) = HeaderValue::from_bytes(&policy.0[..p]) {
+        map.insert(headers::RATELIMIT_POLICY_SF, v);
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&state.0[..s]) {
+        map.insert(headers::RATELIMIT_SF, v);
     }
 }
 
@@ -119,6 +171,11 @@ impl Cursor<'_> {
         let end = (self.1 + bytes.len()).min(self.0.len());
         self.0[self.1..end].copy_from_slice(&bytes[..end - self.1]);
         self.1 = end;
+    }
+
+    fn number(&mut self, n: u64) {
+        let mut digits = itoa::Buffer::new();
+        self.put(digits.format(n).as_bytes());
     }
 
     /// Milliseconds with three decimals, without float formatting.

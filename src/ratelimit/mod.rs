@@ -9,6 +9,7 @@
 
 pub mod local;
 pub mod store;
+pub mod tokens;
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -44,15 +45,15 @@ pub enum Verdict {
     },
 }
 
-/// What identifies the caller for a rule, before hashing.
+/// What identifies the caller for a limit's key, before hashing.
 pub fn key_material<'a>(
-    rule: &RateLimitRule,
+    key: &RateLimitKey,
     client_ip: IpAddr,
     tenant: Option<&'a str>,
     headers: &'a HeaderMap,
     ip_buf: &'a mut [u8; 16],
 ) -> &'a [u8] {
-    match &rule.key {
+    match key {
         RateLimitKey::Global => b"",
         RateLimitKey::ClientIp => {
             let bytes = match client_ip {
@@ -126,6 +127,11 @@ impl RouteLimiter {
             global,
             hasher: std::collections::hash_map::RandomState::new(),
         }
+    }
+
+    /// Seconds a full burst takes to refill: the policy window of `RateLimit-Policy`.
+    pub fn window_s(&self) -> u64 {
+        (self.rule.burst as f64 / self.rule.requests_per_second).ceil() as u64
     }
 
     pub fn keys(&self) -> usize {
@@ -255,14 +261,14 @@ mod tests {
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         let mut buf = [0u8; 16];
         assert_eq!(
-            key_material(&rule(RateLimitKey::Global), ip, None, &headers, &mut buf),
+            key_material(&RateLimitKey::Global, ip, None, &headers, &mut buf),
             b""
         );
         let h = rule(RateLimitKey::Header("x-tenant".parse().unwrap()));
-        assert_eq!(key_material(&h, ip, None, &headers, &mut buf), b"acme");
+        assert_eq!(key_material(&h.key, ip, None, &headers, &mut buf), b"acme");
         assert_eq!(
             key_material(
-                &rule(RateLimitKey::ApiKey),
+                &RateLimitKey::ApiKey,
                 ip,
                 Some("tenant-a"),
                 &headers,
@@ -271,11 +277,11 @@ mod tests {
             b"tenant-a"
         );
         assert_eq!(
-            key_material(&rule(RateLimitKey::ApiKey), ip, None, &headers, &mut buf),
+            key_material(&RateLimitKey::ApiKey, ip, None, &headers, &mut buf),
             b"secret"
         );
         assert_eq!(
-            key_material(&rule(RateLimitKey::ClientIp), ip, None, &headers, &mut buf).len(),
+            key_material(&RateLimitKey::ClientIp, ip, None, &headers, &mut buf).len(),
             16
         );
     }

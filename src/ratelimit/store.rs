@@ -42,6 +42,60 @@ end
 return {granted, math.floor(tokens), wait}
 "#;
 
+/// A token budget's reservation, on Redis' clock. KEYS[1] bucket; ARGV rate (tokens a
+/// second), burst, tokens wanted, extra to lease, unspent lease tokens given back.
+/// All or nothing: grants want + up to extra, or nothing with the ms until want fits.
+/// Returns {granted, tokens left (floor, 0 when in debt), ms to wait}.
+const RESERVE_TOKENS: &str = r#"
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local extra = tonumber(ARGV[4])
+local back = tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000 + back)
+local granted = 0
+local wait = 0
+if tokens >= want then
+  granted = want + math.max(0, math.min(extra, math.floor(tokens - want)))
+  tokens = tokens - granted
+else
+  wait = math.ceil((want - tokens) * 1000 / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 60000)
+return {granted, math.max(0, math.floor(tokens)), wait}
+"#;
+
+/// A token budget's settlement. KEYS[1] bucket; ARGV rate, burst, delta (> 0 gives
+/// tokens back, < 0 charges; the bucket may go into debt). Returns the tokens left.
+const SETTLE_TOKENS: &str = r#"
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local delta = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000 + delta)
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 60000)
+return math.floor(tokens)
+"#;
+
 /// No probe or call has answered yet.
 const UNJUDGED: u8 = 0;
 const UP: u8 = 1;
@@ -56,6 +110,16 @@ pub struct RedisStore {
     /// `UNJUDGED`, `UP` or `DOWN`.
     state: AtomicU8,
     script: Script,
+    reserve_tokens: Script,
+    settle_tokens: Script,
+}
+
+/// One answer of the token reservation script.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenGrant {
+    pub granted: u64,
+    pub tokens_left: u64,
+    pub wait_ms: u64,
 }
 
 /// One answer of the acquire script.
@@ -76,6 +140,8 @@ impl RedisStore {
             connection: ArcSwapOption::empty(),
             state: AtomicU8::new(UNJUDGED),
             script: Script::new(ACQUIRE),
+            reserve_tokens: Script::new(RESERVE_TOKENS),
+            settle_tokens: Script::new(SETTLE_TOKENS),
         })
     }
 
@@ -152,6 +218,59 @@ impl RedisStore {
                 tokens_left: left.max(0) as u32,
                 wait_ms: wait.max(0) as u64,
             }),
+            Ok(Err(e)) => {
+                self.set_up(false, &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.set_up(false, &format!("no answer within {:?}", self.timeout));
+                None
+            }
+        }
+    }
+
+    /// Reserves `want` tokens (and up to `extra` to lease) from token bucket `key`,
+    /// giving back `back` unspent lease tokens. `None` when Redis did not answer.
+    pub async fn reserve_tokens(
+        &self,
+        key: &str,
+        rate: f64,
+        burst: u64,
+        want: u64,
+        extra: u64,
+        back: u64,
+    ) -> Option<TokenGrant> {
+        let mut invocation = self.reserve_tokens.key(key);
+        invocation
+            .arg(rate)
+            .arg(burst)
+            .arg(want)
+            .arg(extra)
+            .arg(back);
+        let (granted, left, wait) = self.run::<(i64, i64, i64)>(invocation).await?;
+        Some(TokenGrant {
+            granted: granted.max(0) as u64,
+            tokens_left: left.max(0) as u64,
+            wait_ms: wait.max(0) as u64,
+        })
+    }
+
+    /// Gives back (`delta` > 0) or charges (`delta` < 0) tokens of bucket `key`.
+    /// False when Redis did not answer.
+    pub async fn settle_tokens(&self, key: &str, rate: f64, burst: u64, delta: i64) -> bool {
+        let mut invocation = self.settle_tokens.key(key);
+        invocation.arg(rate).arg(burst).arg(delta);
+        self.run::<i64>(invocation).await.is_some()
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Option<T> {
+        let mut conn = (*self.connection.load_full()?).clone();
+        let call = invocation.invoke_async::<T>(&mut conn);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 self.set_up(false, &e.to_string());
                 None

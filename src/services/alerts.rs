@@ -58,6 +58,8 @@ pub fn signal_value(
         }
         Signal::LatencyP99 => quantile(0.99, &sums.latency),
         Signal::FirstByteP99 => quantile(0.99, &sums.first_byte),
+        Signal::TimeToFirstTokenP99 => quantile(0.99, &sums.ttft),
+        Signal::TokensPerSecond => Some(sums.tokens as f64 / window.as_secs().max(1) as f64),
         Signal::HealthyBackends => None,
     }
 }

@@ -118,6 +118,11 @@ pub(super) fn routes(
             .pagination
             .as_ref()
             .map(|p| pagination_rule(loc, p.get_ref()));
+        let ai = r.ai.as_ref().map(|a| ai_route(loc, a.get_ref()));
+        let token_limit = r
+            .token_limit
+            .as_ref()
+            .map(|t| token_limit_rule(loc, t, ai.is_some(), have_store));
         out.push(Arc::new(Route {
             name,
             index,
@@ -128,6 +133,8 @@ pub(super) fn routes(
             auth,
             rate_limit,
             pagination,
+            ai,
+            token_limit,
         }));
     }
     // Longest prefix first; among equal prefixes, routes restricted to methods first so a
@@ -148,30 +155,7 @@ pub(super) fn rate_limit_rule(
     have_store: bool,
 ) -> RateLimitRule {
     let s = rl.get_ref();
-    let key = match &s.key {
-        None => RateLimitKey::ClientIp,
-        Some(k) => match k.get_ref().as_str() {
-            "client_ip" => RateLimitKey::ClientIp,
-            "api_key" => RateLimitKey::ApiKey,
-            "global" => RateLimitKey::Global,
-            other => match other.strip_prefix("header:") {
-                Some(h) => match HeaderName::from_str(h) {
-                    Ok(name) => RateLimitKey::Header(name),
-                    Err(_) => {
-                        loc.push(span(k), format!("{h:?} is not a valid header name"));
-                        RateLimitKey::Global
-                    }
-                },
-                None => {
-                    loc.push(
-                        span(k),
-                        format!("unknown rate limit key {other:?}: use client_ip, api_key, header:<Name> or global"),
-                    );
-                    RateLimitKey::Global
-                }
-            },
-        },
-    };
+    let key = limit_key(loc, &s.key);
     let rps = *s.requests_per_second.get_ref();
     if !(rps > 0.0 && rps.is_finite() && rps <= 1_000_000.0) {
         loc.push(
@@ -201,6 +185,144 @@ pub(super) fn rate_limit_rule(
         },
         burst,
         scope,
+        expected_replicas,
+    }
+}
+
+/// A limit's `key`: `client_ip` (the default), `api_key`, `header:<Name>` or `global`.
+fn limit_key(loc: &mut Locator, key: &Option<Spanned<String>>) -> RateLimitKey {
+    match key {
+        None => RateLimitKey::ClientIp,
+        Some(k) => match k.get_ref().as_str() {
+            "client_ip" => RateLimitKey::ClientIp,
+            "api_key" => RateLimitKey::ApiKey,
+            "global" => RateLimitKey::Global,
+            other => match other.strip_prefix("header:") {
+                Some(h) => match HeaderName::from_str(h) {
+                    Ok(name) => RateLimitKey::Header(name),
+                    Err(_) => {
+                        loc.push(span(k), format!("{h:?} is not a valid header name"));
+                        RateLimitKey::Global
+                    }
+                },
+                None => {
+                    loc.push(
+                        span(k),
+                        format!("unknown rate limit key {other:?}: use client_ip, api_key, header:<Name> or global"),
+                    );
+                    RateLimitKey::Global
+                }
+            },
+        },
+    }
+}
+
+/// `[routes.ai]`: the API, the models allowed as labels, the conversation header.
+pub(super) fn ai_route(loc: &mut Locator, a: &AiSection) -> AiRoute {
+    let api = match a.api.as_ref().map(|s| s.get_ref().as_str()) {
+        None | Some("openai") => AiApi::Openai,
+        Some("anthropic") => AiApi::Anthropic,
+        Some(other) => {
+            if let Some(s) = &a.api {
+                loc.push(
+                    span(s),
+                    format!("unknown api {other:?}: use \"openai\" (chat completions and responses) or \"anthropic\" (messages)"),
+                );
+            }
+            AiApi::Openai
+        }
+    };
+    let mut models: Vec<Arc<str>> = Vec::new();
+    for m in &a.models {
+        let name = m.get_ref();
+        let fine = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:/@-".contains(&b));
+        if !fine {
+            loc.push(
+                span(m),
+                format!("model {name:?} must be 1-128 characters of letters, digits and . _ : / @ - (it becomes a metric label)"),
+            );
+        } else if name == "other" {
+            loc.push(
+                span(m),
+                "model \"other\" is the label of every model not listed: leave it out",
+            );
+        } else if models.iter().any(|k| &**k == name) {
+            loc.push(span(m), format!("model {name:?} is listed twice"));
+        } else {
+            models.push(Arc::from(name.as_str()));
+        }
+    }
+    let conversation_header = match &a.conversation_header {
+        None => HeaderName::from_static("x-conversation-id"),
+        Some(h) => HeaderName::from_str(h.get_ref()).unwrap_or_else(|_| {
+            loc.push(
+                span(h),
+                format!("{:?} is not a valid header name", h.get_ref()),
+            );
+            HeaderName::from_static("x-conversation-id")
+        }),
+    };
+    AiRoute {
+        api,
+        models,
+        conversation_header,
+    }
+}
+
+/// `[routes.token_limit]`: needs `[routes.ai]` (the API says where usage is read) and,
+/// for `scope = "global"`, the rate-limit store.
+pub(super) fn token_limit_rule(
+    loc: &mut Locator,
+    t: &Spanned<TokenLimitSection>,
+    have_ai: bool,
+    have_store: bool,
+) -> TokenLimitRule {
+    let s = t.get_ref();
+    if !have_ai {
+        loc.push(
+            span(t),
+            "[routes.token_limit] needs [routes.ai] on the same route: its api says where max_tokens and usage are read (add `[routes.ai]` with `api = \"openai\"` or `\"anthropic\"`)",
+        );
+    }
+    let key = limit_key(loc, &s.key);
+    let tpm = int_in(
+        loc,
+        &Some(s.tokens_per_minute.clone()),
+        1,
+        1,
+        1_000_000_000_000,
+        "tokens_per_minute",
+    ) as u64;
+    let burst = int_in(loc, &s.burst, tpm as i64, 1, 1_000_000_000_000, "burst") as u64;
+    let default_reservation = int_in(
+        loc,
+        &s.default_reservation,
+        1000,
+        0,
+        1_000_000_000,
+        "default_reservation",
+    ) as u64;
+    let scope = chosen(&s.scope, RateLimitScope::Local);
+    if scope == RateLimitScope::Global && !have_store {
+        if let Some(sc) = &s.scope {
+            loc.push(
+                span(sc),
+                "scope = \"global\" needs a [rate_limit_store] section with a redis_url",
+            );
+        }
+    }
+    let expected_replicas =
+        int_in(loc, &s.expected_replicas, 1, 1, 10_000, "expected_replicas") as u32;
+    TokenLimitRule {
+        key,
+        tokens_per_minute: tpm,
+        burst,
+        scope,
+        default_reservation,
         expected_replicas,
     }
 }
