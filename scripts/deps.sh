@@ -20,10 +20,12 @@ declare -A cmd_of=(
   [python3-pip]=pip3
 )
 # Python packages the tests use: kubernetes-validate (the Kubernetes schemas, offline)
-# and PyYAML, for the deployment files' tests.
+# and PyYAML, for the deployment files' tests; the official OpenAI client, for the AI
+# traffic tests.
 py_missing=()
 if [ "${1:-build}" = test ]; then
   python3 -c 'import yaml' 2>/dev/null || py_missing+=(pyyaml)
+  python3 -c 'import openai' 2>/dev/null || py_missing+=(openai)
   command -v kubernetes-validate >/dev/null 2>&1 || py_missing+=(kubernetes-validate)
   if [ ${#py_missing[@]} -gt 0 ] && ! python3 -m pip --version >/dev/null 2>&1; then
     want+=(python3-pip)

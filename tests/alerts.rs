@@ -255,6 +255,7 @@ summary = "More than half of agent requests fail"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_evaluates_every_dashboard_and_rule_expression() {
     let b = Backend::start("b").await;
+    let llm = DemoAgent::start_llm("llm", "5ms", "50ms");
     let dead = free_addr();
     let body = format!(
         r#"[upstreams.u]
@@ -289,13 +290,27 @@ name = "flaky"
 path_prefix = "/flaky"
 upstream = "flaky"
 
+[upstreams.llm]
+backends = ["{llm}"]
+
+[[routes]]
+name = "chat"
+path_prefix = "/v1/chat"
+upstream = "llm"
+[routes.ai]
+models = ["demo-mini"]
+[routes.token_limit]
+tokens_per_minute = 600000
+burst = 100000
+
 [[alerts]]
 name = "AnyErrors"
 signal = "error_ratio"
 above = 0.0
 window = "10s"
 "#,
-        b = b.addr
+        b = b.addr,
+        llm = llm.addr
     );
     let gw = Gateway::start("", &body);
     let rules = repo("dashboards/prometheus/agentgate-rules.yml");
@@ -316,18 +331,28 @@ window = "10s"
         },
     )
     .await;
-    // traffic that touches every panel: successes, 5xx, retries, 429s, pagination
+    // traffic that touches every panel: successes, 5xx, retries, 429s, pagination,
+    // token streams
+    let chat = serde_json::json!({"model": "demo-mini", "stream": true, "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hi"}]});
     for round in 0..4 {
         for _ in 0..10 {
             c.get(gw.url("/list?limit=50")).send().await.unwrap();
             c.get(gw.url("/status/500")).send().await.unwrap();
             c.get(gw.url("/flaky/x")).send().await.unwrap();
         }
+        let r = c
+            .post(gw.url("/v1/chat/completions?tokens=5"))
+            .json(&chat)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.text().await.unwrap().ends_with("data: [DONE]\n\n"));
         if round < 3 {
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
     }
-    // Every request above (4 rounds of 30) is in what Prometheus scraped last.
+    // Every request above (4 rounds of 31) is in what Prometheus scraped last.
     wait_for(
         Duration::from_secs(15),
         "prometheus to scrape the last round",
@@ -339,7 +364,7 @@ window = "10s"
             async move {
                 let v: serde_json::Value = c.get(url).send().await.ok()?.json().await.ok()?;
                 let total: f64 = v["data"]["result"][0]["value"][1].as_str()?.parse().ok()?;
-                (total >= 120.0).then_some(())
+                (total >= 124.0).then_some(())
             }
         },
     )
@@ -390,7 +415,7 @@ window = "10s"
             checked += 1;
         }
     }
-    assert!(checked >= 14);
+    assert!(checked >= 22);
 
     let text = std::fs::read_to_string(&rules).unwrap();
     let mut exprs = 0;
@@ -418,7 +443,7 @@ window = "10s"
         }
         i += 1;
     }
-    assert_eq!(exprs, 19);
+    assert_eq!(exprs, 26);
     // and Prometheus itself loaded and evaluated every rule without error
     let v = get_json(&c, prom.url("/api/v1/rules")).await;
     let groups = v["data"]["groups"].as_array().unwrap();
@@ -426,7 +451,7 @@ window = "10s"
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(rules.len(), 19);
+    assert_eq!(rules.len(), 26);
     for r in rules {
         assert_eq!(r["health"], "ok", "rule {} : {}", r["name"], r["lastError"]);
     }

@@ -122,7 +122,9 @@ impl Meter {
 
     /// The body is complete: a JSON body is read now.
     pub fn finish(&mut self) {
-        if let Body::Json(buf) = std::mem::replace(&mut self.body, Body::Ignored) {
+        if let Body::Json(buf) = &mut self.body {
+            let buf = std::mem::take(buf);
+            self.body = Body::Ignored;
             if let Ok(doc) = serde_json::from_slice::<Doc>(&buf) {
                 self.note(&doc);
             }
@@ -421,6 +423,14 @@ mod tests {
         let last = m.last_content_at.unwrap();
         assert_eq!(last - first, Duration::from_millis(100));
         assert_eq!(m.time_per_output_token(), Some(Duration::from_millis(25)));
+    }
+
+    #[test]
+    fn a_stream_stays_a_stream_once_finished() {
+        let m = run(AiApi::Openai, b"text/event-stream", &["data: {}\n\n"]);
+        assert!(m.is_stream());
+        let m = run(AiApi::Openai, b"application/json", &["{}"]);
+        assert!(!m.is_stream());
     }
 
     #[test]

@@ -402,6 +402,7 @@ pub struct DemoAgent {
     pub addr: SocketAddr,
     pub name: String,
     token_delay: String,
+    first_token_delay: String,
 }
 
 impl DemoAgent {
@@ -410,11 +411,27 @@ impl DemoAgent {
     }
 
     pub fn start_on(addr: SocketAddr, name: &str, token_delay: &str) -> DemoAgent {
+        Self::start_llm_on(addr, name, token_delay, "0ms")
+    }
+
+    /// A demo agent whose LLM endpoints (chat completions, messages) wait
+    /// `first_token_delay` before the first content token.
+    pub fn start_llm(name: &str, token_delay: &str, first_token_delay: &str) -> DemoAgent {
+        Self::start_llm_on(free_addr(), name, token_delay, first_token_delay)
+    }
+
+    fn start_llm_on(
+        addr: SocketAddr,
+        name: &str,
+        token_delay: &str,
+        first_token_delay: &str,
+    ) -> DemoAgent {
         let mut a = DemoAgent {
             child: None,
             addr,
             name: name.to_string(),
             token_delay: token_delay.to_string(),
+            first_token_delay: first_token_delay.to_string(),
         };
         a.spawn();
         a
@@ -430,6 +447,8 @@ impl DemoAgent {
                 &self.name,
                 "--token-delay",
                 &self.token_delay,
+                "--first-token-delay",
+                &self.first_token_delay,
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -32,6 +32,31 @@ pub(super) fn alerts(
             r.get_ref().clone()
         });
         let signal = *a.signal.get_ref();
+        if matches!(
+            signal,
+            Signal::TimeToFirstTokenP99 | Signal::TokensPerSecond
+        ) {
+            let ai_routes = routes.iter().filter(|r| r.ai.is_some());
+            let fine = match &route {
+                Some(name) => ai_routes.clone().any(|r| &r.name == name),
+                None => ai_routes.clone().next().is_some(),
+            };
+            if !fine {
+                loc.push(
+                    span(&a.signal),
+                    format!(
+                        "signal {} reads AI routes only: {}",
+                        signal.as_str(),
+                        match &route {
+                            Some(r) => format!(
+                                "add [routes.ai] to route {r:?}, or name a route that has it"
+                            ),
+                            None => "no route has [routes.ai]".to_string(),
+                        }
+                    ),
+                );
+            }
+        }
         let threshold = match (&a.above, &a.below) {
             (Some(v), None) => Threshold::Above(*v.get_ref()),
             (None, Some(v)) => Threshold::Below(*v.get_ref()),
