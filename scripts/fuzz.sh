@@ -9,7 +9,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 # libFuzzer needs nightly-only flags; the stable toolchain accepts them with RUSTC_BOOTSTRAP.
 export RUSTC_BOOTSTRAP=1
 status=0
-for target in config_parser traceparent query_rewrite path_normalize; do
+for target in config_parser traceparent query_rewrite path_normalize sse_stream ai_request; do
   # New inputs go to fuzz/corpus-work (ignored by git); fuzz/corpus holds the seeds.
   mkdir -p "fuzz/corpus-work/$target"
   echo "== fuzzing $target for ${seconds}s"

@@ -41,3 +41,13 @@ fn query_rewrite_inputs() {
 fn path_normalize_inputs() {
     run("path_normalize", props::path_normalize);
 }
+
+#[test]
+fn sse_stream_inputs() {
+    run("sse_stream", props::sse_stream);
+}
+
+#[test]
+fn ai_request_inputs() {
+    run("ai_request", props::ai_request);
+}

@@ -110,3 +110,65 @@ pub fn path_normalize(data: &[u8]) {
         }
     }
 }
+
+/// Any bytes as an event stream: the events do not depend on where the chunks end
+/// (split at points the input's first bytes choose), and the meters of both APIs read
+/// them without a panic, seeing no more content events than there are events.
+pub fn sse_stream(data: &[u8]) {
+    use agentgate::ai::{sse::Event, Meter, SseParser};
+    use agentgate::config::AiApi;
+    let (cuts, stream) = data.split_at(data.len().min(3));
+    let collect = |chunks: &[&[u8]]| {
+        let mut p = SseParser::new();
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for c in chunks {
+            p.feed(c, &mut |e: Event| {
+                out.push((e.name.to_vec(), e.data.to_vec()))
+            });
+        }
+        out
+    };
+    let whole = collect(&[stream]);
+    let mut at: Vec<usize> = cuts
+        .iter()
+        .map(|c| *c as usize % (stream.len() + 1))
+        .collect();
+    at.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut from = 0;
+    for cut in at.into_iter().chain([stream.len()]) {
+        chunks.push(&stream[from..cut]);
+        from = cut;
+    }
+    assert_eq!(collect(&chunks), whole, "events depend on chunk boundaries");
+    let now = std::time::Instant::now();
+    for api in [AiApi::Openai, AiApi::Anthropic] {
+        let mut m = Meter::new(api, b"text/event-stream");
+        for c in &chunks {
+            m.feed(c, now);
+        }
+        m.finish();
+        assert!(m.content_events <= whole.len() as u64);
+        let _ = m.usage();
+        let _ = m.time_per_output_token();
+        let mut m = Meter::new(api, b"application/json");
+        m.feed(stream, now);
+        m.finish();
+        let _ = m.usage();
+    }
+}
+
+/// Any request body: the facts are read or the body counts as unparsed, never a
+/// panic; a body read as parsed is a JSON object.
+pub fn ai_request(data: &[u8]) {
+    use agentgate::ai::RequestFacts;
+    use agentgate::config::AiApi;
+    for api in [AiApi::Openai, AiApi::Anthropic] {
+        let f = RequestFacts::read(api, data);
+        assert_eq!(f.body_bytes, data.len() as u64);
+        if f.parsed {
+            let v: serde_json::Value = serde_json::from_slice(data).expect("parsed means JSON");
+            assert!(v.is_object());
+        }
+    }
+}

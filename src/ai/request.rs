@@ -36,7 +36,13 @@ impl RequestFacts {
     /// Reads the facts of a whole body.
     pub fn read(api: AiApi, body: &[u8]) -> RequestFacts {
         let body_bytes = body.len() as u64;
-        let Ok(f) = serde_json::from_slice::<Fields>(body) else {
+        // serde reads a struct from a JSON array too (fields in order): only an object
+        // is a request.
+        let is_object = body.trim_ascii_start().first() == Some(&b'{');
+        let Some(f) = is_object
+            .then(|| serde_json::from_slice::<Fields>(body).ok())
+            .flatten()
+        else {
             return RequestFacts {
                 body_bytes,
                 ..Default::default()
@@ -103,6 +109,7 @@ mod tests {
         for body in [
             &b"not json"[..],
             b"[1,2]",
+            br#"["gpt-4o", true, 64]"#,
             b"",
             br#"{"model": 5}"#,
             br#"{"max_tokens": -1}"#,

@@ -91,7 +91,7 @@ pub fn run_demo() -> i32 {
     let listen = config.server.listen;
     let admin = config.server.admin_listen;
     let gateway = format!("http://{}", local_url_host(listen));
-    println!("agentgate demo: three demo agents behind the gateway");
+    println!("agentgate demo: three demo agents behind the gateway (they also speak the OpenAI chat completions and Anthropic messages APIs)");
     for (name, addr) in DEMO_AGENTS {
         println!("  agent {name:8} http://{addr}");
     }
@@ -104,6 +104,10 @@ pub fn run_demo() -> i32 {
         "  curl -s -X POST {gateway}/v1/conversations/42/messages -d '{{\"text\":\"hello\"}}'"
     );
     println!("  curl -N -X POST '{gateway}/v1/conversations/42/stream?tokens=10'");
+    println!(
+        "  curl -N {gateway}/v1/chat/completions -d '{{\"model\":\"demo-mini\",\"stream\":true,\"stream_options\":{{\"include_usage\":true}},\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'"
+    );
+    println!("  (or any OpenAI client with base_url {gateway}/v1; tokens and time to first token show on /metrics)");
     println!();
     println!("Ctrl-C stops everything.");
     let agents: Vec<Box<dyn ServiceWithDependents>> = DEMO_AGENTS

@@ -18,6 +18,7 @@ use super::ctx::{AiExchange, Request, TokenNote};
 use crate::ai::{Meter, RequestFacts};
 use crate::config::AiRoute;
 use crate::errors::{ErrorKind, GatewayError};
+use crate::observe::per_config::RouteTelemetry;
 use crate::ratelimit::key_material;
 use crate::ratelimit::tokens::{Settled, TokenLimiter, TokenVerdict};
 use crate::state::RouteRuntime;
@@ -53,7 +54,7 @@ pub async fn admit(
         Some(n) if n <= READ_AHEAD_LIMIT => {
             let body = read_ahead(session, n, req).await?;
             exchange.facts = RequestFacts::read(ai.api, &body);
-            note_facts(req, ai, &mut exchange);
+            note_facts(ai, req.route_telemetry(), &mut exchange);
         }
         _ if session.as_mut().is_body_empty() => {}
         _ => {
@@ -108,14 +109,14 @@ async fn read_ahead(
 }
 
 /// The model label and the unparsed count, once the facts are known.
-fn note_facts(req: &Request, ai: &AiRoute, exchange: &mut AiExchange) {
+fn note_facts(ai: &AiRoute, telemetry: &RouteTelemetry, exchange: &mut AiExchange) {
     exchange.model_label = exchange
         .facts
         .model
         .as_deref()
         .and_then(|m| ai.models.iter().position(|l| &**l == m));
     if !exchange.facts.parsed {
-        if let Some(m) = &req.route_telemetry().ai {
+        if let Some(m) = &telemetry.ai {
             m.unparsed.increment(1);
         }
     }
@@ -189,7 +190,14 @@ pub async fn on_request_body(
     chunk: Option<&[u8]>,
     end_of_stream: bool,
 ) {
-    let Some(exchange) = req.ai.as_deref_mut() else {
+    let Some(routed) = req.route else {
+        return;
+    };
+    // Fields borrowed apart: the route's parts from the runtime, the exchange from the
+    // request's own state.
+    let route_rt = &req.runtime.routes[routed.route];
+    let telemetry = &req.runtime.telemetry.routes[routed.route];
+    let (Some(ai), Some(exchange)) = (&route_rt.route.ai, req.ai.as_deref_mut()) else {
         return;
     };
     let Some(copy) = exchange.body_copy.as_mut() else {
@@ -202,28 +210,10 @@ pub async fn on_request_body(
         return;
     }
     let body = exchange.body_copy.take().unwrap_or_default();
-    let runtime = std::sync::Arc::clone(&req.runtime);
-    let Some(routed) = req.route else {
-        return;
-    };
-    let route_rt = &runtime.routes[routed.route];
-    let Some(ai) = &route_rt.route.ai else {
-        return;
-    };
-    let Some(exchange) = req.ai.as_deref_mut() else {
-        return;
-    };
     exchange.facts = RequestFacts::read(ai.api, &body);
-    let mut exchange = req.ai.take();
-    if let Some(ex) = exchange.as_deref_mut() {
-        note_facts(req, ai, ex);
-    }
-    req.ai = exchange;
-    let (Some(limiter), Some(exchange)) = (route_rt.tokens.as_deref(), req.ai.as_deref_mut())
+    note_facts(ai, telemetry, exchange);
+    let (Some(limiter), Some(r)) = (route_rt.tokens.as_deref(), exchange.reservation.as_mut())
     else {
-        return;
-    };
-    let Some(r) = exchange.reservation.as_mut() else {
         return;
     };
     let want = limiter.reservation_for(
