@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: agentgate against nginx and a bare pingora proxy, measured in one run.
 #
-#   benches/run.sh [main|cost|scale|sse|idle|all]      (default: all)
+#   benches/run.sh [main|cost|scale|sse|idle|ai|all]   (default: all)
 #
 # main   direct / nginx proxy / bare pingora / agentgate (all off) / agentgate (all on) /
 #        agentgate with a local limit / with a global (Redis) limit: req/s, p50/p99,
@@ -12,10 +12,13 @@
 #        added delay per event
 # idle   5,000 keep-alive connections after one request each: memory per connection,
 #        and how much of it the gateway gives back once they close
+# ai     an SSE stream of 1,000 small OpenAI chunk events through a [routes.ai] route and
+#        through the same route without it: instructions (callgrind) and CPU time
+#        (user + kernel) per event
 #
 # Knobs: DURATION (s per run, 10), ROUNDS (5), WARMUP (s per system before round 1, 8),
 #        COST_SECONDS (s counted under callgrind, 12), THREADS (1), CONNS (50),
-#        STREAMS (10000), IDLE_CONNS (5000), HALT_POLL_NS (see below),
+#        STREAMS (10000), IDLE_CONNS (5000), AI_STREAMS (10), HALT_POLL_NS (see below),
 #        COMPRESSION (all-on's [trace] compression: gzip, the default, or none).
 #
 # HALT_POLL_NS: on a VM guest whose idle driver is haltpoll, how long an idle vCPU polls
@@ -37,7 +40,7 @@ STREAMS="${STREAMS:-10000}"
 IDLE_CONNS="${IDLE_CONNS:-5000}"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-for cmd in nginx wrk redis-server taskset ss ps; do
+for cmd in nginx wrk redis-server taskset ss ps curl; do
   command -v "$cmd" >/dev/null || { echo "missing $cmd: run scripts/deps.sh bench (as root) first" >&2; exit 1; }
 done
 NGINX=$(command -v nginx)
@@ -45,7 +48,7 @@ NGINX=$(command -v nginx)
 # Every port the bench listens on must be free: a process left on one from another run
 # would be measured in place of the bench's own (wait_port only sees that something
 # listens).
-BENCH_PORTS="18001 18002 18003 18004 18005 18006 18007 18009 18201 18202 18379 19004 19005 19006 19007 19202"
+BENCH_PORTS="18001 18002 18003 18004 18005 18006 18007 18009 18201 18202 18210 18211 18379 19004 19005 19006 19007 19202 19211"
 busy=""
 for p in $BENCH_PORTS; do
   if [ -n "$(ss -ltnH "sport = :$p")" ]; then busy="$busy $p"; fi
@@ -586,12 +589,100 @@ run_cost() {
   sleep 1; PIDS=()
 }
 
+# ai_config PORT ADMIN KIND(plain|ai) AGENT: one route to the agent's chat completions,
+# with [routes.ai] or without; access log and spans off, so the difference is the
+# reading of the stream alone.
+ai_config() {
+  local f="$W/agentgate-ai-$3.toml"
+  cat > "$f" <<CFG
+[server]
+listen = "127.0.0.1:$1"
+admin_listen = "127.0.0.1:$2"
+threads = 1
+grace_period = "0s"
+[log]
+level = "warn"
+access_log = "off"
+[trace]
+sample_ratio = 0.0
+[upstreams.llm]
+backends = ["$4"]
+[upstreams.llm.health]
+interval = "5s"
+[[routes]]
+name = "chat"
+path_prefix = "/v1/chat"
+upstream = "llm"
+CFG
+  if [ "$3" = ai ]; then printf '[routes.ai]\napi = "openai"\nmodels = ["bench-mini"]\n' >> "$f"; fi
+  echo "$f"
+}
+
+# ai_streams PORT N PARALLEL: N streams of 1,000 events, PARALLEL at a time.
+ai_streams() {
+  local body='{"model":"bench-mini","stream":true,"stream_options":{"include_usage":true},"max_tokens":1000,"messages":[{"role":"user","content":"count to a thousand"}]}'
+  seq 1 "$2" | $LOAD_CPU xargs -P "$3" -I{} curl -sfN -o /dev/null --max-time 120 \
+    -d "$body" "http://127.0.0.1:$1/v1/chat/completions?tokens=1000"
+}
+
+# On-CPU nanoseconds of every thread of a process (user + kernel), from schedstat.
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+
+run_ai() {
+  local agent=127.0.0.1:18210 n="${AI_STREAMS:-10}" kind
+  # 2 ms between events: even under callgrind the gateway reads each event on its own,
+  # as it does at full speed (coalesced events would flatter the plain route).
+  $LOAD_CPU "$BIN" demo-agent --listen "$agent" --name bench-llm --token-delay 2ms --first-token-delay 0ms >/dev/null 2>&1 &
+  PIDS+=($!)
+  wait_port 18210
+  : > "$W/ai"
+  for kind in plain ai; do
+    local cfg; cfg=$(ai_config 18211 19211 "$kind" "$agent")
+    $PROXY_CPU "$BIN" run --config "$cfg" >/dev/null 2>"$W/agentgate-ai.err" &
+    local pid=$!
+    wait_port 18211
+    ai_streams 18211 2 2
+    local before; before=$(cpu_ns "$pid")
+    ai_streams 18211 "$n" 2
+    local after; after=$(cpu_ns "$pid")
+    kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+    local out="$W/callgrind.ai-$kind"
+    $PROXY_CPU valgrind --tool=callgrind --callgrind-out-file="$out" --instr-atstart=no "$BIN" run --config "$cfg" >/dev/null 2>"$W/valgrind-ai-$kind.err" &
+    pid=$!
+    wait_port 18211 60
+    ai_streams 18211 2 2
+    callgrind_control -i on "$pid" >/dev/null
+    ai_streams 18211 "$n" 2
+    callgrind_control -i off "$pid" >/dev/null
+    kill -INT "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local instr; instr=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    echo "$kind $(( instr / (n * 1000) )) $(( (after - before) / (n * 1000) ))" >> "$W/ai"
+    echo "  $kind: $instr instructions, $(( after - before )) ns CPU for $n streams" >&2
+  done
+  echo
+  echo "### An SSE stream of 1,000 events through an AI route ($(machine))"
+  echo
+  echo "Demo agent (OpenAI chunks, ~190 bytes each, 2 ms apart, final usage chunk), $n streams two at a time, one worker; access log and spans off in both."
+  echo
+  echo "| route | instructions/event | CPU ns/event (user + kernel) |"
+  echo "|---|---:|---:|"
+  awk '{ printf "| %s | %d | %d |\n", ($1 == "ai" ? "with [routes.ai]" : "plain"), $2, $3 }' "$W/ai"
+  awk '$1 == "plain" { pi = $2; pc = $3 } $1 == "ai" { ai = $2; ac = $3 }
+       END { printf "| added by [routes.ai] | %+.1f%% | %+.1f%% |\n", (ai - pi) * 100 / pi, (ac - pc) * 100 / pc }' "$W/ai"
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 1; PIDS=()
+}
+
 case "$MODE" in
   main) run_main ;;
+  ai) run_ai ;;
   scale) run_scale ;;
   sse) run_sse ;;
   idle) run_idle ;;
   cost) run_cost ;;
-  all) run_main; run_cost; run_scale; run_sse; run_idle ;;
-  *) echo "usage: $0 [main|cost|scale|sse|idle|all]" >&2; exit 2 ;;
+  all) run_main; run_cost; run_scale; run_sse; run_idle; run_ai ;;
+  *) echo "usage: $0 [main|cost|scale|sse|idle|ai|all]" >&2; exit 2 ;;
 esac

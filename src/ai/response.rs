@@ -175,19 +175,15 @@ impl Meter {
         }
     }
 
-    /// Usage as reported, or with output estimated from content events.
-    pub fn usage(&self) -> (Usage, UsageSource) {
+    /// Usage as reported, or estimated: output as the content events seen, input as
+    /// `input_estimate` (the request body's bytes / 4) when the agent reported none.
+    pub fn usage(&self, input_estimate: u64) -> (Usage, UsageSource) {
+        let input = self.input.unwrap_or(input_estimate);
         match self.output {
-            Some(output) => (
-                Usage {
-                    input: self.input.unwrap_or(0),
-                    output,
-                },
-                UsageSource::Reported,
-            ),
+            Some(output) => (Usage { input, output }, UsageSource::Reported),
             None => (
                 Usage {
-                    input: self.input.unwrap_or(0),
+                    input,
                     output: self.content_events,
                 },
                 UsageSource::Estimated,
@@ -208,7 +204,7 @@ impl Meter {
     /// Time per output token: (last content - first) / (output tokens - 1).
     pub fn time_per_output_token(&self) -> Option<Duration> {
         let (first, last) = (self.first_content_at?, self.last_content_at?);
-        let output = self.usage().0.output;
+        let output = self.output.unwrap_or(self.content_events);
         (output > 1).then(|| last.saturating_duration_since(first) / (output - 1) as u32)
     }
 }
@@ -410,7 +406,7 @@ mod tests {
         assert_eq!(m.response_model.as_deref(), Some("gpt-4o-mini-2024"));
         assert_eq!(m.content_events, 3);
         assert_eq!(
-            m.usage(),
+            m.usage(0),
             (
                 Usage {
                     input: 12,
@@ -441,7 +437,7 @@ mod tests {
             &["data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n"],
         );
         assert_eq!(
-            m.usage(),
+            m.usage(0),
             (
                 Usage {
                     input: 0,
@@ -466,7 +462,7 @@ mod tests {
         assert_eq!(m.response_model.as_deref(), Some("gpt-4.1"));
         assert_eq!(m.content_events, 1);
         assert_eq!(
-            m.usage().0,
+            m.usage(0).0,
             Usage {
                 input: 3,
                 output: 1
@@ -489,7 +485,7 @@ mod tests {
         assert_eq!(m.response_model.as_deref(), Some("claude-x"));
         assert_eq!(m.content_events, 1);
         assert_eq!(
-            m.usage().0,
+            m.usage(0).0,
             Usage {
                 input: 30,
                 output: 15
@@ -508,7 +504,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            m.usage(),
+            m.usage(0),
             (
                 Usage {
                     input: 7,
@@ -524,7 +520,7 @@ mod tests {
             &["{\"type\":\"message\",\"model\":\"claude\",\"usage\":{\"input_tokens\":4,\"output_tokens\":9}}"],
         );
         assert_eq!(
-            m.usage().0,
+            m.usage(0).0,
             Usage {
                 input: 4,
                 output: 9

@@ -281,10 +281,7 @@ pub async fn finish(session: &Session, req: &mut Request) {
         exchange.reservation.take(),
         req.route_runtime().and_then(|r| r.tokens.clone()),
     ) {
-        let used = exchange.meter.as_ref().filter(|m| m.reported()).map(|m| {
-            let (u, _) = m.usage();
-            u.input + u.output
-        });
+        let used = exchange.reported_tokens();
         let mut ip_buf = [0u8; 16];
         let material = key_material(
             &limiter.rule.key,
@@ -306,7 +303,7 @@ fn record(req: &Request, exchange: &AiExchange) {
         return;
     };
     let model = metrics.model(exchange.model_label);
-    let (usage, _) = meter.usage();
+    let (usage, _) = exchange.usage();
     model.input_tokens.increment(usage.input);
     model.output_tokens.increment(usage.output);
     if let Some(ttft) = time_to_first_token(req, meter) {

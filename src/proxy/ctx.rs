@@ -19,7 +19,7 @@ use super::deadlines::UpstreamDeadline;
 use super::headers::HopByHop;
 use super::respond::ResponseScan;
 use super::socket::Socket;
-use crate::ai::{Meter, RequestFacts};
+use crate::ai::{Meter, RequestFacts, Usage, UsageSource};
 use crate::balance::InFlightGuard;
 use crate::errors::GatewayError;
 use crate::observe::metrics::PaginationAction;
@@ -73,6 +73,25 @@ pub struct AiExchange {
     pub reservation: Option<Reservation>,
     /// The response's reader, made when its header arrives.
     pub meter: Option<Meter>,
+}
+
+impl AiExchange {
+    /// The exchange's tokens: as the agent reported them, or estimated (output from
+    /// the content events, input from the request body); nothing without a response.
+    pub fn usage(&self) -> (Usage, UsageSource) {
+        match &self.meter {
+            Some(m) => m.usage(self.facts.input_estimate()),
+            None => (Usage::default(), UsageSource::Estimated),
+        }
+    }
+
+    /// Input + output tokens when the agent reported its usage (what a token budget
+    /// settles to).
+    pub fn reported_tokens(&self) -> Option<u64> {
+        let meter = self.meter.as_ref().filter(|m| m.reported())?;
+        let (u, _) = meter.usage(self.facts.input_estimate());
+        Some(u.input + u.output)
+    }
 }
 
 /// How the request and its trace are named.

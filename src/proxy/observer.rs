@@ -203,11 +203,7 @@ impl Observer {
             error: outcome.error_code(),
             key_id: ctx.client.key_id.as_deref(),
             ai: ctx.ai.as_deref().map(|ai| {
-                let (usage, source) = ai
-                    .meter
-                    .as_ref()
-                    .map(|m| m.usage())
-                    .unwrap_or((Default::default(), crate::ai::UsageSource::Estimated));
+                let (usage, source) = ai.usage();
                 access_log::AiFields {
                     model: ai.facts.model.as_deref(),
                     input_tokens: usage.input,
@@ -304,8 +300,8 @@ impl Observer {
             ttft_s: meter
                 .and_then(|m| super::ai::time_to_first_token(ctx, m))
                 .map(|d| d.as_secs_f64()),
-            tokens: meter.map_or(0, |m| {
-                let (u, _) = m.usage();
+            tokens: ctx.ai.as_deref().map_or(0, |ai| {
+                let (u, _) = ai.usage();
                 u.input + u.output
             }),
         };
@@ -483,7 +479,7 @@ fn gen_ai_attrs(
         if let Some(m) = &meter.response_model {
             otlp::str_attr(b, "gen_ai.response.model", m);
         }
-        let (usage, source) = meter.usage();
+        let (usage, source) = ai.usage();
         otlp::int_attr(
             b,
             "gen_ai.usage.input_tokens",
