@@ -149,12 +149,12 @@ pub fn sse_stream(data: &[u8]) {
         }
         m.finish();
         assert!(m.content_events <= whole.len() as u64);
-        let _ = m.usage();
+        let _ = m.usage(0);
         let _ = m.time_per_output_token();
         let mut m = Meter::new(api, b"application/json");
         m.feed(stream, now);
         m.finish();
-        let _ = m.usage();
+        let _ = m.usage(0);
     }
 }
 
