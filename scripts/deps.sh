@@ -7,7 +7,7 @@ set -euo pipefail
 want=(cmake)
 case "${1:-build}" in
   build) ;;
-  test)  want+=(redis-server prometheus prometheus-alertmanager systemd) ;;
+  test)  want+=(redis-server prometheus prometheus-alertmanager systemd chromium chromium-driver) ;;
   bench) want+=(nginx-light wrk redis-server valgrind iproute2 procps curl) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
@@ -17,7 +17,7 @@ declare -A cmd_of=(
   [cmake]=cmake [redis-server]=redis-server [prometheus]=promtool
   [prometheus-alertmanager]=prometheus-alertmanager [nginx-light]=nginx [wrk]=wrk
   [valgrind]=callgrind_control [iproute2]=ss [procps]=ps [systemd]=systemd-analyze
-  [python3-pip]=pip3 [curl]=curl
+  [python3-pip]=pip3 [curl]=curl [chromium]=chromium [chromium-driver]=chromedriver
 )
 # Python packages the tests use: kubernetes-validate (the Kubernetes schemas, offline)
 # and PyYAML, for the deployment files' tests; the official OpenAI client, for the AI

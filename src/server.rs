@@ -178,6 +178,7 @@ pub fn run(config: Config, start: Start, extra: Vec<Box<dyn ServiceWithDependent
         AdminApp {
             shared: Arc::clone(&shared),
             observer: Arc::clone(&observer),
+            started_unix_ms: crate::admin::overview::unix_ms(),
         },
     );
     admin.add_tcp(&admin_listen.to_string());

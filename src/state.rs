@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::alerts::window::Windows;
+use crate::alerts::window::{KeptRings, Windows};
 use crate::alerts::AlertBoard;
 use crate::balance::{BackendRegistry, UpstreamPool};
 use std::net::SocketAddr;
@@ -60,6 +60,8 @@ pub struct Carryover {
     pub resolved: Mutex<HashMap<(String, BackendName), Vec<SocketAddr>>>,
     limiters: Mutex<HashMap<String, Arc<RouteLimiter>>>,
     token_limiters: Mutex<HashMap<String, Arc<TokenLimiter>>>,
+    /// The routes' outcome windows (alerts, the admin page).
+    rings: KeptRings,
     store: ArcSwapOption<RedisStore>,
 }
 
@@ -193,7 +195,7 @@ impl Runtime {
         registry.retain(&keep);
         Runtime {
             telemetry: Telemetry::build(&config),
-            windows: Windows::for_config(&config),
+            windows: Windows::for_config(&config, &carry.rings),
             config,
             routes,
             upstreams,
@@ -201,11 +203,31 @@ impl Runtime {
     }
 }
 
+/// How many reloads the admin page lists.
+const RELOADS_KEPT: usize = 20;
+
+/// One reload, for the admin page: when, whether it took, and what it changed or why
+/// it was refused.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadEvent {
+    pub at_unix_ms: u64,
+    /// `success` or `failure`.
+    pub result: &'static str,
+    /// The sections that changed (success), or nothing.
+    pub changed: String,
+    /// The located config errors (failure).
+    pub errors: Vec<String>,
+    /// Settings the new config changes that only a restart applies.
+    pub needs_restart: Vec<String>,
+}
+
 /// State shared by the proxy, the admin listener and the background services.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub carry: Carryover,
     pub alerts: AlertBoard,
+    /// The latest reloads, newest last.
+    reloads: Mutex<std::collections::VecDeque<ReloadEvent>>,
     draining: AtomicBool,
     /// Held while a runtime is built and swapped in (reload, or a refresh after
     /// names resolved anew).
@@ -222,6 +244,7 @@ impl Shared {
             alerts,
             runtime: ArcSwap::from_pointee(runtime),
             carry,
+            reloads: Mutex::new(std::collections::VecDeque::with_capacity(RELOADS_KEPT)),
             draining: AtomicBool::new(false),
             installing: Mutex::new(()),
         })
@@ -257,6 +280,21 @@ impl Shared {
 
     pub fn alerts_json(&self) -> serde_json::Value {
         self.alerts.to_json()
+    }
+
+    /// Remembers a reload (the oldest of `RELOADS_KEPT` goes).
+    pub fn note_reload(&self, event: ReloadEvent) {
+        let mut reloads = self.reloads.lock().unwrap_or_else(|p| p.into_inner());
+        if reloads.len() == RELOADS_KEPT {
+            reloads.pop_front();
+        }
+        reloads.push_back(event);
+    }
+
+    /// The latest reloads, newest first.
+    pub fn reloads(&self) -> Vec<ReloadEvent> {
+        let reloads = self.reloads.lock().unwrap_or_else(|p| p.into_inner());
+        reloads.iter().rev().cloned().collect()
     }
 
     pub fn is_draining(&self) -> bool {

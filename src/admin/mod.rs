@@ -1,5 +1,9 @@
 //! The admin listener (SPEC §4): /healthz, /readyz, /metrics, /alerts, /config and
-//! /reload on a separate port, loopback by default.
+//! /reload on a separate port, loopback by default, and the live admin page (`/`, with
+//! the JSON it polls at `/api/overview`).
+
+pub mod overview;
+pub mod page;
 
 use std::sync::Arc;
 
@@ -19,6 +23,8 @@ use crate::state::Shared;
 pub struct AdminApp {
     pub shared: Arc<Shared>,
     pub observer: Arc<Observer>,
+    /// When the process started serving (unix ms), for the page's uptime.
+    pub started_unix_ms: u64,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -44,6 +50,39 @@ fn admin_error(status: u16, code: &str, message: &str) -> Response<Vec<u8>> {
         status,
         json!({"error": {"code": code, "message": message, "request_id": ""}}),
     )
+}
+
+/// The admin page, gzip-compressed when the client takes it.
+fn admin_page(session: &ServerSession) -> Response<Vec<u8>> {
+    let page = page::page();
+    let gzip = !page.gzip.is_empty()
+        && session
+            .req_header()
+            .headers
+            .get_all(http::header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|c| c.trim().starts_with("gzip")));
+    let body = if gzip {
+        page.gzip.clone()
+    } else {
+        page.plain.to_vec()
+    };
+    let mut builder = Response::builder()
+        .status(200)
+        .header("content-type", "text/html; charset=utf-8")
+        .header("content-length", body.len())
+        .header("cache-control", "no-cache")
+        .header("vary", "accept-encoding")
+        .header("x-content-type-options", "nosniff")
+        .header("referrer-policy", "no-referrer")
+        .header("content-security-policy", page.csp.as_str());
+    if gzip {
+        builder = builder.header("content-encoding", "gzip");
+    }
+    builder
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
 impl AdminApp {
@@ -115,6 +154,10 @@ impl ServeHttp for AdminApp {
         if path == "/readyz" && method == http::Method::GET {
             return self.readiness();
         }
+        // The page carries no data: the JSON it reads asks for the token.
+        if path == "/" && method == http::Method::GET {
+            return admin_page(session);
+        }
         if !self.authorized(session) {
             return admin_error(
                 401,
@@ -148,6 +191,10 @@ impl ServeHttp for AdminApp {
                 json_response(200, redacted_config(&runtime.config))
             }
             ("GET", "/alerts") => json_response(200, self.shared.alerts_json()),
+            ("GET", "/api/overview") => json_response(
+                200,
+                overview::overview(&self.shared, self.started_unix_ms),
+            ),
             ("POST", "/reload") => match reload::reload(&self.shared, &self.observer) {
                 Ok(report) => json_response(
                     200,
@@ -159,7 +206,7 @@ impl ServeHttp for AdminApp {
                            "errors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()}),
                 ),
             },
-            (_, "/readyz" | "/metrics" | "/config" | "/alerts" | "/reload") => admin_error(
+            (_, "/" | "/readyz" | "/metrics" | "/config" | "/alerts" | "/reload" | "/api/overview") => admin_error(
                 405,
                 "method_not_allowed",
                 "wrong method for this admin endpoint",
@@ -167,7 +214,7 @@ impl ServeHttp for AdminApp {
             _ => admin_error(
                 404,
                 "not_found",
-                "admin endpoints: /healthz /readyz /metrics /alerts /config /reload",
+                "admin endpoints: / (the admin page) /healthz /readyz /metrics /alerts /config /reload /api/overview",
             ),
         }
     }

@@ -2,7 +2,9 @@
 //! handful of relaxed atomic adds (no allocation, no lock), memory is fixed by the
 //! longest alert window, and reading sums the slots of the last N seconds.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::observe::metrics::LATENCY_BUCKETS;
 
@@ -93,13 +95,21 @@ fn bucket_of(seconds: f64) -> usize {
         .unwrap_or(LATENCY_BUCKETS.len())
 }
 
+/// The longest window a ring answers.
+const MAX_SECONDS: u64 = 3600;
+
 impl Ring {
     /// A ring that can answer windows up to `seconds` long.
     pub fn new(seconds: u64) -> Ring {
-        let n = seconds.clamp(1, 3600) as usize + 1;
+        let n = seconds.clamp(1, MAX_SECONDS) as usize + 1;
         Ring {
             slots: (0..n).map(|_| Slot::new()).collect(),
         }
+    }
+
+    /// The longest window it answers.
+    pub fn seconds(&self) -> u64 {
+        self.slots.len() as u64 - 1
     }
 
     fn slot_for(&self, now_s: u64) -> &Slot {
@@ -162,6 +172,20 @@ impl Ring {
         }
         out
     }
+
+    /// The sums of each of the last `seconds` seconds up to and including `now_s`,
+    /// oldest first (zeros for seconds nothing was recorded in).
+    pub fn per_second(&self, now_s: u64, seconds: u64) -> Vec<WindowSums> {
+        let n = seconds.min(self.slots.len() as u64 - 1);
+        (0..n)
+            .rev()
+            .map(|back| match now_s.checked_sub(back) {
+                Some(second) => self.sum(second, 1),
+                // Before the clock's first second: nothing happened then.
+                None => WindowSums::default(),
+            })
+            .collect()
+    }
 }
 
 /// The q-quantile of a bucketed distribution, interpolated inside the bucket as
@@ -190,16 +214,57 @@ pub fn quantile(q: f64, buckets: &[u64; BUCKETS]) -> Option<f64> {
     Some(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1])
 }
 
-/// The outcome windows one config's alerts read: one per route an alert names, one over
-/// all routes when an alert does. Rings exist only for what some alert reads.
+/// Seconds every route's window keeps at least: the admin page's one-minute sparklines.
+pub const PAGE_SECONDS: u64 = 60;
+
+/// The outcome windows of one config: one per route (as long as the longest alert on it
+/// needs, and at least a minute for the admin page), and one over all routes when an
+/// alert reads it.
 pub struct Windows {
     /// Same order as the config's routes.
-    routes: Vec<Option<Ring>>,
-    all: Option<Ring>,
+    routes: Vec<Arc<Ring>>,
+    all: Option<Arc<Ring>>,
+}
+
+/// Rings that outlive a config: a reload that keeps a route (by name) and its window
+/// length keeps its ring, so alerts and the admin page do not start from nothing.
+#[derive(Default)]
+pub struct KeptRings {
+    /// By route name; `None` is the ring over all routes.
+    rings: Mutex<HashMap<Option<String>, Arc<Ring>>>,
+}
+
+impl KeptRings {
+    fn ring(
+        &self,
+        kept: &mut HashMap<Option<String>, Arc<Ring>>,
+        key: Option<&str>,
+        seconds: u64,
+    ) -> Arc<Ring> {
+        let key = key.map(str::to_string);
+        match self
+            .rings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            Some(r) if r.seconds() == seconds.clamp(1, MAX_SECONDS) => {
+                kept.insert(key, Arc::clone(r));
+                Arc::clone(r)
+            }
+            _ => {
+                let r = Arc::new(Ring::new(seconds));
+                kept.insert(key, Arc::clone(&r));
+                r
+            }
+        }
+    }
 }
 
 impl Windows {
-    pub fn for_config(config: &crate::config::Config) -> Windows {
+    /// The windows `config` needs, reusing the rings of `kept` that still fit; `kept`
+    /// then holds this config's rings only.
+    pub fn for_config(config: &crate::config::Config, kept: &KeptRings) -> Windows {
         let seconds = |route: Option<&str>| {
             config
                 .alerts
@@ -211,24 +276,30 @@ impl Windows {
                 .map(|a| a.window.as_secs().max(1))
                 .max()
         };
-        Windows {
+        let mut now_kept = HashMap::new();
+        let windows = Windows {
             routes: config
                 .routes
                 .iter()
-                .map(|r| seconds(Some(&r.name)).map(Ring::new))
+                .map(|r| {
+                    let s = seconds(Some(&r.name)).unwrap_or(0).max(PAGE_SECONDS);
+                    kept.ring(&mut now_kept, Some(&r.name), s)
+                })
                 .collect(),
-            all: seconds(None).map(Ring::new),
-        }
+            all: seconds(None).map(|s| kept.ring(&mut now_kept, None, s)),
+        };
+        *kept.rings.lock().unwrap_or_else(|p| p.into_inner()) = now_kept;
+        windows
     }
 
-    /// The window of route `index` (`None` when no alert reads it).
+    /// The window of route `index`.
     pub fn route(&self, index: usize) -> Option<&Ring> {
-        self.routes.get(index).and_then(Option::as_ref)
+        self.routes.get(index).map(|r| &**r)
     }
 
     /// The window over all routes (`None` when no alert reads it).
     pub fn all(&self) -> Option<&Ring> {
-        self.all.as_ref()
+        self.all.as_deref()
     }
 
     /// Records a request of route `route` (unmatched: `None`) in every window it feeds.
@@ -293,6 +364,32 @@ mod tests {
         let p100 = quantile(1.0, &sums.latency).unwrap();
         assert!(p100 > 2.5 && p100 <= 5.0, "{p100}");
         assert_eq!(quantile(0.99, &[0; BUCKETS]), None);
+    }
+
+    #[test]
+    fn per_second_sums_oldest_first() {
+        let ring = Ring::new(60);
+        for (second, n) in [(100, 2), (102, 5)] {
+            for _ in 0..n {
+                ring.record(second, ok(0.01));
+            }
+        }
+        let seconds: Vec<u64> = ring.per_second(102, 4).iter().map(|s| s.total).collect();
+        assert_eq!(seconds, vec![0, 2, 0, 5]);
+        assert_eq!(
+            ring.per_second(102, 1000).len(),
+            60,
+            "at most the ring's length"
+        );
+        let early = Ring::new(60);
+        early.record(0, ok(0.01));
+        early.record(1, ok(0.01));
+        let seconds: Vec<u64> = early.per_second(1, 4).iter().map(|s| s.total).collect();
+        assert_eq!(
+            seconds,
+            vec![0, 0, 1, 1],
+            "seconds before the clock's start are empty"
+        );
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct BackendState {
     /// The name this address was resolved from (TLS names it), if any.
     pub host: Option<String>,
     in_flight: AtomicU32,
+    /// Requests sent to it since it was first configured (its share of the traffic, on
+    /// the admin page).
+    requests: AtomicU64,
     active_healthy: AtomicBool,
     active_streak: AtomicU32,
     passive_failures: AtomicU32,
@@ -38,6 +41,7 @@ impl BackendState {
             label,
             host,
             in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
             // Backends start healthy so traffic flows before the first check completes.
             active_healthy: AtomicBool::new(true),
             active_streak: AtomicU32::new(0),
@@ -60,6 +64,15 @@ impl BackendState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// When the current or last ejection ends, in `clock::now_ms` milliseconds.
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
     pub fn is_active_healthy(&self) -> bool {
         self.active_healthy.load(Ordering::Relaxed)
     }
@@ -76,6 +89,7 @@ impl BackendState {
     /// Marks a request as sent to this backend until the guard drops.
     pub fn begin_request(self: &Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         InFlightGuard {
             backend: Arc::clone(self),
         }

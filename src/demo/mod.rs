@@ -91,12 +91,20 @@ pub fn run_demo() -> i32 {
     let listen = config.server.listen;
     let admin = config.server.admin_listen;
     let gateway = format!("http://{}", local_url_host(listen));
-    println!("agentgate demo: three demo agents behind the gateway (they also speak the OpenAI chat completions and Anthropic messages APIs)");
+    println!(
+        "agentgate demo: open http://{}/ to watch the gateway work (the live admin page)",
+        local_url_host(admin)
+    );
+    println!();
+    println!("Three demo agents behind the gateway (they also speak the OpenAI chat completions and Anthropic messages APIs):");
     for (name, addr) in DEMO_AGENTS {
         println!("  agent {name:8} http://{addr}");
     }
     println!("  gateway        {gateway}");
-    println!("  admin          http://{admin}  (/metrics /readyz /alerts /config)");
+    println!(
+        "  admin          http://{}/  (the live page; /metrics /readyz /alerts /config)",
+        local_url_host(admin)
+    );
     println!();
     println!("Try:");
     println!("  curl -s '{gateway}/v1/conversations?limit=5'");

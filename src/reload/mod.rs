@@ -15,7 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{self, ConfigErrors};
 use crate::observe::{logger, metrics};
 use crate::proxy::Observer;
-use crate::state::Shared;
+use crate::state::{ReloadEvent, Shared};
 
 /// What a reload did.
 #[derive(Debug)]
@@ -34,6 +34,13 @@ pub fn reload(shared: &Shared, observer: &Observer) -> Result<ReloadReport, Conf
         Err(errors) => {
             metrics::config_reload(false);
             let listed: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+            shared.note_reload(ReloadEvent {
+                at_unix_ms: unix_ms(),
+                result: "failure",
+                changed: String::new(),
+                errors: listed.clone(),
+                needs_restart: Vec::new(),
+            });
             let span = tracing::error_span!(
                 "config.reload",
                 event = "config_reload_failed",
@@ -97,6 +104,13 @@ pub fn reload(shared: &Shared, observer: &Observer) -> Result<ReloadReport, Conf
     let changed = what_changed(&old.config, &new);
     shared.install(new);
     metrics::config_reload(true);
+    shared.note_reload(ReloadEvent {
+        at_unix_ms: unix_ms(),
+        result: "success",
+        changed: changed.clone(),
+        errors: Vec::new(),
+        needs_restart: needs_restart.clone(),
+    });
     let span = tracing::info_span!(
         "config.reload",
         event = "config_reloaded",
@@ -110,6 +124,12 @@ pub fn reload(shared: &Shared, observer: &Observer) -> Result<ReloadReport, Conf
         summary,
         needs_restart,
     })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The sections a reload changed, by name (`routes, upstreams.agents`), or `nothing`.

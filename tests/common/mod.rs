@@ -6,6 +6,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod backend;
+pub mod browser;
 pub mod gateway;
 pub mod grpc;
 pub mod otlp;
