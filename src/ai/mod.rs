@@ -4,6 +4,7 @@
 //! incrementally; [`response`] reads usage, the answering model and the moments content
 //! arrives from a JSON body or from the stream's events, for the API the route names.
 
+pub mod quick;
 pub mod request;
 pub mod response;
 pub mod sse;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::quick;
 use super::sse::{Event, SseParser};
 use crate::config::AiApi;
 
@@ -135,20 +136,31 @@ impl Meter {
         if e.data == b"[DONE]" {
             return;
         }
-        let Ok(doc) = serde_json::from_slice::<Doc>(e.data) else {
-            return;
+        // OpenAI names the model in its chunks: the first one is read whole for it.
+        let judged = match self.api {
+            AiApi::Openai if self.response_model.is_none() => None,
+            api => quick::content(api, e.name, e.data),
         };
-        let kind = doc.kind.as_deref().unwrap_or("");
-        let content = match self.api {
-            AiApi::Openai => doc.choices_content || (kind.ends_with(".delta") && doc.delta.text),
-            AiApi::Anthropic => kind == "content_block_delta" && doc.delta.text,
+        let content = match judged {
+            Some(content) => content,
+            None => match self.read_whole(e.data) {
+                Some(content) => content,
+                None => return,
+            },
         };
         if content {
             self.content_events += 1;
             self.first_content_at.get_or_insert(now);
             self.last_content_at = Some(now);
         }
+    }
+
+    /// Parses an event whole: notes its model and usage; says whether it carries content
+    /// (`None`: not JSON).
+    fn read_whole(&mut self, data: &[u8]) -> Option<bool> {
+        let doc = serde_json::from_slice::<Doc>(data).ok()?;
         self.note(&doc);
+        Some(content_of(self.api, &doc))
     }
 
     fn note(&mut self, doc: &Doc) {
@@ -206,6 +218,15 @@ impl Meter {
         let (first, last) = (self.first_content_at?, self.last_content_at?);
         let output = self.output.unwrap_or(self.content_events);
         (output > 1).then(|| last.saturating_duration_since(first) / (output - 1) as u32)
+    }
+}
+
+/// Whether a parsed event carries content.
+fn content_of(api: AiApi, doc: &Doc) -> bool {
+    let kind = doc.kind.as_deref().unwrap_or("");
+    match api {
+        AiApi::Openai => doc.choices_content || (kind.ends_with(".delta") && doc.delta.text),
+        AiApi::Anthropic => kind == "content_block_delta" && doc.delta.text,
     }
 }
 
@@ -377,6 +398,45 @@ fn any_choice_content<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error>
 }
 
 #[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Chat chunks as an agent may write them (any text, compact or pretty, usage
+        /// null or absent, tool calls or not): the quick read judges them all, as the
+        /// whole parse does.
+        #[test]
+        fn quick_and_whole_agree_on_chat_chunks(
+            text in ".{0,40}",
+            usage_null in any::<bool>(),
+            pretty in any::<bool>(),
+            tool_calls in 0usize..3,
+            role in any::<bool>(),
+        ) {
+            let mut delta = serde_json::json!({"content": text});
+            if role {
+                delta["role"] = serde_json::json!("assistant");
+            }
+            if tool_calls > 0 {
+                delta["tool_calls"] = serde_json::Value::Array(
+                    (0..tool_calls - 1).map(|i| serde_json::json!({"index": i})).collect(),
+                );
+            }
+            let mut chunk = serde_json::json!({"id": "c", "object": "chat.completion.chunk", "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": null}]});
+            if usage_null {
+                chunk["usage"] = serde_json::Value::Null;
+            }
+            let data = if pretty { serde_json::to_string_pretty(&chunk) } else { serde_json::to_string(&chunk) }.unwrap();
+            let quick = quick::content(AiApi::Openai, b"", data.as_bytes());
+            let whole = content_of(AiApi::Openai, &serde_json::from_str::<Doc>(&data).unwrap());
+            prop_assert_eq!(quick, Some(whole), "{}", data);
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -419,6 +479,127 @@ mod tests {
         let last = m.last_content_at.unwrap();
         assert_eq!(last - first, Duration::from_millis(100));
         assert_eq!(m.time_per_output_token(), Some(Duration::from_millis(25)));
+    }
+
+    fn whole(api: AiApi, data: &str) -> bool {
+        content_of(api, &serde_json::from_str::<Doc>(data).unwrap())
+    }
+
+    #[test]
+    fn the_quick_read_agrees_with_the_whole_parse() {
+        let cases: &[(AiApi, &str, &str, Option<bool>)] = &[
+            (
+                AiApi::Openai,
+                "",
+                r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"Hi \"x\""},"finish_reason":null}],"usage":null}"#,
+                Some(true),
+            ),
+            (
+                AiApi::Openai,
+                "",
+                r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#,
+                Some(false),
+            ),
+            (
+                AiApi::Openai,
+                "",
+                r#"{"choices":[{"delta": {"content" : "x"}}]}"#,
+                Some(true),
+            ),
+            (
+                AiApi::Openai,
+                "",
+                r#"{"choices":[{"delta":{"refusal":"no"}}]}"#,
+                Some(true),
+            ),
+            (
+                AiApi::Openai,
+                "",
+                r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#,
+                Some(false),
+            ),
+            (
+                AiApi::Openai,
+                "",
+                r#"{"choices":[{"delta":{"content":null,"tool_calls":[]}}]}"#,
+                Some(false),
+            ),
+            (
+                AiApi::Openai,
+                "",
+                r#"{"choices":[{"delta":{"content":"a"},"logprobs":{"content":[{"token":"a"}]}}]}"#,
+                Some(true),
+            ),
+            // Shapes left to the whole parse.
+            (
+                AiApi::Openai,
+                "",
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"type":"function","function":{"arguments":"{"}}]}}]}"#,
+                None,
+            ),
+            (
+                AiApi::Openai,
+                "",
+                r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+                None,
+            ),
+            (
+                AiApi::Openai,
+                "response.output_text.delta",
+                r#"{"type":"response.output_text.delta","delta":"Hi"}"#,
+                Some(true),
+            ),
+            (
+                AiApi::Openai,
+                "response.output_text.delta",
+                r#"{"type":"response.output_text.delta","delta":""}"#,
+                Some(false),
+            ),
+            (
+                AiApi::Openai,
+                "response.in_progress",
+                r#"{"type":"response.in_progress","response":{"usage":null}}"#,
+                Some(false),
+            ),
+            (
+                AiApi::Openai,
+                "response.completed",
+                r#"{"type":"response.completed","response":{"usage":{"input_tokens":1,"output_tokens":1}}}"#,
+                None,
+            ),
+            (
+                AiApi::Anthropic,
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+                Some(true),
+            ),
+            (
+                AiApi::Anthropic,
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"a"}}"#,
+                Some(true),
+            ),
+            (
+                AiApi::Anthropic,
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""}}"#,
+                Some(false),
+            ),
+            (AiApi::Anthropic, "ping", r#"{"type":"ping"}"#, Some(false)),
+            (
+                AiApi::Anthropic,
+                "message_delta",
+                r#"{"type":"message_delta","usage":{"output_tokens":3}}"#,
+                None,
+            ),
+        ];
+        for (api, name, data, want) in cases {
+            let quick = quick::content(*api, name.as_bytes(), data.as_bytes());
+            assert_eq!(quick, *want, "{name} {data}");
+            if let Some(q) = quick {
+                assert_eq!(q, whole(*api, data), "{name} {data}");
+            }
+        }
     }
 
     #[test]

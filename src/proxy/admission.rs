@@ -15,7 +15,7 @@ use crate::config::{Config, PaginationRule, Route};
 use crate::errors::{ErrorKind, GatewayError};
 use crate::observe::metrics::PaginationAction;
 use crate::pagination::ResponseCap;
-use crate::ratelimit::{key_material, RouteLimiter, Verdict};
+use crate::ratelimit::{RouteLimiter, Verdict};
 
 /// Runs every admission check in order; the first failure is the answer.
 pub async fn admit(
@@ -97,13 +97,9 @@ async fn rate_limit(
     ctx: &mut Request,
 ) -> Result<(), GatewayError> {
     let mut ip_buf = [0u8; 16];
-    let material = key_material(
-        &limiter.rule.key,
-        ctx.client.ip,
-        ctx.client.key_id.as_deref(),
-        &req.headers,
-        &mut ip_buf,
-    );
+    let material = ctx
+        .client
+        .limit_key(&limiter.rule.key, &req.headers, &mut ip_buf);
     match limiter.check(material).await {
         Verdict::Allow {
             limit,

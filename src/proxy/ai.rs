@@ -19,7 +19,6 @@ use crate::ai::{Meter, RequestFacts};
 use crate::config::AiRoute;
 use crate::errors::{ErrorKind, GatewayError};
 use crate::observe::per_config::RouteTelemetry;
-use crate::ratelimit::key_material;
 use crate::ratelimit::tokens::{Settled, TokenLimiter, TokenVerdict};
 use crate::state::RouteRuntime;
 
@@ -135,10 +134,8 @@ async fn reserve(
         exchange.facts.input_estimate(),
     );
     let mut ip_buf = [0u8; 16];
-    let material = key_material(
+    let material = req.client.limit_key(
         &limiter.rule.key,
-        req.client.ip,
-        req.client.key_id.as_deref(),
         &session.req_header().headers,
         &mut ip_buf,
     );
@@ -224,10 +221,8 @@ pub async fn on_request_body(
         return;
     }
     let mut ip_buf = [0u8; 16];
-    let material = key_material(
+    let material = req.client.limit_key(
         &limiter.rule.key,
-        req.client.ip,
-        req.client.key_id.as_deref(),
         &session.req_header().headers,
         &mut ip_buf,
     );
@@ -283,10 +278,8 @@ pub async fn finish(session: &Session, req: &mut Request) {
     ) {
         let used = exchange.reported_tokens();
         let mut ip_buf = [0u8; 16];
-        let material = key_material(
+        let material = req.client.limit_key(
             &limiter.rule.key,
-            req.client.ip,
-            req.client.key_id.as_deref(),
             &session.req_header().headers,
             &mut ip_buf,
         );

@@ -21,6 +21,7 @@ use super::respond::ResponseScan;
 use super::socket::Socket;
 use crate::ai::{Meter, RequestFacts, Usage, UsageSource};
 use crate::balance::InFlightGuard;
+use crate::config::RateLimitKey;
 use crate::errors::GatewayError;
 use crate::observe::metrics::PaginationAction;
 use crate::observe::per_config::{BackendTelemetry, RouteTelemetry, UpstreamTelemetry};
@@ -120,6 +121,19 @@ pub struct Client {
     pub key_id: Option<Arc<str>>,
     /// The connection is TLS (`https` for `url.scheme` and `X-Forwarded-Proto`).
     pub tls: bool,
+}
+
+impl Client {
+    /// What identifies this client for a limit keyed by `key` (rate limits, token
+    /// budgets), before hashing; `ip_buf` holds an address's bytes.
+    pub fn limit_key<'a>(
+        &'a self,
+        key: &RateLimitKey,
+        headers: &'a http::HeaderMap,
+        ip_buf: &'a mut [u8; 16],
+    ) -> &'a [u8] {
+        crate::ratelimit::key_material(key, self.ip, self.key_id.as_deref(), headers, ip_buf)
+    }
 }
 
 /// The route decision: the route and the upstream it sends to.
