@@ -18,6 +18,8 @@ pub enum ErrorKind {
     UpstreamUnavailable,
     UpstreamResponseTooLarge,
     NoHealthyBackend,
+    /// The upstream's concurrency cap (and its queue) is full.
+    Overloaded,
     UpstreamTimeout,
 }
 
@@ -32,7 +34,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::RateLimited | ErrorKind::TokenLimited => 429,
             ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamResponseTooLarge => 502,
-            ErrorKind::NoHealthyBackend => 503,
+            ErrorKind::NoHealthyBackend | ErrorKind::Overloaded => 503,
             ErrorKind::UpstreamTimeout => 504,
         }
     }
@@ -51,6 +53,7 @@ impl ErrorKind {
             ErrorKind::UpstreamUnavailable => "upstream_unavailable",
             ErrorKind::UpstreamResponseTooLarge => "upstream_response_too_large",
             ErrorKind::NoHealthyBackend => "no_healthy_backend",
+            ErrorKind::Overloaded => "overloaded",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
         }
     }

@@ -14,6 +14,7 @@ use crate::alerts::AlertBoard;
 use crate::balance::{BackendRegistry, UpstreamPool};
 use std::net::SocketAddr;
 
+use crate::balance::concurrency::ConcurrencyLimit;
 use crate::config::{
     BackendAddr, BackendName, Config, OnUnavailable, RateLimitScope, Route, Upstream,
 };
@@ -33,6 +34,8 @@ pub struct RouteRuntime {
 /// An upstream's pool of backends.
 pub struct UpstreamRuntime {
     pub pool: Arc<UpstreamPool>,
+    /// Its concurrency cap (`max_in_flight`, `[adaptive_concurrency]`), if any.
+    pub limit: Option<Arc<ConcurrencyLimit>>,
 }
 
 /// Everything built from one config. Requests hold an `Arc<Runtime>` from start to end,
@@ -62,6 +65,9 @@ pub struct Carryover {
     token_limiters: Mutex<HashMap<String, Arc<TokenLimiter>>>,
     /// The routes' outcome windows (alerts, the admin page).
     rings: KeptRings,
+    /// Upstreams' concurrency caps: kept by a reload that keeps their settings, so the
+    /// slots requests hold stay counted.
+    concurrency: Mutex<HashMap<String, Arc<ConcurrencyLimit>>>,
     store: ArcSwapOption<RedisStore>,
 }
 
@@ -130,6 +136,25 @@ impl Carryover {
         self.store.load_full()
     }
 
+    /// The upstream's concurrency cap, kept from the config before when it fits.
+    fn concurrency_for(&self, u: &Upstream) -> Option<Arc<ConcurrencyLimit>> {
+        let mut limits = self.concurrency.lock().unwrap_or_else(|p| p.into_inner());
+        match limits.get(&u.name) {
+            Some(l) if l.fits(u) => Some(Arc::clone(l)),
+            _ => match ConcurrencyLimit::for_upstream(u) {
+                Some(fresh) => {
+                    let fresh = Arc::new(fresh);
+                    limits.insert(u.name.clone(), Arc::clone(&fresh));
+                    Some(fresh)
+                }
+                None => {
+                    limits.remove(&u.name);
+                    None
+                }
+            },
+        }
+    }
+
     /// `upstream` with the addresses its names last resolved to added to its backends
     /// (an address also written as such is listed once).
     fn with_resolved(&self, upstream: &Arc<Upstream>) -> Arc<Upstream> {
@@ -183,6 +208,7 @@ impl Runtime {
             .iter()
             .map(|u| UpstreamRuntime {
                 pool: Arc::new(UpstreamPool::new(Arc::clone(u), registry)),
+                limit: carry.concurrency_for(u),
             })
             .collect();
         let keep: Vec<_> = upstreams

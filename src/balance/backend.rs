@@ -32,7 +32,20 @@ pub struct BackendState {
     kept_as_last: AtomicBool,
     pub(crate) check_running: AtomicBool,
     pub(crate) next_check_ms: AtomicU64,
+    /// Peak EWMA of the time to first byte, in microseconds (f64 bits), and when it was
+    /// last updated (`clock::now_ms`): `peak_ewma` balancing.
+    ewma_us: AtomicU64,
+    ewma_at_ms: AtomicU64,
+    /// The last ejection asked for by `Retry-After`, and how many came within
+    /// `RETRY_AFTER_MEMORY_MS` of each other (each one doubles the next).
+    retry_after_at_ms: AtomicU64,
+    retry_after_streak: AtomicU32,
 }
+
+/// How long the peak EWMA takes to forget: a slow answer weighs e^-1 after this long.
+const EWMA_DECAY_MS: f64 = 5_000.0;
+/// A backend ejected by `Retry-After` again within this long is ejected twice as long.
+const RETRY_AFTER_MEMORY_MS: u64 = 5 * 60 * 1000;
 
 impl BackendState {
     pub fn new(addr: SocketAddr, label: String, host: Option<String>) -> Self {
@@ -50,7 +63,59 @@ impl BackendState {
             kept_as_last: AtomicBool::new(false),
             check_running: AtomicBool::new(false),
             next_check_ms: AtomicU64::new(0),
+            ewma_us: AtomicU64::new(0f64.to_bits()),
+            ewma_at_ms: AtomicU64::new(0),
+            retry_after_at_ms: AtomicU64::new(0),
+            retry_after_streak: AtomicU32::new(0),
         }
+    }
+
+    /// Notes one time to first byte: a slower one than the average takes its place at
+    /// once (the peak), a faster one moves it by how long it has been since the last.
+    /// Concurrent updates may lose one another's sample; the average stays an average.
+    pub fn observe_first_byte(&self, latency_us: f64, now: u64) {
+        let (cost, at) = self.ewma();
+        let next = if latency_us > cost {
+            latency_us
+        } else {
+            let w = (-(now.saturating_sub(at) as f64) / EWMA_DECAY_MS).exp();
+            cost * w + latency_us * (1.0 - w)
+        };
+        self.ewma_us.store(next.to_bits(), Ordering::Relaxed);
+        self.ewma_at_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// The latency average (µs) and when it was last updated.
+    fn ewma(&self) -> (f64, u64) {
+        (
+            f64::from_bits(self.ewma_us.load(Ordering::Relaxed)),
+            self.ewma_at_ms.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The cost `peak_ewma` compares: (in flight + 1) x the latency average, which
+    /// decays toward zero while the backend gets no traffic (so a backend that was slow
+    /// is tried again after a while).
+    pub fn peak_ewma_cost(&self, now: u64) -> f64 {
+        let (cost, at) = self.ewma();
+        let idle = now.saturating_sub(at) as f64;
+        (self.in_flight() as f64 + 1.0) * cost * (-idle / EWMA_DECAY_MS).exp()
+    }
+
+    /// Ejects for a `Retry-After` of `asked` ms: doubled for each such ejection within
+    /// five minutes of the one before, at most `cap` ms. Returns the length applied.
+    pub fn eject_for_retry_after(&self, asked: u64, cap: u64) -> u64 {
+        let now = now_ms();
+        let last = self.retry_after_at_ms.swap(now, Ordering::Relaxed);
+        let streak = if last != 0 && now.saturating_sub(last) <= RETRY_AFTER_MEMORY_MS {
+            self.retry_after_streak.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.retry_after_streak.store(0, Ordering::Relaxed);
+            0
+        };
+        let ms = asked.saturating_mul(1u64 << streak.min(20)).min(cap).max(1);
+        self.eject_for(ms);
+        ms
     }
 
     /// Active checks are off for this backend: no verdict of theirs stands, so only
@@ -141,8 +206,9 @@ impl BackendState {
     pub fn eject_for(&self, ms: u64) {
         self.passive_failures.store(0, Ordering::Relaxed);
         self.kept_as_last.store(false, Ordering::Relaxed);
+        // An ejection under way that ends later stands.
         self.ejected_until_ms
-            .store(now_ms() + ms, Ordering::Relaxed);
+            .fetch_max(now_ms() + ms, Ordering::Relaxed);
     }
 }
 

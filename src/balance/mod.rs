@@ -2,6 +2,7 @@
 //! by power of two choices), active health checks and passive ejection.
 
 pub mod backend;
+pub mod concurrency;
 pub mod health;
 pub mod peer;
 pub mod retry_budget;
@@ -78,26 +79,37 @@ impl UpstreamPool {
             }
             BalanceMode::Random => nth_set_bit(candidates, rand::thread_rng().gen_range(0..count)),
             BalanceMode::LeastInFlight => {
-                if count == 1 {
-                    nth_set_bit(candidates, 0)
-                } else {
-                    // Power of two choices: two distinct random candidates, the less busy wins.
-                    let mut rng = rand::thread_rng();
-                    let a = rng.gen_range(0..count);
-                    let mut b = rng.gen_range(0..count - 1);
-                    if b >= a {
-                        b += 1;
-                    }
-                    let (ia, ib) = (nth_set_bit(candidates, a), nth_set_bit(candidates, b));
-                    if self.backends[ib].in_flight() < self.backends[ia].in_flight() {
-                        ib
-                    } else {
-                        ia
-                    }
-                }
+                self.two_choices(candidates, count, |b| b.in_flight() as f64)
             }
+            BalanceMode::PeakEwma => self.two_choices(candidates, count, |b| b.peak_ewma_cost(now)),
         };
         Ok(pick)
+    }
+}
+
+impl UpstreamPool {
+    /// Power of two choices: two distinct random candidates, the lower `cost` wins.
+    fn two_choices(
+        &self,
+        candidates: u64,
+        count: usize,
+        cost: impl Fn(&BackendState) -> f64,
+    ) -> usize {
+        if count == 1 {
+            return nth_set_bit(candidates, 0);
+        }
+        let mut rng = rand::thread_rng();
+        let a = rng.gen_range(0..count);
+        let mut b = rng.gen_range(0..count - 1);
+        if b >= a {
+            b += 1;
+        }
+        let (ia, ib) = (nth_set_bit(candidates, a), nth_set_bit(candidates, b));
+        if cost(&self.backends[ib]) < cost(&self.backends[ia]) {
+            ib
+        } else {
+            ia
+        }
     }
 }
 
@@ -130,6 +142,9 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             retries: 1,
             retry_budget: Upstream::DEFAULT_RETRY_BUDGET,
+            max_in_flight: 0,
+            queue_timeout: Duration::ZERO,
+            adaptive_concurrency: None,
             protocol: crate::config::UpstreamProtocol::Http1,
             tls: None,
             health: HealthSettings {
@@ -140,6 +155,7 @@ mod tests {
                 healthy_after: 1,
                 eject_after: 1,
                 eject_for: Duration::from_secs(1),
+                max_eject_for: Duration::from_secs(300),
                 grpc: false,
             },
         };

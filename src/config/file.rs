@@ -99,11 +99,23 @@ pub struct UpstreamSection {
     pub idle_timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<i64>>,
     pub retry_budget: Option<Spanned<f64>>,
+    pub max_in_flight: Option<Spanned<i64>>,
+    pub queue_timeout: Option<Spanned<String>>,
+    pub adaptive_concurrency: Option<Spanned<AdaptiveSection>>,
     pub health: Option<HealthSection>,
     pub protocol: Option<Spanned<UpstreamProtocol>>,
     pub tls: Option<Spanned<bool>>,
     pub tls_server_name: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
+}
+
+/// `[upstreams.NAME.adaptive_concurrency]`: a concurrency cap that follows the agents'
+/// latency.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveSection {
+    pub min_limit: Option<Spanned<i64>>,
+    pub max_limit: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +128,7 @@ pub struct HealthSection {
     pub healthy_after: Option<Spanned<i64>>,
     pub eject_after: Option<Spanned<i64>>,
     pub eject_for: Option<Spanned<String>>,
+    pub max_eject_for: Option<Spanned<String>>,
     pub grpc: Option<Spanned<bool>>,
 }
 

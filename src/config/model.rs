@@ -317,6 +317,9 @@ pub enum BalanceMode {
     RoundRobin,
     Random,
     LeastInFlight,
+    /// Power of two choices on (in flight + 1) x a peak-sensitive EWMA of each
+    /// backend's time to first byte.
+    PeakEwma,
 }
 
 impl BalanceMode {
@@ -352,10 +355,31 @@ pub struct Upstream {
     pub retries: u32,
     /// The share of requests that may be retried over 10 s, plus 3 a second.
     pub retry_budget: f64,
+    /// Requests in flight to this upstream at once; 0: no fixed cap.
+    pub max_in_flight: u32,
+    /// How long a request past the cap waits for a slot (0: refused at once).
+    #[serde(serialize_with = "show::duration")]
+    pub queue_timeout: Duration,
+    /// Present: the cap follows the agents' latency, within these bounds.
+    pub adaptive_concurrency: Option<AdaptiveConcurrency>,
     pub health: HealthSettings,
     pub protocol: UpstreamProtocol,
     /// Present: the agents are reached over TLS (always with `protocol = "h2"`).
     pub tls: Option<UpstreamTls>,
+}
+
+/// `[upstreams.NAME.adaptive_concurrency]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AdaptiveConcurrency {
+    pub min_limit: u32,
+    pub max_limit: u32,
+}
+
+impl Upstream {
+    /// Whether requests to it are capped (a fixed or an adaptive limit).
+    pub fn is_capped(&self) -> bool {
+        self.max_in_flight > 0 || self.adaptive_concurrency.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -371,6 +395,9 @@ pub struct HealthSettings {
     pub eject_after: u32,
     #[serde(serialize_with = "show::duration")]
     pub eject_for: Duration,
+    /// The longest ejection a `Retry-After` (and its doubling) asks for.
+    #[serde(serialize_with = "show::duration")]
+    pub max_eject_for: Duration,
     /// Check with the gRPC health protocol (`grpc.health.v1.Health/Check`) instead of
     /// `GET path`.
     pub grpc: bool,
@@ -658,6 +685,7 @@ impl Default for HealthSettings {
             healthy_after: 1,
             eject_after: 5,
             eject_for: Duration::from_secs(30),
+            max_eject_for: Duration::from_secs(300),
             grpc: false,
         }
     }

@@ -129,6 +129,14 @@ fn describe() {
         "Span export requests (result: success; retried, an attempt that will be tried again; failed, a batch given up)"
     );
     describe_counter!(
+        "agentgate_overloaded_total",
+        "Requests answered 503 overloaded: their upstream's concurrency cap was full (and the queue, or queue_timeout passed)"
+    );
+    describe_gauge!(
+        "agentgate_upstream_concurrency_limit",
+        "The concurrency cap in force for an upstream (max_in_flight, or the adaptive limit); absent for an upstream without a cap"
+    );
+    describe_counter!(
         "agentgate_gen_ai_tokens_total",
         "Tokens of AI routes, by route, model (listed in [routes.ai].models, else other) and type (input, output)"
     );
@@ -314,6 +322,8 @@ pub struct RouteMetrics {
     pub streams_active: Gauge,
     pub streams_cancelled: Counter,
     pub rate_limited: Counter,
+    /// Requests refused `503 overloaded` by their upstream's concurrency cap.
+    pub overloaded: Counter,
     pagination: [Counter; 4],
 }
 
@@ -335,6 +345,7 @@ impl RouteMetrics {
             streams_active: gauge!("agentgate_streams_active", "route" => r.clone()),
             streams_cancelled: counter!("agentgate_streams_cancelled_total", "route" => r.clone()),
             rate_limited: counter!("agentgate_rate_limited_total", "route" => r.clone()),
+            overloaded: counter!("agentgate_overloaded_total", "route" => r.clone()),
             pagination: [
                 PaginationAction::Defaulted,
                 PaginationAction::Clamped,
@@ -517,6 +528,11 @@ pub fn set_backend_healthy(upstream: &str, backend: &str, healthy: bool) {
 
 pub fn ejection(upstream: &str, backend: &str) {
     counter!("agentgate_upstream_ejections_total", "upstream" => upstream.to_string(), "backend" => backend.to_string()).increment(1);
+}
+
+/// The gauge of an upstream's concurrency cap.
+pub fn concurrency_limit(upstream: &str) -> Gauge {
+    gauge!("agentgate_upstream_concurrency_limit", "upstream" => upstream.to_string())
 }
 
 /// One failure past `eject_after` on a backend kept in service as the last healthy one.

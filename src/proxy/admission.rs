@@ -2,6 +2,8 @@
 //! size, and the route's auth, rate limit and pagination), and the checks on what the
 //! agent sends back.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::HeaderMap;
 use pingora::http::RequestHeader;
@@ -15,6 +17,8 @@ use crate::config::{Config, PaginationRule, Route};
 use crate::errors::{ErrorKind, GatewayError};
 use crate::observe::metrics::PaginationAction;
 use crate::pagination::ResponseCap;
+
+use crate::balance::concurrency::{ConcurrencyLimit, Overloaded};
 use crate::ratelimit::{RouteLimiter, Verdict};
 
 /// Runs every admission check in order; the first failure is the answer.
@@ -65,7 +69,39 @@ pub async fn admit(
             paginate(rule, session, ctx)?;
         }
     }
+    // Before the token reservation: a request refused for load reserves nothing.
+    if let Some(limit) = &runtime.upstreams[route.upstream].limit {
+        take_slot(limit, ctx).await?;
+    }
     super::ai::admit(session, ctx, route_rt).await
+}
+
+/// Takes a slot under the upstream's concurrency cap, waiting in its queue up to
+/// `queue_timeout`; past that, `503 overloaded`.
+async fn take_slot(limit: &Arc<ConcurrencyLimit>, ctx: &mut Request) -> Result<(), GatewayError> {
+    match limit.acquire().await {
+        Ok(slot) => {
+            ctx.slot = Some(slot);
+            Ok(())
+        }
+        Err(why) => {
+            ctx.route_telemetry().metrics.overloaded.increment(1);
+            let upstream = ctx.upstream().map_or("", |u| u.pool.config.name.as_str());
+            Err(GatewayError::new(
+                ErrorKind::Overloaded,
+                match why {
+                    Overloaded::QueueFull => format!(
+                        "upstream {upstream:?} has {} requests in flight, its cap, and no room to wait: retry later",
+                        limit.limit()
+                    ),
+                    Overloaded::TimedOut => format!(
+                        "upstream {upstream:?} stayed at its cap of {} requests in flight for the whole queue_timeout: retry later",
+                        limit.limit()
+                    ),
+                },
+            ))
+        }
+    }
 }
 
 /// Finds the tenant of a presented key; on auth routes a missing or unknown key is 401.

@@ -20,6 +20,7 @@ use super::headers::HopByHop;
 use super::respond::ResponseScan;
 use super::socket::Socket;
 use crate::ai::{Meter, RequestFacts, Usage, UsageSource};
+use crate::balance::concurrency::Slot;
 use crate::balance::InFlightGuard;
 use crate::config::RateLimitKey;
 use crate::errors::GatewayError;
@@ -57,6 +58,9 @@ pub struct Request {
     pub response_scan: Option<ResponseScan>,
     /// What an LLM-style exchange says of itself, on routes with `[routes.ai]`.
     pub ai: Option<Box<AiExchange>>,
+    /// The slot under the upstream's concurrency cap, held until the answer ends (a
+    /// stream under an adaptive cap gives it back at its first byte).
+    pub slot: Option<Slot>,
 }
 
 /// An exchange on a `[routes.ai]` route: the request's facts, its token reservation and

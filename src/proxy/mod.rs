@@ -7,6 +7,7 @@ pub mod ai;
 pub mod ctx;
 pub mod deadlines;
 pub mod headers;
+pub mod load;
 pub mod observer;
 pub mod path;
 pub mod refusals;
@@ -114,6 +115,7 @@ impl Gateway {
             outcome: Default::default(),
             response_scan: None,
             ai: None,
+            slot: None,
             runtime,
         }
     }
@@ -644,6 +646,7 @@ impl ProxyHttp for Gateway {
                 h.record(wait);
             }
         }
+        load::on_first_byte(req, upstream_response, req.timing.first_byte_wait());
         let scan = respond::ResponseScan::of(&upstream_response.headers);
         req.response_scan = Some(scan);
         if req.ai.is_some() {

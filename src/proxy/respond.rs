@@ -29,7 +29,11 @@ pub async fn send_error(session: &mut Session, ctx: &mut Request, err: GatewayEr
             ErrorKind::TokenLimited => ctx.policy.tokens.and_then(|t| t.denied_retry_after_s),
             _ => None,
         };
-        if matches!(err.kind, ErrorKind::RateLimited | ErrorKind::TokenLimited) {
+        // An overloaded upstream: a second is the shortest wait a client can be told.
+        if matches!(
+            err.kind,
+            ErrorKind::RateLimited | ErrorKind::TokenLimited | ErrorKind::Overloaded
+        ) {
             map.insert(
                 http::header::RETRY_AFTER,
                 HeaderValue::from(wait.unwrap_or(1).max(1)),

@@ -44,12 +44,16 @@ pub struct BackendStats {
     pub last_headers: Mutex<HashMap<String, String>>,
     /// Added before every response (a slow backend).
     pub delay_ms: AtomicU64,
-    /// Requests being answered right now.
+    /// Requests being answered right now, and the most there ever were at once
+    /// (health checks not counted).
     pub in_flight: AtomicU64,
+    pub peak_in_flight: AtomicU64,
     /// When non-zero, every path but /healthz answers this status (a sick backend).
     pub fail_status: AtomicU64,
     /// When non-zero, /healthz answers this status (active checks fail).
     pub health_status: AtomicU64,
+    /// When non-zero, a `fail_status` answer carries `Retry-After: <this>`.
+    pub retry_after_s: AtomicU64,
 }
 
 pub struct Backend {
@@ -184,6 +188,13 @@ impl Backend {
     }
 
     /// Makes active health checks fail (`0` to pass again).
+    /// Answers every path but /healthz with `status` and `Retry-After: seconds` (an
+    /// agent asking for a pause); status 0 ends it.
+    pub fn set_retry_after(&self, status: u16, seconds: u64) {
+        self.stats.retry_after_s.store(seconds, Ordering::SeqCst);
+        self.set_fail_status(status);
+    }
+
     pub fn set_health_status(&self, status: u16) {
         self.stats
             .health_status
@@ -196,6 +207,11 @@ impl Backend {
             .iter()
             .filter(|t| !t.starts_with("/healthz"))
             .count()
+    }
+
+    /// The most requests it was answering at once.
+    pub fn peak_in_flight(&self) -> u64 {
+        self.stats.peak_in_flight.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> u64 {
@@ -308,7 +324,10 @@ async fn serve<S: Io>(mut sock: S, name: &str, stats: &BackendStats) {
         stats.requests.fetch_add(1, Ordering::SeqCst);
         stats.targets.lock().unwrap().push(req.target.clone());
         *stats.last_headers.lock().unwrap() = req.headers.iter().cloned().collect();
-        stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        let now_in = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        if !req.target.starts_with("/healthz") {
+            stats.peak_in_flight.fetch_max(now_in, Ordering::SeqCst);
+        }
         let delay = stats.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -318,16 +337,24 @@ async fn serve<S: Io>(mut sock: S, name: &str, stats: &BackendStats) {
         let keep = if health != 0 && req.target.starts_with("/healthz") {
             write_fixed(&mut sock, health, "application/json", b"{}", name).await
         } else if fail != 0 && !req.target.starts_with("/healthz") {
-            write_fixed(
-                &mut sock,
-                fail,
-                "application/json",
-                b"{\"sick\":true}",
-                name,
-            )
-            .await
+            let retry_after = stats.retry_after_s.load(Ordering::SeqCst);
+            if retry_after > 0 {
+                let head = format!(
+                    "HTTP/1.1 {fail} X\r\ncontent-type: application/json\r\nretry-after: {retry_after}\r\ncontent-length: 2\r\nx-backend: {name}\r\n\r\n{{}}"
+                );
+                sock.write_all(head.as_bytes()).await.is_ok()
+            } else {
+                write_fixed(
+                    &mut sock,
+                    fail,
+                    "application/json",
+                    b"{\"sick\":true}",
+                    name,
+                )
+                .await
+            }
         } else {
-            respond(&mut sock, name, &req).await
+            respond(&mut sock, name, &req, stats).await
         };
         stats.in_flight.fetch_sub(1, Ordering::SeqCst);
         if !keep {
@@ -363,7 +390,7 @@ fn num(s: Option<&&str>) -> u64 {
 }
 
 /// Returns false when the connection must close.
-async fn respond<S: Io>(sock: &mut S, name: &str, req: &Request) -> bool {
+async fn respond<S: Io>(sock: &mut S, name: &str, req: &Request, stats: &BackendStats) -> bool {
     let path = req.target.split('?').next().unwrap_or("").to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.first().copied().unwrap_or("") {
@@ -453,6 +480,23 @@ async fn respond<S: Io>(sock: &mut S, name: &str, req: &Request) -> bool {
                 }
             }
             sock.write_all(b"0\r\n\r\n").await.is_ok()
+        }
+        // An agent whose latency grows with its own load: base_ms while at most
+        // `capacity` requests are in, proportionally longer past that (a GPU batch).
+        "load" => {
+            let base = num(parts.get(1));
+            let capacity = num(parts.get(2)).max(1);
+            let busy = stats.in_flight.load(Ordering::SeqCst);
+            let ms = base * busy.max(capacity) / capacity;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            write_fixed(
+                sock,
+                200,
+                "application/json",
+                format!("{{\"ms\":{ms}}}").as_bytes(),
+                name,
+            )
+            .await
         }
         "think" => {
             tokio::time::sleep(Duration::from_millis(num(parts.get(1)))).await;

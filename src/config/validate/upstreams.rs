@@ -95,6 +95,7 @@ pub(super) fn upstreams(
                 Upstream::DEFAULT_RETRY_BUDGET
             }
         };
+        let (max_in_flight, queue_timeout, adaptive_concurrency) = concurrency(loc, s);
         let h = s.health.as_ref();
         let protocol = chosen(&s.protocol, Upstream::DEFAULT_PROTOCOL);
         let tls = upstream_tls(loc, s, protocol, config_path);
@@ -120,6 +121,9 @@ pub(super) fn upstreams(
             idle_timeout,
             retries,
             retry_budget,
+            max_in_flight,
+            queue_timeout,
+            adaptive_concurrency,
             health,
             protocol,
             tls,
@@ -290,7 +294,52 @@ pub(super) fn health_settings(loc: &mut Locator, h: &HealthSection) -> HealthSet
             "eject_after",
         ) as u32,
         eject_for: positive_duration_or(loc, &h.eject_for, d.eject_for, "eject_for"),
+        max_eject_for: positive_duration_or(
+            loc,
+            &h.max_eject_for,
+            d.max_eject_for,
+            "max_eject_for",
+        ),
     }
+}
+
+/// `max_in_flight`, `queue_timeout` and `[adaptive_concurrency]`.
+fn concurrency(
+    loc: &mut Locator,
+    s: &UpstreamSection,
+) -> (u32, Duration, Option<AdaptiveConcurrency>) {
+    let max_in_flight = int_in(loc, &s.max_in_flight, 0, 0, 1_000_000, "max_in_flight") as u32;
+    let queue_timeout = duration_or(loc, &s.queue_timeout, Duration::ZERO);
+    let adaptive = s.adaptive_concurrency.as_ref().map(|a| {
+        let a_ref = a.get_ref();
+        let min_limit = int_in(loc, &a_ref.min_limit, 4, 1, 1_000_000, "min_limit") as u32;
+        let max_limit = int_in(loc, &a_ref.max_limit, 1000, 1, 1_000_000, "max_limit") as u32;
+        if min_limit > max_limit {
+            loc.push(
+                span(a),
+                format!("adaptive_concurrency: min_limit ({min_limit}) is above max_limit ({max_limit})"),
+            );
+        }
+        if max_in_flight > 0 && min_limit > max_in_flight {
+            loc.push(
+                span(a),
+                format!("adaptive_concurrency: min_limit ({min_limit}) is above max_in_flight ({max_in_flight}), which caps the adaptive limit"),
+            );
+        }
+        AdaptiveConcurrency {
+            min_limit,
+            max_limit: max_limit.max(min_limit),
+        }
+    });
+    if let Some(q) = &s.queue_timeout {
+        if !queue_timeout.is_zero() && max_in_flight == 0 && adaptive.is_none() {
+            loc.push(
+                span(q),
+                "queue_timeout waits for a slot under a cap: set max_in_flight or [adaptive_concurrency] on this upstream",
+            );
+        }
+    }
+    (max_in_flight, queue_timeout, adaptive)
 }
 
 #[cfg(test)]
@@ -346,8 +395,9 @@ mod tests {
         assert_problem_at(
             &t,
             "\"fastest\"",
-            "expected one of `round_robin`, `random`, `least_in_flight`",
+            "expected one of `round_robin`, `random`, `least_in_flight`, `peak_ewma`",
         );
+        assert_clean(&with_upstream("balance = \"peak_ewma\""));
         let t = with_upstream("retries = 11");
         assert_problem_at(&t, "11", "retries must be between 0 and 10");
         let t = with_upstream("retry_budget = 1.5");
@@ -361,6 +411,30 @@ mod tests {
         assert_problem_at(&t, "\"10 sec\"", "invalid duration");
         let t = with_upstream("idle_timeout = \"0ms\"");
         assert_problem_at(&t, "\"0ms\"", "idle_timeout must be greater than zero");
+    }
+
+    #[test]
+    fn concurrency_caps() {
+        assert_clean(&with_upstream("max_in_flight = 64\nqueue_timeout = \"2s\""));
+        assert_clean(&with_upstream(
+            "max_in_flight = 64\nadaptive_concurrency = { min_limit = 4, max_limit = 200 }",
+        ));
+        let t = with_upstream("max_in_flight = -1");
+        assert_problem_at(&t, "-1", "max_in_flight must be between 0 and 1000000");
+        let t = with_upstream("queue_timeout = \"2s\"");
+        assert_problem_at(&t, "\"2s\"", "queue_timeout waits for a slot under a cap: set max_in_flight or [adaptive_concurrency]");
+        let t = with_upstream("adaptive_concurrency = { min_limit = 50, max_limit = 10 }");
+        assert_problem_at(&t, "{ min_limit", "min_limit (50) is above max_limit (10)");
+        let t = with_upstream("max_in_flight = 8\nadaptive_concurrency = { min_limit = 16 }");
+        assert_problem_at(
+            &t,
+            "{ min_limit",
+            "above max_in_flight (8), which caps the adaptive limit",
+        );
+        let t = with_upstream("adaptive_concurrency = { min = 1 }");
+        assert_problem_at(&t, "min", "unknown field `min`");
+        let t = with_upstream("health = { max_eject_for = \"0s\" }");
+        assert_problem_at(&t, "\"0s\"", "max_eject_for must be greater than zero");
     }
 
     #[test]
