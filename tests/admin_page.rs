@@ -242,6 +242,7 @@ async fn the_overview_agrees_with_metrics_under_traffic() {
     assert!(conv.get("ttft_p99_ms").is_none(), "TTFT only for AI routes");
 
     let agents = find(&o["upstreams"], "agents");
+    assert!(agents["concurrency_limit"].is_null(), "no cap configured");
     for b in [&b1, &b2] {
         let label = b.addr.to_string();
         let row = find(&agents["backends"], &label);

@@ -107,6 +107,10 @@ async fn a_fixed_cap_is_never_exceeded_and_the_excess_gets_fast_503s() {
         ),
         3.0
     );
+    // The admin page shows the cap beside the upstream.
+    let overview = get_json(&c, gw.admin_url("/api/overview")).await;
+    assert_eq!(overview["upstreams"][0]["concurrency_limit"], 3);
+    assert_eq!(overview["upstreams"][0]["concurrency_in_flight"], 0);
     let log = gw.access_log_lines(20);
     assert_eq!(
         log.iter().filter(|l| l["error"] == "overloaded").count(),

@@ -99,6 +99,9 @@ fn upstreams_json(runtime: &Runtime) -> Vec<Value> {
                 "name": u.pool.config.name,
                 "balance": <&'static str>::from(u.pool.config.balance),
                 "healthy_backends": u.pool.healthy_count(),
+                // The concurrency cap in force and the slots taken, when there is one.
+                "concurrency_limit": u.limit.as_ref().map(|l| l.limit()),
+                "concurrency_in_flight": u.limit.as_ref().map(|l| l.in_flight()),
                 "backends": backends,
             })
         })
