@@ -19,7 +19,9 @@
 # Knobs: DURATION (s per run, 10), ROUNDS (5), WARMUP (s per system before round 1, 8),
 #        COST_SECONDS (s counted under callgrind, 12), THREADS (1), CONNS (50),
 #        STREAMS (10000), IDLE_CONNS (5000), AI_STREAMS (10), HALT_POLL_NS (see below),
-#        COMPRESSION (all-on's [trace] compression: gzip, the default, or none).
+#        COMPRESSION (all-on's [trace] compression: gzip, the default, or none),
+#        CAPS (set: all-on adds max_in_flight = 100000 and balance = "peak_ewma", a cap
+#        that never triggers and latency-aware balancing, to measure what they cost).
 #
 # HALT_POLL_NS: on a VM guest whose idle driver is haltpoll, how long an idle vCPU polls
 # for work before it halts. 0 (as some hosts boot their guests) makes every wake-up of an
@@ -187,6 +189,11 @@ agentgate_config() { # port admin threads kind(off|on|local|global) backend
     if [ "$kind" = on ]; then echo "otlp_endpoint = \"http://$SINK/v1/traces\""; echo "sample_ratio = 1.0"; echo "compression = \"${COMPRESSION:-gzip}\""; else echo "sample_ratio = 0.0"; fi
     echo "[upstreams.agents]"
     echo "backends = [\"$backend\"]"
+    if [ "$kind" = on ] && [ -n "${CAPS:-}" ]; then
+      # A cap that never triggers and latency-aware balancing: what they cost when idle.
+      echo "max_in_flight = 100000"
+      echo "balance = \"peak_ewma\""
+    fi
     echo "[upstreams.agents.health]"
     echo "interval = \"5s\""
     echo "[[routes]]"

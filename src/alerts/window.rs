@@ -71,6 +71,29 @@ pub struct Outcome {
     pub tokens: u64,
 }
 
+/// An outcome with its buckets found.
+struct Placed {
+    error: bool,
+    rate_limited: bool,
+    latency: usize,
+    first_byte: Option<usize>,
+    ttft: Option<usize>,
+    tokens: u64,
+}
+
+impl Placed {
+    fn of(o: &Outcome) -> Placed {
+        Placed {
+            error: o.error,
+            rate_limited: o.rate_limited,
+            latency: bucket_of(o.latency_s),
+            first_byte: o.first_byte_s.map(bucket_of),
+            ttft: o.ttft_s.map(bucket_of),
+            tokens: o.tokens,
+        }
+    }
+}
+
 /// Sums over a window.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WindowSums {
@@ -129,24 +152,30 @@ impl Ring {
     }
 
     pub fn record(&self, now_s: u64, o: Outcome) {
+        self.record_placed(now_s, &Placed::of(&o));
+    }
+
+    /// Records an outcome whose buckets are already found (one search serves every
+    /// ring it goes to).
+    fn record_placed(&self, now_s: u64, p: &Placed) {
         let slot = self.slot_for(now_s);
         slot.total.fetch_add(1, Ordering::Relaxed);
-        if o.error {
+        if p.error {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
-        if o.rate_limited {
+        if p.rate_limited {
             slot.rate_limited.fetch_add(1, Ordering::Relaxed);
         }
-        slot.latency[bucket_of(o.latency_s)].fetch_add(1, Ordering::Relaxed);
-        if let Some(fb) = o.first_byte_s {
-            slot.first_byte[bucket_of(fb)].fetch_add(1, Ordering::Relaxed);
+        slot.latency[p.latency].fetch_add(1, Ordering::Relaxed);
+        if let Some(fb) = p.first_byte {
+            slot.first_byte[fb].fetch_add(1, Ordering::Relaxed);
             slot.first_byte_count.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(t) = o.ttft_s {
-            slot.ttft[bucket_of(t)].fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = p.ttft {
+            slot.ttft[t].fetch_add(1, Ordering::Relaxed);
         }
-        if o.tokens > 0 {
-            slot.tokens.fetch_add(o.tokens, Ordering::Relaxed);
+        if p.tokens > 0 {
+            slot.tokens.fetch_add(p.tokens, Ordering::Relaxed);
         }
     }
 
@@ -304,11 +333,12 @@ impl Windows {
 
     /// Records a request of route `route` (unmatched: `None`) in every window it feeds.
     pub fn record(&self, route: Option<usize>, now_s: u64, outcome: Outcome) {
+        let placed = Placed::of(&outcome);
         if let Some(w) = route.and_then(|r| self.route(r)) {
-            w.record(now_s, outcome);
+            w.record_placed(now_s, &placed);
         }
         if let Some(w) = &self.all {
-            w.record(now_s, outcome);
+            w.record_placed(now_s, &placed);
         }
     }
 }

@@ -118,12 +118,30 @@ fn put_structured_ratelimit(map: &mut HeaderMap, ctx: &Request) {
         state.number(reset);
     }
     let (p, s) = (policy.1, state.1);
-    if let Ok(v) = HeaderValue::from_bytes(&policy.0[..p]) {
+    if let Some(v) = policy_value(&policy.0[..p]) {
         map.insert(headers::RATELIMIT_POLICY_SF, v);
     }
     if let Ok(v) = HeaderValue::from_bytes(&state.0[..s]) {
         map.insert(headers::RATELIMIT_SF, v);
     }
+}
+
+thread_local! {
+    /// The last `RateLimit-Policy` value: a route's policies never change, so most
+    /// responses clone it instead of allocating a new value.
+    static LAST_POLICY: RefCell<(Vec<u8>, Option<HeaderValue>)> = const { RefCell::new((Vec::new(), None)) };
+}
+
+fn policy_value(text: &[u8]) -> Option<HeaderValue> {
+    LAST_POLICY.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != text || last.1.is_none() {
+            last.1 = Some(HeaderValue::from_bytes(text).ok()?);
+            last.0.clear();
+            last.0.extend_from_slice(text);
+        }
+        last.1.clone()
+    })
 }
 
 thread_local! {
