@@ -4,5 +4,6 @@
 static GLOBAL: agentgate::alloc::Allocator = agentgate::alloc::Allocator;
 
 fn main() {
+    agentgate::alloc::configure();
     std::process::exit(agentgate::cli::main());
 }
