@@ -68,8 +68,8 @@ unsafe fn new_block(
 /// no constant for it).
 const MI_OPTION_ARENA_EAGER_COMMIT: mi::mi_option_t = 4;
 
-/// Sets mimalloc's options for a server holding many idle streams; called first thing in
-/// `main`, before the arenas that matter are made.
+/// Sets mimalloc's options for a server holding many idle streams; the binary calls it
+/// from an `.init_array` entry, before the first allocation makes the first arena.
 ///
 /// Arena memory is committed on demand, not eagerly: with mimalloc's default (eager on
 /// systems that overcommit), a gateway holding 2,000 open SSE streams was 174 KiB
@@ -123,7 +123,10 @@ mod tests {
     fn arena_eager_commit_is_off_once_configured() {
         configure();
         // SAFETY: reads an option value.
-        assert_eq!(unsafe { mi::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT) }, 0);
+        assert_eq!(
+            unsafe { mi::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT) },
+            0
+        );
     }
 
     /// Sizes around mimalloc's size classes and page limits, every alignment up to a

@@ -3,7 +3,18 @@
 #[global_allocator]
 static GLOBAL: agentgate::alloc::Allocator = agentgate::alloc::Allocator;
 
-fn main() {
+/// Sets the allocator's options before anything allocates: the Rust runtime allocates
+/// before `main`, and mimalloc sizes its first arena on the first allocation, so a call
+/// at the top of `main` comes too late (measured: no effect). An `.init_array` entry runs
+/// when the loader starts the process, before the runtime's start-up code.
+#[used]
+#[link_section = ".init_array"]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = configure_allocator;
+
+extern "C" fn configure_allocator() {
     agentgate::alloc::configure();
+}
+
+fn main() {
     std::process::exit(agentgate::cli::main());
 }

@@ -165,17 +165,7 @@ pub(super) fn rate_limit_rule(
     }
     let default_burst = rps.ceil().clamp(1.0, 1_000_000.0) as i64;
     let burst = int_in(loc, &s.burst, default_burst, 1, 1_000_000, "burst") as u32;
-    let scope = chosen(&s.scope, RateLimitScope::Local);
-    if scope == RateLimitScope::Global && !have_store {
-        if let Some(sc) = &s.scope {
-            loc.push(
-                span(sc),
-                "scope = \"global\" needs a [rate_limit_store] section with a redis_url",
-            );
-        }
-    }
-    let expected_replicas =
-        int_in(loc, &s.expected_replicas, 1, 1, 10_000, "expected_replicas") as u32;
+    let (scope, expected_replicas) = limit_scope(loc, &s.scope, &s.expected_replicas, have_store);
     RateLimitRule {
         key,
         requests_per_second: if rps > 0.0 && rps.is_finite() {
@@ -187,6 +177,26 @@ pub(super) fn rate_limit_rule(
         scope,
         expected_replicas,
     }
+}
+
+/// A limit's `scope` (global needs the store) and `expected_replicas`.
+fn limit_scope(
+    loc: &mut Locator,
+    scope: &Option<Spanned<RateLimitScope>>,
+    expected_replicas: &Option<Spanned<i64>>,
+    have_store: bool,
+) -> (RateLimitScope, u32) {
+    let chosen_scope = chosen(scope, RateLimitScope::Local);
+    if chosen_scope == RateLimitScope::Global && !have_store {
+        if let Some(sc) = scope {
+            loc.push(
+                span(sc),
+                "scope = \"global\" needs a [rate_limit_store] section with a redis_url",
+            );
+        }
+    }
+    let replicas = int_in(loc, expected_replicas, 1, 1, 10_000, "expected_replicas") as u32;
+    (chosen_scope, replicas)
 }
 
 /// A limit's `key`: `client_ip` (the default), `api_key`, `header:<Name>` or `global`.
@@ -306,17 +316,7 @@ pub(super) fn token_limit_rule(
         1_000_000_000,
         "default_reservation",
     ) as u64;
-    let scope = chosen(&s.scope, RateLimitScope::Local);
-    if scope == RateLimitScope::Global && !have_store {
-        if let Some(sc) = &s.scope {
-            loc.push(
-                span(sc),
-                "scope = \"global\" needs a [rate_limit_store] section with a redis_url",
-            );
-        }
-    }
-    let expected_replicas =
-        int_in(loc, &s.expected_replicas, 1, 1, 10_000, "expected_replicas") as u32;
+    let (scope, expected_replicas) = limit_scope(loc, &s.scope, &s.expected_replicas, have_store);
     TokenLimitRule {
         key,
         tokens_per_minute: tpm,
