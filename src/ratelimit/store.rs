@@ -42,16 +42,14 @@ end
 return {granted, math.floor(tokens), wait}
 "#;
 
-/// A token budget's reservation, on Redis' clock. KEYS[1] bucket; ARGV rate (tokens a
-/// second), burst, tokens wanted, extra to lease, unspent lease tokens given back.
-/// All or nothing: grants want + up to extra, or nothing with the ms until want fits.
-/// Returns {granted, tokens left (floor, 0 when in debt), ms to wait}.
-const RESERVE_TOKENS: &str = r#"
+/// What both token-budget scripts start from, on Redis' clock: KEYS[1] the bucket, ARGV
+/// rate (tokens a second), burst, and ARGV[3] tokens to add first (unspent lease tokens
+/// given back, or a settlement's difference); `tokens` is the bucket refilled to now.
+macro_rules! token_bucket_refilled {
+    () => {
+        r#"
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local extra = tonumber(ARGV[4])
-local back = tonumber(ARGV[5])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -61,7 +59,30 @@ if tokens == nil or ts == nil then
   tokens = burst
   ts = now
 end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000 + back)
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000 + tonumber(ARGV[3]))
+"#
+    };
+}
+
+/// Stores the bucket, kept until a full refill and a minute more.
+macro_rules! token_bucket_stored {
+    () => {
+        r#"
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 60000)
+"#
+    };
+}
+
+/// A token budget's reservation: ARGV[3] unspent lease tokens given back, ARGV[4] the
+/// tokens wanted, ARGV[5] extra to lease. All or nothing: grants want + up to extra, or
+/// nothing with the ms until want fits. Returns {granted, tokens left (floor, 0 when in
+/// debt), ms to wait}.
+const RESERVE_TOKENS: &str = concat!(
+    token_bucket_refilled!(),
+    r#"
+local want = tonumber(ARGV[4])
+local extra = tonumber(ARGV[5])
 local granted = 0
 local wait = 0
 if tokens >= want then
@@ -70,31 +91,18 @@ if tokens >= want then
 else
   wait = math.ceil((want - tokens) * 1000 / rate)
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 60000)
-return {granted, math.max(0, math.floor(tokens)), wait}
-"#;
+"#,
+    token_bucket_stored!(),
+    "return {granted, math.max(0, math.floor(tokens)), wait}\n"
+);
 
-/// A token budget's settlement. KEYS[1] bucket; ARGV rate, burst, delta (> 0 gives
-/// tokens back, < 0 charges; the bucket may go into debt). Returns the tokens left.
-const SETTLE_TOKENS: &str = r#"
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local delta = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
-end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000 + delta)
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 60000)
-return math.floor(tokens)
-"#;
+/// A token budget's settlement: ARGV[3] > 0 gives tokens back, < 0 charges (the bucket
+/// may go into debt). Returns the tokens left.
+const SETTLE_TOKENS: &str = concat!(
+    token_bucket_refilled!(),
+    token_bucket_stored!(),
+    "return math.floor(tokens)\n"
+);
 
 /// No probe or call has answered yet.
 const UNJUDGED: u8 = 0;
@@ -244,9 +252,9 @@ impl RedisStore {
         invocation
             .arg(rate)
             .arg(burst)
+            .arg(back)
             .arg(want)
-            .arg(extra)
-            .arg(back);
+            .arg(extra);
         let (granted, left, wait) = self.run::<(i64, i64, i64)>(invocation).await?;
         Some(TokenGrant {
             granted: granted.max(0) as u64,
