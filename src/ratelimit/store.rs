@@ -14,37 +14,10 @@ use redis::Script;
 use crate::config::validate::redact_url;
 use crate::observe::metrics;
 
-/// Token bucket with continuous refill, on Redis' clock so every replica agrees.
-/// KEYS[1] bucket; ARGV rate (per second), burst, tokens wanted.
-/// Returns {granted, tokens left (floor), ms until the next token when none granted}.
-const ACQUIRE: &str = r#"
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
-end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
-local granted = math.min(want, math.floor(tokens))
-tokens = tokens - granted
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-local wait = 0
-if granted == 0 then
-  wait = math.ceil((1 - tokens) * 1000 / rate)
-end
-return {granted, math.floor(tokens), wait}
-"#;
-
-/// What both token-budget scripts start from, on Redis' clock: KEYS[1] the bucket, ARGV
-/// rate (tokens a second), burst, and ARGV[3] tokens to add first (unspent lease tokens
-/// given back, or a settlement's difference); `tokens` is the bucket refilled to now.
+/// What every bucket script starts from, on Redis' clock so every replica agrees: KEYS[1]
+/// the bucket, ARGV rate (tokens a second), burst, and ARGV[3] tokens to add first
+/// (unspent lease tokens given back, a settlement's difference, or 0); `tokens` is the
+/// bucket refilled to now.
 macro_rules! token_bucket_refilled {
     () => {
         r#"
@@ -63,6 +36,25 @@ tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000 + tonumber
 "#
     };
 }
+
+/// Token bucket with continuous refill for request limits: ARGV[3] is 0, ARGV[4] the
+/// tokens wanted. Returns {granted, tokens left (floor), ms until the next token when
+/// none granted}.
+const ACQUIRE: &str = concat!(
+    token_bucket_refilled!(),
+    r#"
+local want = tonumber(ARGV[4])
+local granted = math.min(want, math.floor(tokens))
+tokens = tokens - granted
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+local wait = 0
+if granted == 0 then
+  wait = math.ceil((1 - tokens) * 1000 / rate)
+end
+return {granted, math.floor(tokens), wait}
+"#
+);
 
 /// Stores the bucket, kept until a full refill and a minute more.
 macro_rules! token_bucket_stored {
@@ -218,7 +210,7 @@ impl RedisStore {
     pub async fn acquire(&self, key: &str, rate: f64, burst: u32, want: u32) -> Option<Grant> {
         let mut conn = (*self.connection.load_full()?).clone();
         let mut invocation = self.script.key(key);
-        invocation.arg(rate).arg(burst).arg(want);
+        invocation.arg(rate).arg(burst).arg(0).arg(want);
         let call = invocation.invoke_async::<(i64, i64, i64)>(&mut conn);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok((granted, left, wait))) => Some(Grant {
