@@ -9,30 +9,52 @@
 //! the burst's queue rather than the proxy.
 //!
 //! Usage: fixed_rate URL RATE_PER_SECOND SECONDS CONNECTIONS
-//! Prints: sent=N errors=N p50_us=N p90_us=N p99_us=N max_us=N
+//! Prints: sent=N errors=N p50_us=N p90_us=N p99_us=N max_us=N refused=N refused_p99_us=N
+//! The percentiles are of the 2xx answers; `refused` counts the other answers (a 503
+//! from a cap, a 429 from a limit) and `refused_p99_us` is how fast they came; `errors`
+//! counts exchanges that failed (the thread connects again for its next request, as it
+//! does after a `connection: close`); `connects` counts the TCP connections opened;
+//! `elapsed_ms` is from the first scheduled request to the last answer.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// Sends on one connection every `interval` from `first` until `until`; returns the
-/// latencies in microseconds and the error count.
+/// What one connection's thread saw: latencies in microseconds of 2xx answers and of
+/// the others, failed exchanges, and the TCP connections it opened.
+#[derive(Default)]
+struct Seen {
+    ok: Vec<u64>,
+    refused: Vec<u64>,
+    errors: u64,
+    connects: u64,
+}
+
+fn connect(addr: &str) -> Option<TcpStream> {
+    let s = TcpStream::connect(addr).ok()?;
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    Some(s)
+}
+
+/// Sends on one connection every `interval` from `first` until `until`, connecting
+/// again (as a client would) after the server closed it or an exchange failed.
 fn one_connection(
     addr: &str,
     request: &[u8],
     interval: Duration,
     first: Instant,
     until: Instant,
-) -> (Vec<u64>, u64) {
-    let mut latencies = Vec::with_capacity(
-        (until.saturating_duration_since(first).as_secs_f64() / interval.as_secs_f64()) as usize
-            + 1,
-    );
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return (latencies, 1);
+) -> Seen {
+    let mut seen = Seen {
+        ok: Vec::with_capacity(
+            (until.saturating_duration_since(first).as_secs_f64() / interval.as_secs_f64())
+                as usize
+                + 1,
+        ),
+        ..Seen::default()
     };
-    let _ = s.set_nodelay(true);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut conn: Option<TcpStream> = None;
     let mut buf = vec![0u8; 65536];
     let mut next = first;
     while next < until {
@@ -42,40 +64,67 @@ fn one_connection(
         }
         let scheduled = next;
         next += interval;
+        if conn.is_none() {
+            conn = connect(addr);
+            seen.connects += 1;
+        }
+        let Some(s) = conn.as_mut() else {
+            seen.errors += 1;
+            continue;
+        };
         if s.write_all(request).is_err() {
-            return (latencies, 1);
+            seen.errors += 1;
+            conn = None;
+            continue;
         }
-        if !read_response(&mut s, &mut buf) {
-            return (latencies, 1);
+        let Some((status, close)) = read_response(s, &mut buf) else {
+            seen.errors += 1;
+            conn = None;
+            continue;
+        };
+        let took = scheduled.elapsed().as_micros() as u64;
+        if (200..300).contains(&status) {
+            seen.ok.push(took);
+        } else {
+            seen.refused.push(took);
         }
-        latencies.push(scheduled.elapsed().as_micros() as u64);
+        if close {
+            conn = None;
+        }
     }
-    (latencies, 0)
+    seen
 }
 
-/// Reads one response: the header, then Content-Length bytes of body.
-fn read_response(s: &mut TcpStream, buf: &mut [u8]) -> bool {
+/// Reads one response, the header then Content-Length bytes of body: its status, and
+/// whether the server said it closes the connection.
+fn read_response(s: &mut TcpStream, buf: &mut [u8]) -> Option<(u16, bool)> {
     let mut got = 0usize;
-    let mut need: Option<usize> = None;
+    let mut head: Option<(usize, bool)> = None;
     loop {
         let n = match s.read(&mut buf[got..]) {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(n) => n,
         };
         got += n;
-        if need.is_none() {
+        if head.is_none() {
             if let Some(end) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len = head
+                let text = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = text
                     .lines()
                     .find_map(|l| l.strip_prefix("content-length:"))
                     .and_then(|v| v.trim().parse::<usize>().ok())
                     .unwrap_or(0);
-                need = Some(end + 4 + len);
+                let close = text
+                    .lines()
+                    .any(|l| l.starts_with("connection:") && l.contains("close"));
+                head = Some((end + 4 + len, close));
             }
         }
-        if need.is_some_and(|total| got >= total) || got == buf.len() {
-            return true;
+        if let Some((total, close)) = head {
+            if got >= total || got == buf.len() {
+                let status = std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()?;
+                return Some((status, close));
+            }
         }
     }
 }
@@ -105,26 +154,33 @@ fn main() {
             std::thread::spawn(move || one_connection(&addr, &request, per_conn, first, until))
         })
         .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
+    let mut all = Seen::default();
     for t in threads {
-        if let Ok((l, e)) = t.join() {
-            all.extend(l);
-            errors += e;
+        if let Ok(seen) = t.join() {
+            all.ok.extend(seen.ok);
+            all.refused.extend(seen.refused);
+            all.errors += seen.errors;
+            all.connects += seen.connects;
         }
     }
-    all.sort_unstable();
-    let q = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+    all.ok.sort_unstable();
+    all.refused.sort_unstable();
+    let q = |v: &[u64], p: f64| {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
             .copied()
             .unwrap_or(0)
     };
     println!(
-        "sent={} errors={errors} p50_us={} p90_us={} p99_us={} max_us={}",
-        all.len(),
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        all.last().copied().unwrap_or(0)
+        "sent={} errors={} p50_us={} p90_us={} p99_us={} max_us={} refused={} refused_p99_us={} connects={} elapsed_ms={}",
+        all.ok.len() + all.refused.len(),
+        all.errors,
+        q(&all.ok, 0.5),
+        q(&all.ok, 0.9),
+        q(&all.ok, 0.99),
+        all.ok.last().copied().unwrap_or(0),
+        all.refused.len(),
+        q(&all.refused, 0.99),
+        all.connects,
+        start.elapsed().as_millis()
     );
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: agentgate against nginx and a bare pingora proxy, measured in one run.
 #
-#   benches/run.sh [main|cost|scale|sse|idle|ai|all]   (default: all)
+#   benches/run.sh [main|cost|scale|sse|idle|ai|overload|soak|all]   (default: all)
 #
 # main   direct / nginx proxy / bare pingora / agentgate (all off) / agentgate (all on) /
 #        agentgate with a local limit / with a global (Redis) limit: req/s, p50/p99,
@@ -12,6 +12,11 @@
 #        added delay per event
 # idle   5,000 keep-alive connections after one request each: memory per connection,
 #        and how much of it the gateway gives back once they close
+# overload  open-loop load at 3x what a capacity-bound agent can serve, without and with
+#        each overload protection: served and refused rates, admitted p50/p99, memory
+# soak   30 minutes of mixed traffic with a reload every minute and an agent killed
+#        every other minute: RSS every 10 s, failures set against the kills
+#        (not part of `all`: run it on its own)
 # ai     an SSE stream of 1,000 small OpenAI chunk events through a [routes.ai] route and
 #        through the same route without it: instructions (callgrind) and CPU time
 #        (user + kernel) per event
@@ -21,7 +26,9 @@
 #        STREAMS (10000), IDLE_CONNS (5000), AI_STREAMS (10), HALT_POLL_NS (see below),
 #        COMPRESSION (all-on's [trace] compression: gzip, the default, or none),
 #        CAPS (set: all-on adds max_in_flight = 100000 and balance = "peak_ewma", a cap
-#        that never triggers and latency-aware balancing, to measure what they cost).
+#        that never triggers and latency-aware balancing, to measure what they cost),
+#        OVERLOAD_FACTOR (3), OVERLOAD_SECONDS (30), OVERLOAD_CONNS (200), SOAK_MINUTES (30),
+#        BENCH_BIN and BENCH_EXAMPLES (both set: use these binaries, build nothing).
 #
 # HALT_POLL_NS: on a VM guest whose idle driver is haltpoll, how long an idle vCPU polls
 # for work before it halts. 0 (as some hosts boot their guests) makes every wake-up of an
@@ -50,7 +57,7 @@ NGINX=$(command -v nginx)
 # Every port the bench listens on must be free: a process left on one from another run
 # would be measured in place of the bench's own (wait_port only sees that something
 # listens).
-BENCH_PORTS="18001 18002 18003 18004 18005 18006 18007 18009 18201 18202 18210 18211 18379 19004 19005 19006 19007 19202 19211"
+BENCH_PORTS="18001 18002 18003 18004 18005 18006 18007 18009 18201 18202 18210 18211 18212 18213 18214 18215 18216 18217 18379 19004 19005 19006 19007 19202 19211 19213 19214"
 busy=""
 for p in $BENCH_PORTS; do
   if [ -n "$(ss -ltnH "sport = :$p")" ]; then busy="$busy $p"; fi
@@ -60,10 +67,17 @@ if [ -n "$busy" ]; then
   exit 1
 fi
 
-echo "building (release)..." >&2
-cargo build --release --quiet --bin agentgate --example bare_pingora --example fixed_rate --example sse_hold --example idle_hold
-BIN=target/release/agentgate
-EX=target/release/examples
+# BENCH_BIN / BENCH_EXAMPLES: run binaries built before (a copy kept aside, so a long
+# soak is not disturbed by a rebuild); unset, the bench builds its own.
+if [ -n "${BENCH_BIN:-}" ] && [ -n "${BENCH_EXAMPLES:-}" ]; then
+  BIN=$BENCH_BIN
+  EX=$BENCH_EXAMPLES
+else
+  echo "building (release)..." >&2
+  cargo build --release --quiet --bin agentgate --example bare_pingora --example fixed_rate --example sse_hold --example idle_hold --example capacity_agent --example soak
+  BIN=target/release/agentgate
+  EX=target/release/examples
+fi
 
 W=$(mktemp -d /tmp/agentgate-bench.XXXXXX)
 HALT_POLL_FILE=/sys/module/haltpoll/parameters/guest_halt_poll_ns
@@ -189,6 +203,8 @@ agentgate_config() { # port admin threads kind(off|on|local|global) backend
     if [ "$kind" = on ]; then echo "otlp_endpoint = \"http://$SINK/v1/traces\""; echo "sample_ratio = 1.0"; echo "compression = \"${COMPRESSION:-gzip}\""; else echo "sample_ratio = 0.0"; fi
     echo "[upstreams.agents]"
     echo "backends = [\"$backend\"]"
+    # Extra [upstreams.agents] keys, one per line (the overload bench's protections).
+    if [ -n "${UPSTREAM_KEYS:-}" ]; then printf '%s\n' "$UPSTREAM_KEYS"; fi
     if [ "$kind" = on ] && [ -n "${CAPS:-}" ]; then
       # A cap that never triggers and latency-aware balancing: what they cost when idle.
       echo "max_in_flight = 100000"
@@ -333,7 +349,7 @@ open_loop() {
       sent=$(echo "$fr" | sed 's/.*sent=\([0-9]*\).*/\1/')
       cpu=$(cpu_per_request $(( after - before )) "$sent")
       echo "  open loop ${target%%:*}: $fr cpu_us_per_req=$cpu" >&2
-      echo "${target%%:*} $(echo "$fr" | sed 's/.*p50_us=\([0-9]*\).*/\1/') $(echo "$fr" | sed 's/.*p99_us=\([0-9]*\).*/\1/') $cpu" >> "$W/open-loop"
+      echo "${target%%:*} $(echo "$fr" | sed 's/.* p50_us=\([0-9]*\).*/\1/') $(echo "$fr" | sed 's/.* p99_us=\([0-9]*\).*/\1/') $cpu" >> "$W/open-loop"
     done
   done
 }
@@ -446,8 +462,44 @@ run_scale() {
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 fds() { ls "/proc/$1/fd" | wc -l; }
 
+# sse_memory COUNT: a fresh all-on gateway holds COUNT streams twice, one hold after
+# the other; appends "count idle_kib open_kib idle_fds open_fds warm_idle_kib
+# warm_open_kib" to $W/sse-memory, each sampled once every stream's answer has begun
+# (sse_hold says so on standard error), and leaves the first hold's line in
+# $W/sse-gw-COUNT.txt. The second hold runs on memory the first one used and gave back,
+# as every hold after a gateway's first does: what a long-running gateway pays.
+sse_memory() {
+  local count=$1 agent=127.0.0.1:18201
+  start_agentgate 18202 19202 1 on "$agent"
+  sleep 1
+  local gw; gw=$(pid_on_port 18202)
+  local idle_rss idle_fds; idle_rss=$(rss_kb "$gw"); idle_fds=$(fds "$gw")
+  local round out open_rss open_fds warm_idle warm_open i
+  for round in fresh warm; do
+    [ "$round" = warm ] && { sleep 3; warm_idle=$(rss_kb "$gw"); }
+    echo "holding $count streams through the gateway ($SSE_TOKENS events, 1 s apart; $round heap)..." >&2
+    out="$W/sse-gw-$count"; [ "$round" = warm ] && out="$W/sse-gw-$count-warm"
+    "$EX/sse_hold" 127.0.0.1:18202 "$count" "$SSE_TOKENS" 2000 > "$out.txt" 2> "$out.err" &
+    local hold=$!
+    for i in $(seq 1 1200); do grep -q 'streaming=' "$out.err" && break; sleep 0.05; done
+    if [ "$round" = fresh ]; then
+      open_rss=$(rss_kb "$gw"); open_fds=$(fds "$gw")
+      echo "  $(cat "$out.err"): RSS ${idle_rss} -> ${open_rss} KiB, fds ${idle_fds} -> ${open_fds}" >&2
+    else
+      warm_open=$(rss_kb "$gw")
+      echo "  $(cat "$out.err"): RSS ${warm_idle} -> ${warm_open} KiB" >&2
+    fi
+    grep -q 'all_streaming=' "$out.err" || echo "  not every stream began: the figures below overstate the cost per stream" >&2
+    wait "$hold"
+  done
+  echo "$count $idle_rss $open_rss $idle_fds $open_fds $warm_idle $warm_open" >> "$W/sse-memory"
+  kill -INT "$(pid_on_port 18202)" 2>/dev/null || true
+  for i in $(seq 1 100); do [ -z "$(ss -ltnH "sport = :18202")" ] && break; sleep 0.05; done
+}
+
 run_sse() {
-  local agent=127.0.0.1:18201 tokens=20
+  local agent=127.0.0.1:18201
+  SSE_TOKENS=20
   # The gateway holds two descriptors per stream: the client connection and the agent
   # connection.
   local fd_limit; fd_limit=$(ulimit -n)
@@ -460,37 +512,246 @@ run_sse() {
   "$BIN" demo-agent --listen "$agent" --name bench-agent --token-delay 1s >/dev/null 2>&1 &
   PIDS+=($!)
   wait_port 18201
-  start_agentgate 18202 19202 1 on "$agent"
-  sleep 1
-  local gw; gw=$(pid_on_port 18202)
-  local idle_rss idle_fds; idle_rss=$(rss_kb "$gw"); idle_fds=$(fds "$gw")
-  echo "holding $STREAMS streams through the gateway ($tokens events, 1 s apart)..." >&2
-  "$EX/sse_hold" 127.0.0.1:18202 "$STREAMS" "$tokens" 2000 > "$W/sse-gw.txt" &
-  local hold=$!
-  # sample while every stream is open: after the ramp, before the first ones end
-  sleep $(( STREAMS / 2000 + 3 ))
-  local peak_rss peak_fds; peak_rss=$(rss_kb "$gw"); peak_fds=$(fds "$gw")
-  wait "$hold"
+  rm -f "$W/sse-memory"
+  # Three counts, each through a fresh gateway: the slope between them is what one more
+  # stream costs, apart from what the first ones cost once (arenas, tables).
+  local count
+  for count in $(( STREAMS / 4 )) $(( STREAMS / 2 )) "$STREAMS"; do sse_memory "$count"; done
   echo "same load directly against the agent (baseline delay)..." >&2
-  "$EX/sse_hold" "$agent" "$STREAMS" "$tokens" 2000 > "$W/sse-direct.txt"
+  "$EX/sse_hold" "$agent" "$STREAMS" "$SSE_TOKENS" 2000 > "$W/sse-direct.txt" 2>/dev/null
   local g d
-  g=$(cat "$W/sse-gw.txt"); d=$(cat "$W/sse-direct.txt")
+  g=$(cat "$W/sse-gw-$STREAMS.txt"); d=$(cat "$W/sse-direct.txt")
   local g50 d50 g99 d99
   g50=$(echo "$g" | sed 's/.*delay_p50_us=\([0-9]*\).*/\1/'); d50=$(echo "$d" | sed 's/.*delay_p50_us=\([0-9]*\).*/\1/')
   g99=$(echo "$g" | sed 's/.*delay_p99_us=\([0-9]*\).*/\1/'); d99=$(echo "$d" | sed 's/.*delay_p99_us=\([0-9]*\).*/\1/')
   echo
   echo "### $STREAMS concurrent SSE streams ($(machine))"
   echo
-  echo "Demo agent, $tokens events per stream one second apart; gateway with everything on, 1 thread."
+  echo "Demo agent, $SSE_TOKENS events per stream one second apart; gateway with everything on, 1 thread;"
+  echo "memory sampled once every stream's answer has begun; each count through a fresh gateway, held twice:"
+  echo "on a fresh heap, then again on the memory the first hold used and gave back (warm)."
+  echo
+  echo "| streams open | gateway RSS idle -> open | file descriptors idle -> open | per open stream, fresh | warm: RSS idle -> open | per open stream, warm |"
+  echo "|---:|---:|---:|---:|---:|---:|"
+  awk '{ printf "| %d | %.1f MiB -> %.1f MiB | %d -> %d (%.2f per stream) | %.1f KiB | %.1f MiB -> %.1f MiB | %.1f KiB |\n", $1, $2/1024, $3/1024, $4, $5, ($5-$4)/$1, ($3-$2)/$1, $6/1024, $7/1024, ($7-$6)/$1 }' "$W/sse-memory"
+  awk '{ n++; x+=$1; y+=$3-$2; w+=$7-$6; xx+=$1*$1; xy+=$1*($3-$2); xw+=$1*($7-$6) } END { if (n > 1) printf "\nSlope (least squares over the counts): %.1f KiB per additional open stream (fresh), %.1f KiB (warm).\n", (n*xy-x*y)/(n*xx-x*x), (n*xw-x*w)/(n*xx-x*x) }' "$W/sse-memory"
   echo
   echo "| measure | value |"
   echo "|---|---:|"
-  echo "| through the gateway | $g |"
+  echo "| through the gateway ($STREAMS) | $g |"
   echo "| direct to the agent | $d |"
-  awk -v i="$idle_rss" -v p="$peak_rss" -v n="$STREAMS" 'BEGIN { printf "| gateway RSS idle -> all streams open | %.1f MiB -> %.1f MiB |\n| resident memory per open stream | %.1f KiB |\n", i/1024, p/1024, (p-i)/n }'
-  awk -v i="$idle_fds" -v p="$peak_fds" -v n="$STREAMS" 'BEGIN { printf "| gateway file descriptors idle -> open | %d -> %d (%.2f per stream) |\n", i, p, (p-i)/n }'
   awk -v g="$g50" -v d="$d50" 'BEGIN { printf "| added delay per event, median | %.3f ms |\n", (g-d)/1000 }'
   awk -v g="$g99" -v d="$d99" 'BEGIN { printf "| added delay per event, p99 | %.3f ms |\n", (g-d)/1000 }'
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 1; PIDS=()
+}
+
+# overload_case NAME KEYS: a fresh all-on gateway in front of the capacity agent with
+# KEYS in its upstream; open-loop load at OVERLOAD_FACTOR x the agent's capacity for
+# OVERLOAD_SECONDS while the gateway's RSS is sampled every second; appends a table row
+# to $W/overload.
+overload_case() {
+  local name=$1 keys=$2 agent=127.0.0.1:18212
+  UPSTREAM_KEYS="$keys" start_agentgate 18213 19213 1 on "$agent"
+  local gw; gw=$(pid_on_port 18213)
+  curl -s "http://$agent/stats" >/dev/null   # the agent's peak starts afresh
+  local before; before=$(rss_kb "$gw")
+  local rate=$(( OVERLOAD_CAPACITY * OVERLOAD_FACTOR ))
+  $LOAD_CPU "$EX/fixed_rate" "http://127.0.0.1:18213/v1/conversations" "$rate" "$OVERLOAD_SECONDS" "$OVERLOAD_CONNS" > "$W/overload-$name.txt" &
+  local load=$! peak=$before r
+  while kill -0 "$load" 2>/dev/null; do
+    r=$(rss_kb "$gw"); [ "$r" -gt "$peak" ] && peak=$r
+    sleep 1
+  done
+  wait "$load" || true
+  local after; after=$(rss_kb "$gw")
+  local stats; stats=$(curl -s "http://$agent/stats")
+  local fr; fr=$(cat "$W/overload-$name.txt")
+  echo "  $name: $fr agent=$stats rss=${before}->${peak}->${after} KiB" >&2
+  local field
+  field() { echo "$fr" | sed "s/.* $1=\([0-9]*\).*/\1/"; }
+  local sent refused p50 p99 rp99 errors connects elapsed agent_peak
+  sent=$(echo "$fr" | sed 's/^sent=\([0-9]*\).*/\1/')
+  errors=$(field errors); refused=$(field refused); p50=$(field p50_us); p99=$(field p99_us)
+  rp99=$(field refused_p99_us); connects=$(field connects); elapsed=$(field elapsed_ms)
+  agent_peak=$(echo "$stats" | sed 's/.*"peak_in_flight":\([0-9]*\).*/\1/')
+  # Rates over the time the load took: without protection the last requests are
+  # answered long after the last was due.
+  awk -v n="$name" -v s="$sent" -v r="$refused" -v e="$errors" -v ms="$elapsed" -v p50="$p50" -v p99="$p99" \
+      -v rp99="$rp99" -v c="$connects" -v ap="$agent_peak" -v b="$before" -v pk="$peak" -v a="$after" -v o="$rate" \
+    'BEGIN { t = ms / 1000; printf "| %s | %d | %.0f s | %.0f | %.0f | %d | %.1f / %.1f ms | %.1f ms | %d | %d | %.1f -> %.1f -> %.1f MiB |\n", n, o, t, (s-r)/t, r/t, e, p50/1000, p99/1000, rp99/1000, c, ap, b/1024, pk/1024, a/1024 }' >> "$W/overload"
+  kill -INT "$gw" 2>/dev/null || true
+  local i
+  for i in $(seq 1 100); do [ -z "$(ss -ltnH "sport = :18213")" ] && break; sleep 0.05; done
+}
+
+run_overload() {
+  local workers=8 service_ms=40
+  OVERLOAD_CAPACITY=$(( workers * 1000 / service_ms ))
+  OVERLOAD_FACTOR=${OVERLOAD_FACTOR:-3}
+  OVERLOAD_SECONDS=${OVERLOAD_SECONDS:-30}
+  OVERLOAD_CONNS=${OVERLOAD_CONNS:-200}
+  start_span_sink
+  $LOAD_CPU "$EX/capacity_agent" 127.0.0.1:18212 "$workers" "$service_ms" &
+  local capacity=$!
+  PIDS+=($capacity)
+  wait_port 18212
+  rm -f "$W/overload"
+  echo "overload: an agent serving $workers at a time for ${service_ms} ms ($OVERLOAD_CAPACITY req/s), offered ${OVERLOAD_FACTOR}x for ${OVERLOAD_SECONDS}s..." >&2
+  overload_case "none" ""
+  overload_case "max_in_flight = $workers, queue_timeout = 50ms" "max_in_flight = $workers
+queue_timeout = \"50ms\""
+  overload_case "max_in_flight = $((workers * 4)), no queue" "max_in_flight = $((workers * 4))"
+  overload_case "adaptive_concurrency, min 4, max 64" "[upstreams.agents.adaptive_concurrency]
+min_limit = 4
+max_limit = 64"
+  echo
+  echo "### Overload: offered ${OVERLOAD_FACTOR}x what the agent can serve ($(machine))"
+  echo
+  echo "An agent that serves $workers requests at a time for ${service_ms} ms each ($OVERLOAD_CAPACITY req/s; the rest wait inside it),"
+  echo "open-loop load at $(( OVERLOAD_CAPACITY * OVERLOAD_FACTOR )) req/s for ${OVERLOAD_SECONDS} s over $OVERLOAD_CONNS connections (latency from each request's"
+  echo "scheduled start), gateway with everything on, 1 thread."
+  echo
+  echo "| protection | offered req/s | load took | served req/s | refused (503) req/s | failed | admitted p50 / p99 | refusal p99 | connections opened | agent's peak in flight | gateway RSS before -> peak -> after |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  cat "$W/overload"
+  # The capacity agent has no SIGINT handler, and a background job ignores SIGINT.
+  kill -TERM "$capacity" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 1; PIDS=()
+}
+
+# soak_config FILE DEFAULT_LIMIT: the soak's gateway config (three demo agents; the
+# reload every minute flips the list route's default_limit between 20 and 21).
+soak_config() {
+  cat > "$1" <<TOML
+[server]
+listen = "127.0.0.1:18214"
+admin_listen = "127.0.0.1:19214"
+threads = 2
+grace_period = "0s"
+watch_config = false
+[log]
+level = "warn"
+access_log = "$W/soak-access.log"
+[trace]
+otlp_endpoint = "http://$SINK/v1/traces"
+sample_ratio = 1.0
+[upstreams.agents]
+backends = ["127.0.0.1:18215", "127.0.0.1:18216", "127.0.0.1:18217"]
+[upstreams.agents.health]
+interval = "1s"
+[[routes]]
+name = "chat"
+path_prefix = "/v1/chat"
+upstream = "agents"
+[routes.ai]
+api = "openai"
+models = ["demo-mini"]
+[routes.token_limit]
+key = "global"
+tokens_per_minute = 120000
+burst = 4000
+[[routes]]
+name = "conversations"
+path_prefix = "/v1/conversations"
+upstream = "agents"
+[routes.rate_limit]
+key = "client_ip"
+requests_per_second = 100000.0
+burst = 100000
+[routes.pagination]
+methods = ["GET"]
+default_limit = $2
+max_limit = 100
+[[alerts]]
+name = "Errors"
+signal = "error_ratio"
+above = 0.5
+window = "1m"
+TOML
+}
+
+soak_agent() { # N: demo agent N (1-3) on 18214+N
+  "$BIN" demo-agent --listen "127.0.0.1:$((18214 + $1))" --name "soak-agent-$1" --token-delay 100ms --first-token-delay 0ms >/dev/null 2>&1 &
+  echo $!
+}
+
+# soak: SOAK_MINUTES (30) of mixed traffic through an all-on gateway (2 threads) in front
+# of three demo agents: plain messages, paginated lists, SSE streams, LLM calls against
+# a token budget they overdraw; a reload every minute; agent 3 killed (SIGKILL) at
+# every odd minute and started again a minute later; the gateway's RSS every 10 s.
+run_soak() {
+  local minutes=${SOAK_MINUTES:-30}
+  local seconds=$(( minutes * 60 ))
+  local cfg="$W/soak.toml"
+  start_span_sink
+  local a1 a2 a3
+  a1=$(soak_agent 1); a2=$(soak_agent 2); a3=$(soak_agent 3)
+  PIDS+=("$a1" "$a2")
+  wait_port 18215; wait_port 18216; wait_port 18217
+  soak_config "$cfg" 20
+  "$BIN" run --config "$cfg" >/dev/null 2>"$W/soak-gateway.err" &
+  PIDS+=($!)
+  wait_port 18214
+  local gw; gw=$(pid_on_port 18214)
+  echo "soak: $minutes min of mixed traffic, a reload every minute, agent 3 down every other minute..." >&2
+  local t0; t0=$(date +%s)
+  "$EX/soak" http://127.0.0.1:18214 "$seconds" 50 50 50 20 10 > "$W/soak.out" &
+  local load=$!
+  : > "$W/soak-rss"; : > "$W/soak-kills"
+  local reloads_ok=0 reloads_failed=0 limit=20 t next_sample=0 next_minute=60 answer
+  while kill -0 "$load" 2>/dev/null; do
+    t=$(( $(date +%s) - t0 ))
+    if [ "$t" -ge "$next_sample" ]; then
+      echo "$t $(rss_kb "$gw")" >> "$W/soak-rss"
+      next_sample=$(( next_sample + 10 ))
+    fi
+    if [ "$t" -ge "$next_minute" ] && [ "$t" -lt "$seconds" ]; then
+      limit=$(( limit == 20 ? 21 : 20 ))
+      soak_config "$cfg" "$limit"
+      answer=$(curl -s -X POST "http://127.0.0.1:19214/reload")
+      if echo "$answer" | grep -q '"result":"success"'; then reloads_ok=$((reloads_ok + 1)); else reloads_failed=$((reloads_failed + 1)); echo "  reload at ${t}s: $answer" >&2; fi
+      if [ $(( (next_minute / 60) % 2 )) -eq 1 ]; then
+        kill -9 "$a3" 2>/dev/null || true
+        echo "$(date +%s%3N)" >> "$W/soak-kills"
+      else
+        a3=$(soak_agent 3)
+      fi
+      next_minute=$(( next_minute + 60 ))
+    fi
+    sleep 0.5
+  done
+  wait "$load" || true
+  kill -9 "$a3" 2>/dev/null || true
+  echo "$(( $(date +%s) - t0 )) $(rss_kb "$gw")" >> "$W/soak-rss"
+  local total; total=$(grep '^total' "$W/soak.out" || echo "total (none: the load generator did not finish)")
+  echo "  $total; reloads ${reloads_ok} ok, ${reloads_failed} failed" >&2
+  # A failure within 3 s of a kill is one the kill explains: the killed agent's
+  # requests and streams in flight.
+  local explained unexplained
+  explained=$(awk 'NR==FNR { k[NR]=$1; n=NR; next } /^failure/ { split($2, a, "="); for (i = 1; i <= n; i++) if (a[2] >= k[i] && a[2] <= k[i] + 3000) { c++; break } } END { print c+0 }' "$W/soak-kills" "$W/soak.out")
+  unexplained=$(( $(grep -c '^failure' "$W/soak.out" || true) - explained ))
+  grep '^failure' "$W/soak.out" | head -20 >&2 || true
+  echo
+  echo "### Soak: $minutes minutes of mixed traffic ($(machine))"
+  echo
+  echo "Gateway with everything on, 2 threads, three demo agents; per second: 50 plain messages, 50 paginated"
+  echo "lists (clamped), 50 SSE streams of 10 events 100 ms apart, 20 LLM calls against a token budget"
+  echo "they overdraw (429 expected); a reload every minute (${reloads_ok} ok, ${reloads_failed} failed);"
+  echo "agent 3 killed with SIGKILL every other minute and started a minute later ($(wc -l < "$W/soak-kills") kills)."
+  echo
+  echo "Requests (answered / refused as expected / failed): ${total#total }."
+  echo "Failures within 3 s of a kill (the killed agent's requests in flight): $explained; others: $unexplained."
+  echo
+  echo "| minute | gateway RSS |"
+  echo "|---:|---:|"
+  awk '$1 % 120 < 10 || NR == 1 { printf "| %.0f | %.1f MiB |\n", $1 / 60, $2 / 1024 }' "$W/soak-rss" | awk '!seen[$2]++'
+  tail -1 "$W/soak-rss" | awk '{ printf "| %.1f (end) | %.1f MiB |\n", $1 / 60, $2 / 1024 }'
+  # After a warm-up of 2 minutes (or a fifth of a short run): the range, and the slope by
+  # least squares.
+  awk -v w=$(( seconds / 5 < 120 ? seconds / 5 : 120 )) '$1 >= w { n++; x+=$1; y+=$2; xx+=$1*$1; xy+=$1*$2; if (min == "" || $2 < min) min=$2; if ($2 > max) max=$2 }
+    END { if (n > 1) printf "\nAfter warm-up (%d s, %d samples): RSS %.1f-%.1f MiB, slope %.2f MiB per hour (least squares).\n", w, n, min/1024, max/1024, (n*xy-x*y)/(n*xx-x*x)*3600/1024 }' "$W/soak-rss"
   for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   sleep 1; PIDS=()
 }
@@ -690,6 +951,8 @@ case "$MODE" in
   sse) run_sse ;;
   idle) run_idle ;;
   cost) run_cost ;;
-  all) run_main; run_cost; run_scale; run_sse; run_idle; run_ai ;;
-  *) echo "usage: $0 [main|cost|scale|sse|idle|ai|all]" >&2; exit 2 ;;
+  overload) run_overload ;;
+  soak) run_soak ;;
+  all) run_main; run_cost; run_scale; run_sse; run_idle; run_ai; run_overload ;;
+  *) echo "usage: $0 [main|cost|scale|sse|idle|ai|overload|soak|all]" >&2; exit 2 ;;
 esac

@@ -3,6 +3,9 @@
 //!
 //! Usage: sse_hold ADDR STREAMS TOKENS RAMP_PER_SECOND
 //! Prints: opened=N completed=N events=N delay_p50_us=N delay_p99_us=N
+//! and, on standard error, `all_streaming=N` once every stream's answer has begun
+//! (the moment to sample the gateway: each stream then holds its client and its agent
+//! connection), or `streaming=N of M` if some never get one within a minute.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,7 @@ async fn stream(
     tokens: usize,
     delays: Arc<Mutex<Vec<u64>>>,
     opened: Arc<AtomicU64>,
+    streaming: Arc<AtomicU64>,
 ) -> bool {
     let Ok(mut s) = TcpStream::connect(&addr).await else {
         return false;
@@ -36,12 +40,17 @@ async fn stream(
     let mut buf = vec![0u8; 16384];
     let mut text = String::new();
     let mut local = Vec::with_capacity(tokens);
+    let mut started = false;
     loop {
         let n = match s.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         let arrived = now_us();
+        if !started {
+            started = true;
+            streaming.fetch_add(1, Ordering::Relaxed);
+        }
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
         while let Some(i) = text.find("\"sent_us\":") {
             let rest = &text[i + 10..];
@@ -73,17 +82,37 @@ async fn main() {
     let ramp: u64 = args[4].parse().expect("ramp");
     let delays = Arc::new(Mutex::new(Vec::new()));
     let opened = Arc::new(AtomicU64::new(0));
+    let streaming = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(streams);
-    let pause = Duration::from_micros(1_000_000 / ramp.max(1));
+    // The timer wheel rounds every sleep up to a whole millisecond: a sleep per stream
+    // would open them at a fraction of the asked rate. Ticks that fall behind are made
+    // up at once, so the ramp holds its rate on average.
+    let mut pace = tokio::time::interval(Duration::from_micros(1_000_000 / ramp.max(1)));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     for id in 0..streams {
+        pace.tick().await;
         tasks.push(tokio::spawn(stream(
             addr.clone(),
             id,
             tokens,
             Arc::clone(&delays),
             Arc::clone(&opened),
+            Arc::clone(&streaming),
         )));
-        tokio::time::sleep(pause).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = 0;
+    while tokio::time::Instant::now() < deadline {
+        seen = streaming.load(Ordering::Relaxed);
+        if seen >= streams as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if seen >= streams as u64 {
+        eprintln!("all_streaming={seen}");
+    } else {
+        eprintln!("streaming={seen} of {streams}");
     }
     let mut completed = 0;
     for t in tasks {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -35,6 +36,26 @@ use crate::state::Shared;
 /// Checks that the listen addresses are free before pingora binds them: pingora would
 /// otherwise retry for 30 s and then fail with little context (and, with SO_REUSEPORT,
 /// silently share a port another agentgate already serves).
+/// The read buffer in front of each client connection. pingora's default is 64 KiB,
+/// zeroed when it is allocated: a page a connection touches on a fresh heap, but all
+/// sixteen once the memory is reused, for as long as the connection stays open, idle or
+/// streaming. Plain HTTP/1.1 and h2c need none: pingora reads a request header into a
+/// buffer of its own and bodies into another, one read each either way. TLS reads a
+/// record header and then the record, so a listener with TLS at start keeps a buffer of
+/// one record; a reload that turns TLS on later reads unbuffered (a read per record
+/// header).
+fn read_buffer(tls: bool) -> usize {
+    if tls {
+        TLS_RECORD_BYTES
+    } else {
+        0
+    }
+}
+
+/// The largest TLS record: 16 KiB of plaintext, plus the overhead of its header,
+/// padding and tag.
+const TLS_RECORD_BYTES: usize = 16 * 1024 + 256;
+
 fn check_addresses_free(config: &Config) -> Result<(), String> {
     for (key, addr) in [
         ("server.listen", config.server.listen),
@@ -114,6 +135,7 @@ pub fn run(config: Config, start: Start, extra: Vec<Box<dyn ServiceWithDependent
     let grace = config.server.grace_period;
     let header_timeout = config.server.header_timeout;
     let h2c = config.server.h2c;
+    let tls_at_start = config.server.tls.is_some();
     let shared = Shared::new(config);
     resolve_at_start(&shared);
 
@@ -170,7 +192,12 @@ pub fn run(config: Config, start: Start, extra: Vec<Box<dyn ServiceWithDependent
             Arc::clone(&observer),
         ),
     );
-    proxy.add_tcp(&listen.to_string());
+    proxy.add_listener(
+        ListenerConfig::tcp(listen.to_string()).l4_buffer(L4BufferSettings::new(
+            read_buffer(tls_at_start),
+            pingora::listeners::DEFAULT_L4_WRITE_BUFFER_SIZE,
+        )),
+    );
     server.add_service(proxy);
 
     let mut admin = Service::new(

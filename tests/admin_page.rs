@@ -160,19 +160,9 @@ async fn the_overview_agrees_with_metrics_under_traffic() {
     // A refused reload and a good one.
     let good = gw.config_text();
     gw.rewrite_config(&good.replace("balance = \"round_robin\"", "balance = \"fastest\""));
-    let _ = c
-        .post(gw.admin_url("/reload"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(gw.reload_as(Some(TOKEN)).await.0, 422);
     gw.rewrite_config(&good);
-    let _ = c
-        .post(gw.admin_url("/reload"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(gw.reload_as(Some(TOKEN)).await.0, 200);
 
     // Both sides are read until they agree: requests are recorded after their response.
     let scrape = || async {

@@ -110,8 +110,7 @@ async fn a_reload_gives_new_connections_the_new_certificate_and_keeps_open_ones(
     // The files are replaced by a certificate from another CA, then reloaded.
     let new_ca = Ca::new("new ca");
     new_ca.leaf(certs.path(), "gw", &["localhost"], &[loopback()]);
-    let r = client().post(gw.admin_url("/reload")).send().await.unwrap();
-    let v: serde_json::Value = r.json().await.unwrap();
+    let v = gw.reload().await;
     assert_eq!(v["result"], "success", "{v}");
 
     let after = https_client(&new_ca).build().unwrap();

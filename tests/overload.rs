@@ -9,6 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::raw::exchange;
 use common::*;
 use serde_json::Value;
 
@@ -382,4 +383,60 @@ async fn retry_after_ejects_as_long_as_asked_doubling_up_to_the_cap() {
             .count(),
         3
     );
+}
+
+/// A refusal under load keeps the client's connection when nothing of its request is
+/// left unread (a reconnect per shed request would add a handshake to each, when the
+/// gateway is busiest): two pipelined requests past a full cap get two 503s on one
+/// connection. A refused request whose body was never read closes it instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_keeps_the_connection_unless_a_body_is_left_unread() {
+    let b = Backend::start("b").await;
+    let gw = Gateway::start(
+        "",
+        &config(
+            &[&b.addr.to_string()],
+            "max_in_flight = 1\n[upstreams.u.health]\ninterval = \"60s\"\neject_after = 0",
+        ),
+    );
+    // One long request holds the only slot.
+    let holder = {
+        let url = gw.url("/sleep/3000");
+        tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) })
+    };
+    wait_until(Duration::from_secs(5), "the slot taken", || {
+        (b.peak_in_flight() >= 1).then_some(())
+    });
+    let addr = gw.listen;
+    let (kept, closed) = tokio::task::spawn_blocking(move || {
+        let kept = exchange(
+            addr,
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_millis(1500),
+        );
+        let closed = exchange(
+            addr,
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_millis(1500),
+        );
+        (kept, closed)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        kept.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![503, 503],
+        "both pipelined requests answered on one connection"
+    );
+    for r in &kept {
+        assert_eq!(r.json()["error"]["code"], "overloaded");
+        assert_ne!(r.header("connection"), Some("close"));
+    }
+    assert_eq!(
+        closed.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![503],
+        "the connection closes after a refusal that left a body unread"
+    );
+    assert_eq!(closed[0].header("connection"), Some("close"));
+    assert_eq!(holder.await.unwrap().unwrap().as_u16(), 200);
 }

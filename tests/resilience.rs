@@ -360,9 +360,8 @@ async fn reload_under_load_fails_nothing_and_keeps_open_streams() {
         "upstream = \"u\"\n[routes.rate_limit]\nrequests_per_second = 10000.0\nburst = 10000\n\n[[routes]]\nname = \"fresh\"\npath_prefix = \"/fresh\"\nupstream = \"u\"\n",
     );
     gw.rewrite_config(&new);
-    let r = c.post(gw.admin_url("/reload")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (status, v) = gw.reload_as(None).await;
+    assert_eq!(status, 200);
     assert_eq!(v["result"], "success");
     let r = c.get(gw.url("/fresh/1")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -418,9 +417,8 @@ async fn an_invalid_reload_keeps_the_old_config() {
     let c = client();
     let good = gw.config_text();
     gw.rewrite_config(&good.replace("upstream = \"u\"", "upstream = \"missing\""));
-    let r = c.post(gw.admin_url("/reload")).send().await.unwrap();
-    assert_eq!(r.status(), 422);
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (status, v) = gw.reload_as(None).await;
+    assert_eq!(status, 422);
     assert_eq!(v["result"], "failure");
     let err = v["errors"][0].as_str().unwrap();
     assert!(
@@ -445,14 +443,7 @@ async fn an_invalid_reload_keeps_the_old_config() {
 
     // listener changes are reported as needing a restart
     gw.rewrite_config(&good.replace("threads = 1", "threads = 2"));
-    let v: serde_json::Value = c
-        .post(gw.admin_url("/reload"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = gw.reload().await;
     assert_eq!(v["result"], "success");
     assert!(v["needs_restart"][0]
         .as_str()
@@ -534,8 +525,7 @@ async fn an_empty_health_path_turns_active_checks_off() {
         &gw.config_text()
             .replace("path = \"/healthz\"", "path = \"\""),
     );
-    let reloaded = c.post(gw.admin_url("/reload")).send().await.unwrap();
-    assert_eq!(reloaded.status(), 200);
+    assert_eq!(gw.reload_as(None).await.0, 200);
     wait_for(
         Duration::from_secs(5),
         "the backend back in service",

@@ -150,14 +150,7 @@ async fn api_keys_matrix() {
         ("tenant-c", "key-c-0123456789"),
     ]);
     std::fs::write(gw.path("keys.toml"), keys).unwrap();
-    assert_eq!(
-        c.post(gw.admin_url("/reload"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.reload_as(None).await.0, 200);
     let r = c
         .get(gw.url("/private/echo"))
         .header("authorization", "Bearer key-c-0123456789")
@@ -825,13 +818,7 @@ async fn a_secret_from_the_environment_shows_as_its_reference() {
         !text.contains(secret) && !text.contains("admin-token-from-env"),
         "{text}"
     );
-    let r = c
-        .post(gw.admin_url("/reload"))
-        .bearer_auth("admin-token-from-env")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(gw.reload_as(Some("admin-token-from-env")).await.0, 200);
     assert_eq!(c.get(gw.url("/echo")).send().await.unwrap().status(), 200);
     let log = gw.stderr();
     assert!(!log.contains(secret) && !log.contains("admin-token-from-env"));

@@ -131,8 +131,7 @@ async fn a_reload_does_not_cut_an_open_websocket() {
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
 
     gw.rewrite_config(&gw.config_text().replace("30s", "20s"));
-    let reloaded = client().post(gw.admin_url("/reload")).send().await.unwrap();
-    assert_eq!(reloaded.status(), 200);
+    assert_eq!(gw.reload_as(None).await.0, 200);
 
     ws.send(Message::text("after")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("after"));

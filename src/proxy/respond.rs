@@ -18,6 +18,7 @@ use crate::errors::{json_body, ErrorKind, GatewayError};
 /// Writes a JSON error response and records it in the context.
 pub async fn send_error(session: &mut Session, ctx: &mut Request, err: GatewayError) -> Result<()> {
     let status = err.kind.status();
+    let err_kind = err.kind;
     let body = json_body(&err, ctx.request_id_str());
     let mut header = ResponseHeader::build_no_case(status, Some(10))?;
     headers::edit_response(&mut header, |map| {
@@ -45,8 +46,17 @@ pub async fn send_error(session: &mut Session, ctx: &mut Request, err: GatewayEr
     ctx.outcome.fail(err);
     // Written directly, so the body filters that count bytes never see it.
     ctx.outcome.bytes_out += body.len() as u64;
-    // Whatever the client still sends is not read: close rather than resync the stream.
-    session.set_keepalive(None);
+    // A refusal under load keeps a client's connection when nothing of its request is
+    // left unread: closing it would add a reconnect (a handshake, with TLS two round
+    // trips) to every request shed exactly when the gateway is busiest. Any other
+    // error, or a body still on the wire, closes rather than resync the stream.
+    let shed = matches!(
+        err_kind,
+        ErrorKind::RateLimited | ErrorKind::TokenLimited | ErrorKind::Overloaded
+    );
+    if !(shed && (session.is_body_empty() || session.is_body_done())) {
+        session.set_keepalive(None);
+    }
     session
         .write_response_header(Box::new(header), false)
         .await?;

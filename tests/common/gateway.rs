@@ -295,14 +295,20 @@ impl Gateway {
 
     /// POST /reload and its JSON answer.
     pub async fn reload(&self) -> serde_json::Value {
-        super::client()
-            .post(self.admin_url("/reload"))
-            .send()
-            .await
-            .expect("POST /reload")
-            .json()
-            .await
-            .expect("reload answer")
+        self.reload_as(None).await.1
+    }
+
+    /// POST /reload, with `token` as the bearer when given: the status and JSON answer.
+    pub async fn reload_as(&self, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut post = super::client().post(self.admin_url("/reload"));
+        if let Some(token) = token {
+            post = post.bearer_auth(token);
+        }
+        let r = post.send().await.expect("POST /reload");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("reload answer");
+        let answer = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, answer)
     }
 
     pub fn stderr(&self) -> String {
