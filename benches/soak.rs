@@ -4,8 +4,8 @@
 //! - plain: `POST /v1/conversations/{id}/messages` with a small body; 200 expected
 //! - paginated: `GET /v1/conversations?limit=500`; 200 with `x-pagination-clamped`
 //! - sse: `POST /v1/conversations/{id}/stream?tokens=N`; 200 and every event, to `[DONE]`
-//! - limited: `POST /v1/chat/completions` against a token budget it overdraws; 200 or
-//!   429 `token_limit_exceeded`, both expected
+//! - limited: `POST /v1/chat/completions` on a route whose request limit (and token
+//!   budget) it exceeds; 200 or 429, both expected
 //!
 //! Anything else (another status, a connection error, a stream cut short) is a failure,
 //! printed at once as `failure at_ms=<unix ms> kind=<kind> what=<why>` so the bench can

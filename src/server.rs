@@ -56,6 +56,54 @@ fn read_buffer(tls: bool) -> usize {
 /// padding and tag.
 const TLS_RECORD_BYTES: usize = 16 * 1024 + 256;
 
+/// What runs beside the listeners: checks, reloads, lookups, upkeep and alerts.
+fn background_services(
+    shared: &Arc<Shared>,
+    observer: &Arc<Observer>,
+    listen_port: u16,
+) -> Vec<Box<dyn ServiceWithDependents>> {
+    vec![
+        Box::new(background_service(
+            "health checks",
+            HealthService::new(Arc::clone(shared)),
+        )),
+        Box::new(background_service(
+            "reload on SIGHUP",
+            ReloadOnHangup {
+                shared: Arc::clone(shared),
+                observer: Arc::clone(observer),
+            },
+        )),
+        Box::new(background_service(
+            "backends by name",
+            ResolveBackends {
+                shared: Arc::clone(shared),
+            },
+        )),
+        Box::new(background_service(
+            "config file watch",
+            WatchConfig {
+                shared: Arc::clone(shared),
+                observer: Arc::clone(observer),
+            },
+        )),
+        Box::new(background_service("metrics upkeep", MetricsUpkeep)),
+        Box::new(background_service(
+            "rate limit store probe",
+            StoreProbe {
+                shared: Arc::clone(shared),
+            },
+        )),
+        Box::new(background_service(
+            "alert evaluator",
+            AlertEvaluator {
+                shared: Arc::clone(shared),
+                instance: instance_name(listen_port),
+            },
+        )),
+    ]
+}
+
 fn check_addresses_free(config: &Config) -> Result<(), String> {
     for (key, addr) in [
         ("server.listen", config.server.listen),
@@ -212,45 +260,8 @@ pub fn run(config: Config, start: Start, extra: Vec<Box<dyn ServiceWithDependent
     admin.threads = Some(1);
     server.add_service(admin);
 
-    server.add_service(background_service(
-        "health checks",
-        HealthService::new(Arc::clone(&shared)),
-    ));
-    server.add_service(background_service(
-        "reload on SIGHUP",
-        ReloadOnHangup {
-            shared: Arc::clone(&shared),
-            observer: Arc::clone(&observer),
-        },
-    ));
-    server.add_service(background_service(
-        "backends by name",
-        ResolveBackends {
-            shared: Arc::clone(&shared),
-        },
-    ));
-    server.add_service(background_service(
-        "config file watch",
-        WatchConfig {
-            shared: Arc::clone(&shared),
-            observer: Arc::clone(&observer),
-        },
-    ));
-    server.add_service(background_service("metrics upkeep", MetricsUpkeep));
-    server.add_service(background_service(
-        "rate limit store probe",
-        StoreProbe {
-            shared: Arc::clone(&shared),
-        },
-    ));
-    server.add_service(background_service(
-        "alert evaluator",
-        AlertEvaluator {
-            shared: Arc::clone(&shared),
-            instance: instance_name(listen.port()),
-        },
-    ));
-    for service in extra {
+    let beside = background_services(&shared, &observer, listen.port());
+    for service in beside.into_iter().chain(extra) {
         server.add_boxed_service(service);
     }
 
