@@ -568,7 +568,6 @@ overload_case() {
   local stats; stats=$(curl -s "http://$agent/stats")
   local fr; fr=$(cat "$W/overload-$name.txt")
   echo "  $name: $fr agent=$stats rss=${before}->${peak}->${after} KiB" >&2
-  local field
   field() { echo "$fr" | sed "s/.* $1=\([0-9]*\).*/\1/"; }
   local sent refused p50 p99 rp99 errors connects elapsed agent_peak
   sent=$(echo "$fr" | sed 's/^sent=\([0-9]*\).*/\1/')

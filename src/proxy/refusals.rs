@@ -135,9 +135,7 @@ impl<A> Refusals<A> {
             },
         }
     }
-}
 
-impl<A> Refusals<A> {
     /// Counts a new connection, refuses it past `max_connections`, and runs its TLS
     /// handshake. The config in force is read here and let go before the connection is
     /// served: a keep-alive connection lives for hours, and holding the config it
